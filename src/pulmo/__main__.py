@@ -1,0 +1,5 @@
+import sys
+
+from pulmo.cli import main
+
+sys.exit(main())

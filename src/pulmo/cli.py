@@ -1,0 +1,153 @@
+"""The ``pulmo`` command line: a thin client of the library (parses, calls the API, prints).
+
+Exit codes: 0 success, 1 failure of some items in a batch, 2 usage/config error, 3 bad input,
+4 weights error, 5 capability not available yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pulmo.errors import PulmoError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (override the --config YAML)")
+    g.add_argument("--config", help="YAML file of the task's config dataclass")
+    g.add_argument("--out-dir", dest="out_dir")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", dest="batch_size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--patience", type=int)
+    g.add_argument("--bf16", action="store_true", default=None)
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    g.add_argument("--num-workers", dest="num_workers", type=int)
+    g.add_argument("--threads", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--resume", action="store_true", default=None)
+    g.add_argument("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pulmo", description="Chest X-ray and CT computer-aided detection.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="analyse an image, a DICOM series or a folder of images")
+    a.add_argument("input", help="an image file, a DICOM series folder or a folder of images")
+    a.add_argument("--out", required=True, help="output folder (created; existing results are replaced)")
+    a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
+
+    e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
+    e.add_argument("task", choices=["lung-seg"])
+    e.add_argument("--data", required=True, help="dataset root in the task's layout")
+    e.add_argument("--out", required=True, help="metrics JSON file to write")
+    e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
+
+    t = sub.add_parser("train", help="train a model")
+    tsub = t.add_subparsers(dest="task", required=True)
+    ls = tsub.add_parser("lung-seg", help="lung segmentation U-Net")
+    ls.add_argument("--visible-data", dest="visible_data", action="append",
+                    help="images/ + masks/ root (visible lung fields); repeatable")
+    ls.add_argument("--v7-data", dest="v7_data", help="covid-chestxray-dataset root with masks_v7_lung/")
+    ls.add_argument("--architecture", help="registered model name (unet-seed1, monai-unet)")
+    ls.add_argument("--features", type=int)
+    ls.add_argument("--size", type=int)
+    ls.add_argument("--name", help="weight-set name")
+    _add_train_flags(ls)
+
+    sub.add_parser("models", help="list registered architectures and bundled weights")
+    return parser
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from pulmo.engine import load_config
+    from pulmo.tasks import lung_seg
+
+    skip = {"command", "task", "verbose", "no_progress", "config"}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip}
+    overrides["progress"] = False if args.no_progress else None
+    config = load_config(lung_seg.LungSegConfig, args.config, overrides)
+    launcher = "torchrun --nproc_per_node=N -m pulmo " if os.environ.get("WORLD_SIZE", "1") != "1" else "pulmo "
+    card = lung_seg.train(config, command=launcher + shlex.join(argv))
+    if card:
+        print(json.dumps({"weights": str(Path(config.out_dir) / card["file"]), "metrics": card["metrics"]}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pulmo.tasks import lung_seg
+
+    metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=not args.no_progress)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"{metrics['task']}: n={metrics['n']} dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} "
+          f"iou={metrics['iou_mean']:.4f} -> {out}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from pulmo import list_models
+    from pulmo.weights import list_weights, weight_bytes
+
+    print("architectures:")
+    for m in list_models():
+        print(f"  {m['name']:<14} {m['task']:<14} {m['description']}")
+    print("bundled weights:")
+    for c in list_weights():
+        metrics = c.get("metrics", {})
+        best = "; ".join(f"{k} dice {v['dice_mean']:.3f} (n={v['n']})" for k, v in metrics.items()
+                         if isinstance(v, dict) and "dice_mean" in v)
+        print(f"  {c['name']:<18} task={c['task']} arch={c['architecture']} {weight_bytes(c) / 1e6:.1f} MB "
+              f"sha256={c.get('sha256', '')[:12]}")
+        print(f"      labels={c.get('labels')} input={c.get('input', {}).get('size')} license: {c.get('license', '?')}")
+        if best:
+            print(f"      validation: {best}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from pulmo.pipeline import analyze_path
+
+    result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress)
+    for line in result.lines:
+        print(line)
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if os.environ.get("OMP_NUM_THREADS") is None:
+        import torch
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+    handlers = {"analyze": _analyze, "evaluate": _evaluate, "models": _models,
+                "train": lambda a: _train(a, sys.argv[1:] if argv is None else argv)}
+    try:
+        return handlers[args.command](args)
+    except PulmoError as exc:
+        print(f"pulmo {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pulmo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

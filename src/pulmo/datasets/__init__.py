@@ -1,0 +1,6 @@
+"""Public dataset layouts -> records and torch Datasets."""
+
+from pulmo.datasets.lung_masks import LungSegDataset, covid_chestxray_records, image_mask_records
+from pulmo.datasets.splits import patient_fold, split_by_patient
+
+__all__ = ["LungSegDataset", "covid_chestxray_records", "image_mask_records", "patient_fold", "split_by_patient"]

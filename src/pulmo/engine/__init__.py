@@ -1,0 +1,6 @@
+"""Training engine: config dataclasses, the generic loop, DDP helpers."""
+
+from pulmo.engine.config import TrainConfig, load_config, save_config
+from pulmo.engine.trainer import fit
+
+__all__ = ["TrainConfig", "fit", "load_config", "save_config"]

@@ -1,0 +1,165 @@
+"""Generic training loop: AdamW + warm-up/cosine schedule, checkpoint/resume, early stopping, bf16
+autocast, channels-last, tqdm progress and DDP when launched by ``torchrun``.
+
+The task supplies the model, datasets, a loss ``loss_fn(model, batch) -> scalar tensor`` and an
+evaluation ``evaluate_fn(model) -> {metric: float}`` run on the validation split after each epoch.
+Outputs in ``config.out_dir``: ``config.yaml`` (written by the task), ``history.jsonl`` (one line per
+epoch), ``last.pt`` (model, optimiser, scheduler, epoch, best; loaded with ``weights_only=True``) and
+``best.safetensors`` (fp32 weights of the best epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from pulmo.engine import distributed
+from pulmo.engine.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def fit(
+    model: nn.Module,
+    train_dataset: Dataset,
+    loss_fn: Callable[[nn.Module, dict[str, Any]], torch.Tensor],
+    evaluate_fn: Callable[[nn.Module], dict[str, float]],
+    config: TrainConfig,
+    monitor: str,
+    mode: str = "max",
+) -> dict[str, Any]:
+    """Train ``model`` and keep the best epoch by ``monitor`` (``mode`` "max" or "min").
+
+    Returns:
+        ``{"best_metric", "best_epoch", "epochs_run", "stopped_early", "seconds", "world_size"}``.
+        The best weights are in ``out_dir/best.safetensors``; ``model`` is left with the last epoch.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    rank, world = distributed.setup()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed + rank)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+
+    if world > 1:
+        sampler = DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+    else:
+        sampler = RandomSampler(train_dataset, generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler, drop_last=len(
+        train_dataset) > config.batch_size * world, num_workers=config.num_workers, worker_init_fn=_worker_init,
+        persistent_workers=config.num_workers > 0)
+    steps_per_epoch = len(loader) if not config.max_steps_per_epoch else min(len(loader), config.max_steps_per_epoch)
+    total_steps = max(1, steps_per_epoch * config.epochs)
+    warmup = max(1, steps_per_epoch)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    train_model: nn.Module = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+    start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
+    last_path = out / "last.pt"
+    if config.resume and last_path.is_file():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best, best_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["bad_epochs"]
+        if rank == 0:
+            logger.info("resumed from %s at epoch %d (best %s=%s)", last_path, start_epoch, monitor, best)
+
+    t0 = time.perf_counter()
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs):
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        train_model.train()
+        losses = []
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not config.progress or rank != 0, leave=False)
+        for step, batch in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            if config.channels_last and "image" in batch and batch["image"].dim() == 4:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
+            with autocast:
+                loss = loss_fn(train_model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        bar.close()
+        train_loss = distributed.all_reduce_mean(float(np.mean(losses)) if losses else float("nan"))
+        model.eval()
+        with torch.no_grad():
+            metrics = evaluate_fn(model)
+        value = float(metrics[monitor])
+        improved = best is None or (value > best if mode == "max" else value < best)
+        if improved:
+            best, best_epoch, bad_epochs = value, epoch, 0
+            if rank == 0:
+                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                          str(out / "best.safetensors"))
+        else:
+            bad_epochs += 1
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
+                  "seconds": round(time.perf_counter() - t0, 1), "best": improved}
+        if rank == 0:
+            with open(out / "history.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+                        "best_epoch": best_epoch, "bad_epochs": bad_epochs}, last_path)
+            logger.info("epoch %d: train_loss %.4f %s %.4f%s", epoch + 1, train_loss, monitor, value,
+                        " (best)" if improved else "")
+        if bad_epochs >= config.patience:
+            stopped_early = True
+            if rank == 0:
+                logger.info("early stop: no %s improvement for %d epochs", monitor, config.patience)
+            break
+    summary = {"best_metric": best, "best_epoch": best_epoch + 1, "epochs_run": epoch + 1,
+               "stopped_early": stopped_early, "seconds": round(time.perf_counter() - t0, 1), "world_size": world,
+               "rank": rank}
+    return summary

@@ -1,0 +1,39 @@
+"""Exceptions raised by pulmo.
+
+Every error a user can cause is a :class:`PulmoError` subclass whose message names the bad value and
+what was expected. ``pulmo.cli`` maps them to exit codes: 2 usage (:class:`ConfigError`), 3 bad input
+(:class:`InputError`), 4 weights (:class:`WeightsError`), 5 a capability not available in this version
+(:class:`NotAvailableError`).
+"""
+
+from __future__ import annotations
+
+
+class PulmoError(Exception):
+    """Base class of every error pulmo raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(PulmoError):
+    """A configuration value or command-line option is invalid."""
+
+    exit_code = 2
+
+
+class InputError(PulmoError):
+    """An input file or folder cannot be read or is not what the operation expects."""
+
+    exit_code = 3
+
+
+class WeightsError(PulmoError):
+    """A weight file or model card is missing, corrupted (sha256 mismatch) or does not fit the model."""
+
+    exit_code = 4
+
+
+class NotAvailableError(PulmoError):
+    """The input is valid but the capability it needs is not available in this version."""
+
+    exit_code = 5

@@ -1,0 +1,87 @@
+"""Image input and output with geometry.
+
+``read_image(path)`` detects the format from the file's content (DICOM magic, PNG/JPEG signatures) or,
+for NIfTI / MetaImage / NRRD, its name, and returns an :class:`Image2D` or a :class:`Volume`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pulmo.errors import InputError
+from pulmo.io.dicom import folder_is_dicom_series, is_dicom_file, read_dicom_file, read_dicom_series
+from pulmo.io.image import Image2D, Volume
+from pulmo.io.itk import has_itk_suffix, read_itk, write_nifti
+from pulmo.io.raster import read_raster
+
+__all__ = [
+    "Image2D",
+    "Volume",
+    "read_image",
+    "write_mask_png",
+    "write_nifti",
+    "folder_is_dicom_series",
+    "is_supported_file",
+]
+
+_RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+
+
+def _has_raster_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return any(head.startswith(m) for m in _RASTER_MAGIC)
+
+
+def is_supported_file(path: str | Path) -> bool:
+    """True when ``path`` looks like a file pulmo can read (by content, or name for ITK formats)."""
+    path = Path(path)
+    return path.is_file() and (is_dicom_file(path) or has_itk_suffix(path) or _has_raster_magic(path))
+
+
+def read_image(path: str | Path) -> Image2D | Volume:
+    """Read a chest X-ray or CT from a file or a DICOM series folder.
+
+    Supported: PNG / JPEG (8/16-bit greyscale, grey RGB), a DICOM file (2D), a folder holding a DICOM
+    series, NIfTI (.nii, .nii.gz), MetaImage (.mhd + .raw, .mha), NRRD (.nrrd, .nhdr). The modality
+    is read, not guessed: a 3D volume is CT, a 2D DICOM's Modality tag decides, a PNG/JPEG is a CXR.
+
+    Args:
+        path: a file or a folder.
+
+    Returns:
+        :class:`Image2D` or :class:`Volume` (see :mod:`pulmo.io.image` for axes and units).
+
+    Raises:
+        InputError: the path does not exist, is empty, or is not a supported or readable image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return read_dicom_series(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    if is_dicom_file(path):
+        return read_dicom_file(path)
+    if has_itk_suffix(path):
+        return read_itk(path)
+    if _has_raster_magic(path):
+        return read_raster(path)
+    raise InputError(
+        f"{path}: unsupported or unrecognised format; expected PNG, JPEG, DICOM, NIfTI, mhd/raw or NRRD"
+    )
+
+
+def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:
+    """Write a binary mask ``(H, W)`` as an 8-bit PNG with values 0 / 255 (the usual lung-mask layout)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(path)
+    return path

@@ -1,0 +1,270 @@
+"""DICOM readers: a single 2D file (chest X-ray or CT slice) and a CT series folder.
+
+pydicom decodes the pixels (RLE Lossless natively; JPEG / JPEG-LS / JPEG 2000 through pylibjpeg) and
+provides the standard modality and VOI LUT transforms (PS3.3 C.11), so those are not re-implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from pulmo.errors import InputError
+from pulmo.io.image import Image2D, Volume
+
+logger = logging.getLogger(__name__)
+
+#: Relative tolerance on slice spacing before a series is declared uneven.
+SLICE_SPACING_TOLERANCE = 0.1
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when the file carries the ``DICM`` magic at byte 128 (DICOM Part 10)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dcmread(path: Path, header_only: bool = False) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable DICOM file ({exc})") from None
+
+
+def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise InputError(f"{path}: DICOM file without pixel data (SOP class {ds.get('SOPClassUID', '?')})")
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # pydicom raises ValueError, RuntimeError, NotImplementedError... on bad pixel data
+        raise InputError(
+            f"{path}: cannot decode the pixel data ({type(exc).__name__}: {exc}); the file may be truncated "
+            f"or use an unsupported transfer syntax ({ds.file_meta.get('TransferSyntaxUID', '?')})"
+        ) from None
+
+
+def _spacing_2d(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(tag)
+        if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+            return (float(value[0]), float(value[1])), tag
+    return None, None
+
+
+def read_dicom_file(path: str | Path) -> Image2D:
+    """Read one 2D DICOM image (a chest X-ray: CR / DX / DR, or a single CT slice).
+
+    Chest X-ray: the modality LUT (rescale slope/intercept) and the first VOI LUT or window are applied,
+    then MONOCHROME1 is inverted so that higher values mean more attenuation. A CT slice is returned in HU
+    (modality LUT only). Bits beyond BitsStored are masked by pydicom.
+
+    Args:
+        path: a DICOM Part 10 file.
+
+    Returns:
+        :class:`Image2D`, pixels float32 ``(H, W)``, spacing from PixelSpacing or ImagerPixelSpacing (mm),
+        modality ``"ct"`` for Modality CT, else ``"cxr"``.
+
+    Raises:
+        InputError: not DICOM, no or truncated pixel data, colour or multi-frame data.
+    """
+    path = Path(path)
+    ds = _dcmread(path)
+    arr = _pixels(ds, path)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if samples != 1:
+        raise InputError(f"{path}: DICOM with {samples} samples per pixel (colour); expected a greyscale image")
+    if frames != 1 or arr.ndim != 2:
+        raise InputError(
+            f"{path}: multi-frame DICOM with {frames} frames; expected a single 2D image "
+            "(give a CT as a folder of single-slice files)"
+        )
+    dicom_modality = str(ds.get("Modality", ""))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    out = apply_modality_lut(arr, ds).astype(np.float32)
+    applied = ["modality_lut"]
+    if dicom_modality == "CT":
+        modality = "ct"
+    else:
+        modality = "cxr"
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            out = apply_voi_lut(out, ds, index=0).astype(np.float32)
+            applied.append("voi_lut")
+        if photometric == "MONOCHROME1":
+            out = float(out.max()) + float(out.min()) - out
+            applied.append("invert_monochrome1")
+    spacing, spacing_tag = _spacing_2d(ds)
+    return Image2D(
+        pixels=np.ascontiguousarray(out, dtype=np.float32),
+        spacing=spacing,
+        modality=modality,
+        source={
+            "path": str(path),
+            "format": "DICOM",
+            "dicom_modality": dicom_modality,
+            "photometric": photometric,
+            "bit_depth": int(ds.get("BitsStored", 8)),
+            "transforms": applied,
+            "spacing_tag": spacing_tag,
+            "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        },
+    )
+
+
+def _list_files(folder: Path) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        files.extend(Path(root) / n for n in sorted(names))
+    return files
+
+
+def _is_localizer(ds: pydicom.Dataset) -> bool:
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    return "LOCALIZER" in image_type
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a CT series from a folder (searched recursively) into a :class:`Volume` in HU.
+
+    Files that are not DICOM (an LIDC XML, say) are skipped. Localisers and images without
+    ImagePositionPatient / ImageOrientationPatient are excluded. When several series remain, the one
+    with the most slices is used (ties broken by the smallest SeriesInstanceUID) unless ``series_uid``
+    is given; the choice and the excluded series are logged and kept in ``Volume.source``. Slices are
+    sorted along the slice normal (ImagePositionPatient projected on row x column cosines).
+
+    Args:
+        folder: a folder holding the series' files.
+        series_uid: the SeriesInstanceUID to read, when the folder holds several.
+
+    Returns:
+        :class:`Volume`: hu float32 ``(Z, Y, X)``, spacing ``(z, y, x)`` mm, LPS origin and direction.
+
+    Raises:
+        InputError: empty folder, no DICOM series with geometry, ``series_uid`` not found, fewer than 2
+            slices, differing orientation or size, duplicate positions, or a gap or uneven spacing
+            (a missing slice) beyond 10 % of the median slice spacing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    files = _list_files(folder)
+    if not files:
+        raise InputError(f"{folder}: the folder is empty; expected DICOM files of one CT series")
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    skipped_non_dicom, localizers, no_geometry = 0, 0, 0
+    for f in files:
+        if not is_dicom_file(f):
+            skipped_non_dicom += 1
+            continue
+        ds = _dcmread(f, header_only=True)
+        if _is_localizer(ds):
+            localizers += 1
+            continue
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            no_geometry += 1
+            continue
+        series[str(ds.get("SeriesInstanceUID", "unknown"))].append((f, ds))
+    if not series:
+        raise InputError(
+            f"{folder}: no DICOM image series with slice geometry found ({len(files)} files: "
+            f"{skipped_non_dicom} not DICOM, {localizers} localisers, {no_geometry} without position)"
+        )
+    if series_uid is not None:
+        if series_uid not in series:
+            raise InputError(f"{folder}: series {series_uid} not found; present: {sorted(series)}")
+        chosen = series_uid
+    else:
+        chosen = sorted(series, key=lambda uid: (-len(series[uid]), uid))[0]
+    excluded = {uid: len(items) for uid, items in series.items() if uid != chosen}
+    if excluded:
+        logger.warning("%s: %d series found; using %s (%d slices), excluded %s",
+                       folder, len(series), chosen, len(series[chosen]), excluded)
+    items = series[chosen]
+    if len(items) < 2:
+        raise InputError(f"{folder}: series {chosen} has {len(items)} slice; expected a volume of 2 or more")
+
+    orientation = np.asarray(items[0][1].ImageOrientationPatient, dtype=np.float64)
+    for f, ds in items:
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=np.float64), orientation, atol=1e-3):
+            raise InputError(f"{f}: ImageOrientationPatient differs from the rest of series {chosen}")
+    row_cos, col_cos = orientation[:3], orientation[3:]
+    normal = np.cross(row_cos, col_cos)
+    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in items])
+    order = np.argsort(positions @ normal, kind="stable")
+    items = [items[i] for i in order]
+    positions = positions[order]
+    distances = positions @ normal
+    steps = np.diff(distances)
+    if np.any(steps < 1e-3):
+        i = int(np.argmin(steps))
+        raise InputError(f"{folder}: two slices of series {chosen} share the position {distances[i]:.2f} mm")
+    median_step = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - median_step) > SLICE_SPACING_TOLERANCE * median_step)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"{folder}: uneven slices in series {chosen}: a step of {steps[i]:.2f} mm after slice position "
+            f"{distances[i]:.2f} mm where the median step is {median_step:.2f} mm (missing slices?)"
+        )
+
+    first = items[0][1]
+    rows, cols = int(first.Rows), int(first.Columns)
+    hu = np.empty((len(items), rows, cols), dtype=np.float32)
+    for k, (f, _) in enumerate(items):
+        ds = _dcmread(f)
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise InputError(f"{f}: slice size {ds.Rows}x{ds.Columns} differs from {rows}x{cols} in the series")
+        hu[k] = apply_modality_lut(_pixels(ds, f), ds)
+    spacing_rc, _ = _spacing_2d(first)
+    if spacing_rc is None:
+        raise InputError(f"{folder}: series {chosen} has no PixelSpacing; cannot build a volume geometry")
+    direction = np.stack([row_cos, col_cos, normal], axis=1)  # columns: x (column index), y (row), z (slice)
+    dicom_modality = str(first.get("Modality", ""))
+    meta: dict[str, Any] = {
+        "path": str(folder),
+        "format": "DICOM series",
+        "dicom_modality": dicom_modality,
+        "series_uid": chosen,
+        "n_slices": len(items),
+        "excluded_series": excluded,
+        "skipped_files": {"not_dicom": skipped_non_dicom, "localizer": localizers, "no_geometry": no_geometry},
+        "files": [str(f) for f, _ in items],
+    }
+    return Volume(
+        hu=hu,
+        spacing=(median_step, spacing_rc[0], spacing_rc[1]),
+        origin=tuple(float(v) for v in positions[0]),
+        direction=direction,
+        source=meta,
+    )
+
+
+def folder_is_dicom_series(folder: str | Path) -> bool:
+    """True when a folder holds at least two DICOM CT slices with positions (a volume, not a batch of X-rays)."""
+    count = 0
+    for f in _list_files(Path(folder)):
+        if not is_dicom_file(f):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # an unreadable file is reported when the batch reaches it
+            continue
+        if str(ds.get("Modality", "")) == "CT" and "ImagePositionPatient" in ds:
+            count += 1
+            if count >= 2:
+                return True
+    return False

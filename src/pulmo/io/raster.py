@@ -1,0 +1,80 @@
+"""PNG / JPEG (and other Pillow raster formats) chest X-ray reader.
+
+Pillow is used for decoding. 8- and 16-bit greyscale are read as is; an RGB(A) file is accepted only when
+its colour channels are equal up to JPEG noise (a greyscale radiograph saved as colour). A true colour
+photograph is rejected: a CAD model fed a photo returns a confident, meaningless answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pulmo.errors import InputError
+from pulmo.io.image import Image2D
+
+# A greyscale radiograph saved as JPEG RGB differs between channels by a few grey levels at most.
+# Colour photographs differ by tens of levels over large areas.
+_MAX_MEAN_CHANNEL_DIFF = 3.0
+_MAX_P99_CHANNEL_DIFF = 24.0
+
+
+def read_raster(path: str | Path) -> Image2D:
+    """Read a PNG/JPEG chest X-ray.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        :class:`Image2D` with float32 pixels ``(H, W)`` in the file's grey levels (0..255 for 8-bit,
+        0..65535 for 16-bit), ``spacing=None``, modality ``"cxr"``.
+
+    Raises:
+        InputError: the file cannot be decoded or is truncated, has a mode that is not greyscale, or is
+            a colour image whose channels differ.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            fmt, mode = im.format, im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                mode = im.mode
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: cannot decode the image ({exc}); expected a complete PNG or JPEG file") from None
+
+    if mode in ("L", "LA"):
+        grey = arr[..., 0] if arr.ndim == 3 else arr
+        bit_depth = 8
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = arr
+        bit_depth = 16
+    elif mode == "1":
+        grey = arr.astype(np.uint8) * 255
+        bit_depth = 1
+    elif mode in ("RGB", "RGBA"):
+        rgb = arr[..., :3].astype(np.int16)
+        diff = np.maximum(np.abs(rgb[..., 0] - rgb[..., 1]), np.abs(rgb[..., 1] - rgb[..., 2]))
+        mean_diff, p99 = float(diff.mean()), float(np.percentile(diff, 99))
+        if mean_diff > _MAX_MEAN_CHANNEL_DIFF or p99 > _MAX_P99_CHANNEL_DIFF:
+            raise InputError(
+                f"{path}: a colour image (mean channel difference {mean_diff:.1f} grey levels, 99th "
+                f"percentile {p99:.0f}); expected a greyscale radiograph"
+            )
+        grey = rgb.mean(axis=-1)
+        bit_depth = 8
+    else:
+        raise InputError(f"{path}: unsupported image mode {mode!r}; expected greyscale (L, I;16) or grey RGB")
+
+    if grey.ndim != 2 or min(grey.shape) < 16:
+        raise InputError(f"{path}: image of shape {grey.shape} is too small; expected at least 16 x 16 pixels")
+    return Image2D(
+        pixels=np.ascontiguousarray(grey, dtype=np.float32),
+        spacing=None,
+        modality="cxr",
+        source={"path": str(path), "format": fmt, "mode": mode, "bit_depth": bit_depth, "photometric": "MONOCHROME2"},
+    )

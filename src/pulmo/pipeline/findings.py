@@ -1,0 +1,41 @@
+"""The result of ``pulmo analyze`` for one input, in original image coordinates.
+
+``findings.json`` schema (``schema_version`` "1.0"):
+
+* ``schema_version``, ``pulmo_version``, ``created`` (UTC ISO 8601)
+* ``input``: ``path``, ``format``, ``image_size`` ``{"height", "width"}`` (px), ``spacing_mm``
+  ``[row, column]`` or null, ``photometric``, ``bit_depth``
+* ``modality``: ``"cxr"``
+* ``lungs``: ``mask`` (PNG file name, 0/255, original size), ``area_px``, ``area_cm2`` (null when the
+  spacing is unknown), ``n_components``, ``convention`` ("visible lung fields")
+* ``models``: ``[{"task", "name", "architecture", "sha256"}]``
+* ``files``: the other files written (``overlay``, ``report``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclasses.dataclass
+class Findings:
+    """Findings for one image; ``to_dict()`` gives the ``findings.json`` content."""
+
+    input: dict[str, Any]
+    modality: str
+    lungs: dict[str, Any] | None = None
+    models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    created: str = dataclasses.field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        from pulmo import __version__
+
+        d = {"schema_version": SCHEMA_VERSION, "pulmo_version": __version__}
+        d.update(dataclasses.asdict(self))
+        return d

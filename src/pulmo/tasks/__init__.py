@@ -1,0 +1,1 @@
+"""Tasks: dataset + model + loss + metrics wiring for train / evaluate / predict."""

@@ -1,0 +1,29 @@
+"""Resizing between original pixel geometry and a model's working resolution.
+
+torch ``interpolate`` (bilinear with antialias for down-sampling) is used: it is fast on the CPU and the
+same code serves numpy arrays and batched tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W)`` float image to ``size = (h, w)`` (bilinear, antialiased when shrinking)."""
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    shrink = size[0] < image.shape[0] or size[1] < image.shape[1]
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return out[0, 0].numpy()
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a binary/label mask ``(H, W)`` to ``size`` with area-weighted votes (threshold 0.5) -> uint8."""
+    return (resize_image(np.asarray(mask, dtype=np.float32), size) >= 0.5).astype(np.uint8)
+
+
+def resize_probability(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Up-sample probabilities ``(B, K, h, w)`` to ``(B, K, H, W)`` (bilinear) before thresholding."""
+    return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,114 @@
+"""Bundled weight sets: ``<name>.safetensors`` + ``<name>.json`` model card in this folder.
+
+A card holds: ``name``, ``architecture`` (registry name), ``model_kwargs``, ``task``, ``labels`` (output
+channels in order), ``thresholds``, ``input`` (working size, normalisation, channels), ``training`` (data,
+split, command, seed), ``metrics`` (on the validation split), ``license``, ``file`` and ``sha256``.
+Loading checks the sha256 and never unpickles (safetensors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pulmo.errors import WeightsError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_weights() -> list[dict[str, Any]]:
+    """The cards of every bundled weight set, sorted by name."""
+    return [_read_card(p) for p in sorted(WEIGHTS_DIR.glob("*.json"))]
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{card_path}: unreadable model card ({exc})") from None
+    card["_path"] = str(card_path.with_name(card.get("file", card_path.stem + ".safetensors")))
+    return card
+
+
+def resolve_card(weights: str | Path) -> dict[str, Any]:
+    """Find the card of a bundled weight name, or of a ``.safetensors`` path (card = same stem ``.json``).
+
+    Raises:
+        WeightsError: no such bundled weights or no card beside the file.
+    """
+    p = Path(weights)
+    if p.suffix == ".safetensors":
+        card_path = p.with_suffix(".json")
+    else:
+        card_path = WEIGHTS_DIR / f"{weights}.json"
+    if not card_path.is_file():
+        names = [c["name"] for c in list_weights()]
+        raise WeightsError(f"weights {str(weights)!r} not found (no card {card_path}); bundled: {names}")
+    return _read_card(card_path)
+
+
+def load_into(model: nn.Module, card: dict[str, Any]) -> nn.Module:
+    """Load a card's safetensors file into ``model`` after checking its sha256.
+
+    Raises:
+        WeightsError: file missing, sha256 mismatch, unreadable file, or tensors not matching the model.
+    """
+    path = Path(card["_path"])
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file missing for card {card.get('name')!r}")
+    digest = sha256_of(path)
+    if card.get("sha256") and digest != card["sha256"]:
+        raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match the card's {card['sha256'][:12]}...")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path}: cannot read safetensors file ({exc})") from None
+    ref = model.state_dict()
+    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit {card.get('architecture')!r}: {str(exc)[:300]}") from None
+    return model
+
+
+def save_weights(model: nn.Module, path: str | Path, card: dict[str, Any], half: bool = True) -> dict[str, Any]:
+    """Save ``model`` as safetensors (floating tensors in fp16 when ``half``) and its card beside it.
+
+    Returns the card as written, with ``file`` and ``sha256`` filled in.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[k] = v.half() if half and v.is_floating_point() else v
+    save_file(state, str(path))
+    card = {k: v for k, v in card.items() if not k.startswith("_")}
+    card.update({"file": path.name, "sha256": sha256_of(path), "dtype": "float16" if half else "float32"})
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def weight_bytes(card: dict[str, Any]) -> int:
+    """Size of a card's weight file in bytes (0 when missing)."""
+    p = Path(card["_path"])
+    return p.stat().st_size if p.is_file() else 0
+
+
+__all__ = ["WEIGHTS_DIR", "list_weights", "load_into", "resolve_card", "save_weights", "sha256_of", "weight_bytes"]

@@ -1,0 +1,140 @@
+"""Every ``pulmo`` subcommand through ``cli.main(argv)`` into ``tmp_path``, on real images."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pulmo.cli import main
+from pulmo.datasets import image_mask_records, split_by_patient
+from pulmo.metrics import dice
+from tests.conftest import LIDC_SERIES, ROOT, data_path
+from tests.dicom_helpers import write_dicom
+
+EXAMPLE = ROOT / "examples" / "cxr" / "00022084_000.png"
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "unet-seed1" in out and "monai-unet" in out and "lung-seg-unet" in out
+
+
+def test_analyze_one_xray(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--no-progress", "analyze", str(EXAMPLE), "--out", str(out)]) == 0
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["schema_version"] == "1.0" and findings["modality"] == "cxr"
+    assert findings["input"]["image_size"] == {"height": 1024, "width": 1024}
+    assert findings["lungs"]["area_cm2"] is None  # PNG: spacing unknown
+    assert 0.10 < findings["lungs"]["area_px"] / 1024**2 < 0.5
+    assert findings["models"][0]["task"] == "lung-seg" and len(findings["models"][0]["sha256"]) == 64
+    mask = np.asarray(Image.open(out / findings["lungs"]["mask"]))
+    assert mask.shape == (1024, 1024) and set(np.unique(mask)) <= {0, 255}
+    assert int((mask > 0).sum()) == findings["lungs"]["area_px"]
+    assert (out / "overlay.png").is_file() and (out / "config.yaml").is_file()
+    html = (out / "report.html").read_text()
+    assert "overlay.png" in html and "lung area" in html
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_analyze_dicom_monochrome1_matches_png(tmp_path):
+    """The same radiograph as DICOM MONOCHROME1 (inverted, 12-bit, with spacing) gives the same lungs."""
+    grey = np.asarray(Image.open(EXAMPLE).convert("L")).astype(np.uint16)
+    stored = (255 - grey) * 16  # MONOCHROME1: high stored value = dark
+    dcm = write_dicom(tmp_path / "cxr.dcm", stored, photometric="MONOCHROME1", bits_stored=12, spacing=(0.143, 0.143))
+    assert main(["--no-progress", "analyze", str(dcm), "--out", str(tmp_path / "dcm")]) == 0
+    assert main(["--no-progress", "analyze", str(EXAMPLE), "--out", str(tmp_path / "png")]) == 0
+    f = json.loads((tmp_path / "dcm" / "findings.json").read_text())
+    assert f["input"]["spacing_mm"] == [0.143, 0.143]
+    assert f["lungs"]["area_cm2"] == pytest.approx(f["lungs"]["area_px"] * 0.143**2 / 100, rel=1e-3)
+    m1 = np.asarray(Image.open(tmp_path / "dcm" / "lung_mask.png")) > 0
+    m2 = np.asarray(Image.open(tmp_path / "png" / "lung_mask.png")) > 0
+    assert dice(m1, m2) > 0.95
+
+
+def test_analyze_folder_batch_survives_bad_files(tmp_path):
+    src = tmp_path / "inputs"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(EXAMPLE, src / "a.png")
+    shutil.copy(ROOT / "examples" / "cxr" / "person1001_bacteria_2932.jpeg", src / "sub" / "b.jpeg")
+    data = EXAMPLE.read_bytes()
+    (src / "broken.png").write_bytes(data[: len(data) // 3])
+    (src / "notes.txt").write_text("not an image")
+    before = _tree_digest(src)
+    out = tmp_path / "out"
+    assert main(["--no-progress", "analyze", str(src), "--out", str(out)]) == 1
+    rows = {Path(r["input"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["a.png"]["status"] == "ok" and rows["b.jpeg"]["status"] == "ok"
+    assert rows["broken.png"]["status"] == "failed" and "broken.png" in rows["broken.png"]["error"]
+    assert rows["notes.txt"]["status"] == "skipped"
+    assert (out / "a" / "findings.json").is_file() and (out / "sub__b" / "report.html").is_file()
+    assert _tree_digest(src) == before  # nothing in the input folder changed
+
+
+def test_analyze_ct_says_not_available(capsys, tmp_path):
+    code = main(["--no-progress", "analyze", str(data_path(*LIDC_SERIES)), "--out", str(tmp_path / "ct")])
+    assert code == 5
+    err = capsys.readouterr().err
+    assert "CT pipeline" in err and "not available" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make,code,needle", [
+    (lambda p: p / "missing.png", 3, "no such file"),
+    (lambda p: (p / "x.txt").write_text("hi") and p / "x.txt", 3, "unsupported"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", 3, "empty"),
+    (lambda p: (p / "photo.jpg", Image.fromarray(np.dstack([np.mgrid[:64, :64][1].astype(np.uint8) * 4,
+     np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8)])).save(p / "photo.jpg"))[0], 3, "colour"),
+])
+def test_bad_input_one_line_exit_3(tmp_path, capsys, make, code, needle):
+    target = make(tmp_path)
+    assert main(["--no-progress", "analyze", str(target), "--out", str(tmp_path / "o")]) == code
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_out_inside_input_refused(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "in" / "a.png")
+    assert main(["--no-progress", "analyze", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "o")]) == 2
+    assert not (tmp_path / "in" / "o").exists()
+
+
+def test_evaluate_lung_seg_on_real_validation_images(tmp_path, capsys):
+    """Golden test of the bundled weights: Montgomery/Shenzhen images of the card's validation split."""
+    records = image_mask_records(data_path("cxr", "montgomery_shenzhen"))
+    _, val = split_by_patient(records, 0.2, seed=0)
+    data = tmp_path / "val"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for r in val[:6]:
+        shutil.copy(r["image"], data / "images")
+        shutil.copy(r["mask"], data / "masks")
+    out = tmp_path / "metrics.json"
+    assert main(["--no-progress", "evaluate", "lung-seg", "--data", str(data), "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["task"] == "lung-seg" and m["n"] == 6
+    assert set(m) >= {"dice_mean", "dice_std", "iou_mean"}
+    assert m["dice_mean"] > 0.9 and m["iou_mean"] > 0.82
+
+
+def test_train_cli_tiny(tiny_lung_dataset, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("size: 32\nfeatures: 4\nbatch_size: 4\n")
+    code = main(["--no-progress", "train", "lung-seg", "--config", str(tmp_path / "c.yaml"), "--visible-data",
+                 str(tiny_lung_dataset), "--epochs", "1", "--out-dir", str(tmp_path / "run")])
+    assert code == 0
+    card = json.loads((tmp_path / "run" / "lung-seg-unet.json").read_text())
+    assert card["training"]["command"].startswith("pulmo train lung-seg")
+    assert (tmp_path / "run" / "config.yaml").read_text().count("size: 32") == 1
