@@ -15,7 +15,7 @@ from PIL import Image
 from pulmo.cli import main
 from pulmo.datasets import image_mask_records, split_by_patient
 from pulmo.metrics import dice
-from tests.conftest import LIDC_SERIES, ROOT, data_path
+from tests.conftest import ROOT, data_path
 from tests.dicom_helpers import write_dicom
 
 EXAMPLE = ROOT / "examples" / "cxr" / "00022084_000.png"
@@ -46,8 +46,22 @@ def test_analyze_one_xray(tmp_path, capsys):
     assert int((mask > 0).sum()) == findings["lungs"]["area_px"]
     assert (out / "overlay.png").is_file() and (out / "config.yaml").is_file()
     html = (out / "report.html").read_text()
-    assert "overlay.png" in html and "lung area" in html
+    assert "overlay.png" in html and "<h2>Lungs</h2>" in html and "area (px)" in html
     assert "report.html" in capsys.readouterr().out
+
+
+def test_analyze_mixed_folder_cxr_and_ct_series(tmp_path):
+    src = tmp_path / "study"
+    (src / "ct").mkdir(parents=True)
+    shutil.copy(EXAMPLE, src / "a.png")
+    shutil.copytree(ROOT / "examples" / "ct" / "LIDC-IDRI-0001", src / "ct" / "series1")
+    out = tmp_path / "out"
+    assert main(["--no-progress", "analyze", str(src), "--out", str(out)]) == 0
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(Path(r["input"]).name, r["status"], r["modality"]) for r in rows] == [
+        ("a.png", "ok", "cxr"), ("series1", "ok", "ct")]
+    assert (out / "ct__series1" / "infection_mask.nii.gz").is_file()
 
 
 def test_analyze_dicom_monochrome1_matches_png(tmp_path):
@@ -76,19 +90,13 @@ def test_analyze_folder_batch_survives_bad_files(tmp_path):
     before = _tree_digest(src)
     out = tmp_path / "out"
     assert main(["--no-progress", "analyze", str(src), "--out", str(out)]) == 1
-    rows = {Path(r["input"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
+    with open(out / "summary.csv", newline="") as fh:
+        rows = {Path(r["input"]).name: r for r in csv.DictReader(fh)}
     assert rows["a.png"]["status"] == "ok" and rows["b.jpeg"]["status"] == "ok"
     assert rows["broken.png"]["status"] == "failed" and "broken.png" in rows["broken.png"]["error"]
     assert rows["notes.txt"]["status"] == "skipped"
     assert (out / "a" / "findings.json").is_file() and (out / "sub__b" / "report.html").is_file()
     assert _tree_digest(src) == before  # nothing in the input folder changed
-
-
-def test_analyze_ct_says_not_available(capsys, tmp_path):
-    code = main(["--no-progress", "analyze", str(data_path(*LIDC_SERIES)), "--out", str(tmp_path / "ct")])
-    assert code == 5
-    err = capsys.readouterr().err
-    assert "CT pipeline" in err and "not available" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("make,code,needle", [
@@ -131,10 +139,11 @@ def test_evaluate_lung_seg_on_real_validation_images(tmp_path, capsys):
 
 
 def test_train_cli_tiny(tiny_lung_dataset, tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text("size: 32\nfeatures: 4\nbatch_size: 4\n")
+    (tmp_path / "c.yaml").write_text("size: 32\nfeatures: 4\nbatch_size: 4\nval_fraction: 0.3\n")
     code = main(["--no-progress", "train", "lung-seg", "--config", str(tmp_path / "c.yaml"), "--visible-data",
                  str(tiny_lung_dataset), "--epochs", "1", "--out-dir", str(tmp_path / "run")])
     assert code == 0
     card = json.loads((tmp_path / "run" / "lung-seg-unet.json").read_text())
-    assert card["training"]["command"].startswith("pulmo train lung-seg")
+    assert card["training"]["command"].startswith("pulmo --no-progress train lung-seg --config")
+    assert card["metrics"]["shenzhen/visible_channel"]["n"] >= 1
     assert (tmp_path / "run" / "config.yaml").read_text().count("size: 32") == 1

@@ -19,6 +19,16 @@ def analyze(path, out_dir, modality=None, progress=True):
 
 
 __all__ = [
-    "ConfigError", "Image2D", "InputError", "NotAvailableError", "PulmoError", "Volume", "WeightsError",
-    "analyze", "create_model", "list_models", "read_image", "__version__",
+    "ConfigError",
+    "Image2D",
+    "InputError",
+    "NotAvailableError",
+    "PulmoError",
+    "Volume",
+    "WeightsError",
+    "__version__",
+    "analyze",
+    "create_model",
+    "list_models",
+    "read_image",
 ]

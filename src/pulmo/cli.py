@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
-    e.add_argument("task", choices=["lung-seg"])
+    e.add_argument("task", choices=["lung-seg", "lesion-seg"])
     e.add_argument("--data", required=True, help="dataset root in the task's layout")
+    e.add_argument("--format", default="covid-semiseg", help="dataset layout (lesion-seg: covid-semiseg)")
+    e.add_argument("--split", default="test", choices=["test", "train"], help="split to score (lesion-seg)")
     e.add_argument("--out", required=True, help="metrics JSON file to write")
     e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
 
@@ -67,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--size", type=int)
     ls.add_argument("--name", help="weight-set name")
     _add_train_flags(ls)
+    le = tsub.add_parser("lesion-seg", help="CT infection segmentation (U-Net family of seed 5)")
+    le.add_argument("--data", help="dataset root")
+    le.add_argument("--format", choices=["covid-semiseg", "ct-volumes"])
+    le.add_argument("--classes", choices=["binary", "multiclass"])
+    le.add_argument("--architecture", help="unet, res-unet, attention-unet or res-attention-unet")
+    le.add_argument("--features", type=int)
+    le.add_argument("--size", type=int)
+    le.add_argument("--name", help="weight-set name")
+    _add_train_flags(le)
 
     sub.add_parser("models", help="list registered architectures and bundled weights")
     return parser
@@ -74,28 +85,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from pulmo.engine import load_config
-    from pulmo.tasks import lung_seg
+    from pulmo.tasks import lesion_seg, lung_seg
 
+    task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig)}
+    module, config_cls = task[args.task]
     skip = {"command", "task", "verbose", "no_progress", "config"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     overrides["progress"] = False if args.no_progress else None
-    config = load_config(lung_seg.LungSegConfig, args.config, overrides)
+    config = load_config(config_cls, args.config, overrides)
     launcher = "torchrun --nproc_per_node=N -m pulmo " if os.environ.get("WORLD_SIZE", "1") != "1" else "pulmo "
-    card = lung_seg.train(config, command=launcher + shlex.join(argv))
+    card = module.train(config, command=launcher + shlex.join(argv))
     if card:
         print(json.dumps({"weights": str(Path(config.out_dir) / card["file"]), "metrics": card["metrics"]}, indent=2))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pulmo.tasks import lung_seg
+    from pulmo.tasks import lesion_seg, lung_seg
 
-    metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=not args.no_progress)
+    progress = not args.no_progress
+    if args.task == "lung-seg":
+        metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=progress)
+        line = f"dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} iou={metrics['iou_mean']:.4f}"
+    else:
+        metrics = lesion_seg.evaluate(args.data, args.format, args.split, args.weights or lesion_seg.DEFAULT_WEIGHTS,
+                                      progress=progress)
+        line = (f"dice_mean={metrics['dice_mean']:.4f} dice_global={metrics['dice_global']:.4f} "
+                f"precision={metrics['precision']:.4f} sensitivity={metrics['sensitivity']:.4f} "
+                f"specificity={metrics['specificity']:.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{metrics['task']}: n={metrics['n']} dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} "
-          f"iou={metrics['iou_mean']:.4f} -> {out}")
+    print(f"{metrics['task']}: n={metrics['n']} {line} -> {out}")
     return 0
 
 

@@ -30,7 +30,7 @@ def test_split_is_patient_disjoint_and_deterministic():
     train, val = split_by_patient(records, 0.2, seed=0)
     assert {r["patient_id"] for r in train}.isdisjoint({r["patient_id"] for r in val})
     assert 0.1 < len(val) / len(records) < 0.35
-    train2, val2 = split_by_patient(list(reversed(records)), 0.2, seed=0)
+    _, val2 = split_by_patient(list(reversed(records)), 0.2, seed=0)
     assert {r["image"] for r in val} == {r["image"] for r in val2}
     with pytest.raises(ValueError):
         split_by_patient(records, 1.5)

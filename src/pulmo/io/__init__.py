@@ -20,11 +20,11 @@ from pulmo.io.raster import read_raster
 __all__ = [
     "Image2D",
     "Volume",
+    "folder_is_dicom_series",
+    "is_supported_file",
     "read_image",
     "write_mask_png",
     "write_nifti",
-    "folder_is_dicom_series",
-    "is_supported_file",
 ]
 
 _RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")

@@ -48,7 +48,7 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise InputError(f"{path}: DICOM file without pixel data (SOP class {ds.get('SOPClassUID', '?')})")
     try:
         return ds.pixel_array
-    except Exception as exc:  # pydicom raises ValueError, RuntimeError, NotImplementedError... on bad pixel data
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError, NotImplementedError... on bad pixel data
         raise InputError(
             f"{path}: cannot decode the pixel data ({type(exc).__name__}: {exc}); the file may be truncated "
             f"or use an unsupported transfer syntax ({ds.file_meta.get('TransferSyntaxUID', '?')})"
@@ -188,7 +188,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
             raise InputError(f"{folder}: series {series_uid} not found; present: {sorted(series)}")
         chosen = series_uid
     else:
-        chosen = sorted(series, key=lambda uid: (-len(series[uid]), uid))[0]
+        chosen = min(series, key=lambda uid: (-len(series[uid]), uid))
     excluded = {uid: len(items) for uid, items in series.items() if uid != chosen}
     if excluded:
         logger.warning("%s: %d series found; using %s (%d slices), excluded %s",
@@ -253,15 +253,21 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     )
 
 
-def folder_is_dicom_series(folder: str | Path) -> bool:
-    """True when a folder holds at least two DICOM CT slices with positions (a volume, not a batch of X-rays)."""
+def folder_is_dicom_series(folder: str | Path, recursive: bool = False) -> bool:
+    """True when a folder holds at least two DICOM CT slices with positions (a volume, not a batch of X-rays).
+
+    Only the folder's own files are looked at unless ``recursive``.
+    """
+    folder = Path(folder)
+    files = _list_files(folder) if recursive else sorted(p for p in folder.iterdir() if p.is_file())
     count = 0
-    for f in _list_files(Path(folder)):
+    for f in files:
         if not is_dicom_file(f):
             continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:  # an unreadable file is reported when the batch reaches it
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when the batch reaches it
+            logger.debug("%s: unreadable DICOM header while probing for a series", f)
             continue
         if str(ds.get("Modality", "")) == "CT" and "ImagePositionPatient" in ds:
             count += 1

@@ -13,13 +13,11 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from pulmo.errors import ConfigError, InputError, NotAvailableError, PulmoError
-from pulmo.io import Image2D, Volume, folder_is_dicom_series, is_supported_file, read_image
+from pulmo.errors import ConfigError, InputError, PulmoError
+from pulmo.io import Volume, folder_is_dicom_series, is_supported_file, read_image
 
 logger = logging.getLogger(__name__)
 
-CT_NOT_AVAILABLE = ("the CT pipeline (lung extraction, lesion segmentation, nodules) is not available in this "
-                    "version of pulmo yet; chest X-rays (PNG, JPEG, DICOM CR/DX) are supported")
 
 
 @dataclasses.dataclass
@@ -41,53 +39,85 @@ def _check_out_dir(input_path: Path, out_dir: Path) -> None:
 
 
 def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = None) -> dict[str, Any]:
-    """Analyse one chest X-ray file and write ``findings.json``, ``lung_mask.png``, ``overlay.png``,
-    ``report.html`` and ``config.yaml`` into ``out_dir``.
+    """Analyse one input and write ``findings.json``, masks, overlays, ``report.html`` and ``config.yaml``
+    into ``out_dir``.
+
+    A chest X-ray goes through lung segmentation (PNG lung mask); a CT volume (DICOM series folder, NIfTI,
+    mhd, NRRD) through lung extraction and infection segmentation (NIfTI masks in the input geometry);
+    a single CT slice (DICOM CT, or an image with ``modality="ct"``) through infection segmentation.
 
     Args:
-        path: an image file (PNG, JPEG, DICOM) or a CT (volume file or DICOM series folder).
+        path: an image file, a volume file or a DICOM series folder.
         out_dir: output folder (created).
-        modality: ``"cxr"`` or ``"ct"`` to override the modality of a 2D image whose file does not say.
+        modality: ``"cxr"`` or ``"ct"`` to set the modality of a 2D image whose file does not say, or to
+            treat a PNG/JPEG as a CT slice. A 3D volume is always CT.
 
     Returns:
         The findings dict (as written to ``findings.json``).
 
     Raises:
-        InputError: unreadable or unsupported input, or modality unknown.
-        NotAvailableError: a CT input (the CT pipeline comes in a later version).
+        InputError: unreadable or unsupported input, modality unknown, an X-ray declared as CT volume, or a
+            CT given as an X-ray.
     """
+    from pulmo.pipeline.ct import analyze_ct_slice, analyze_ct_volume
     from pulmo.pipeline.cxr import analyze_cxr
-    from pulmo.report import write_cxr_outputs
+    from pulmo.report import write_ct_outputs, write_cxr_outputs
 
     image = read_image(path)
     if isinstance(image, Volume):
-        raise NotAvailableError(f"{path}: a CT volume {image.shape[::-1]} (x, y, z); {CT_NOT_AVAILABLE}")
-    assert isinstance(image, Image2D)
-    effective = modality or image.modality
-    if effective is None:
-        raise InputError(f"{path}: a 2D image whose file does not tell the modality; pass --modality cxr or ct")
-    if effective == "ct":
-        raise NotAvailableError(f"{path}: a CT slice; {CT_NOT_AVAILABLE}")
-    image.modality = "cxr"
-    findings, masks = analyze_cxr(image)
+        if modality == "cxr":
+            raise InputError(f"{path}: a 3D volume {image.shape[::-1]} (x, y, z) cannot be a chest X-ray")
+        effective = "ct"
+    else:
+        effective = modality or image.modality
+        if effective is None:
+            raise InputError(f"{path}: a 2D image whose file does not tell the modality; pass --modality cxr or ct")
+        if effective == "cxr" and image.modality == "ct":
+            raise InputError(f"{path}: the DICOM Modality is CT; a CT slice cannot be analysed as a chest X-ray")
+        if effective == "ct" and image.modality == "cxr" and image.source.get("format") == "DICOM":
+            raise InputError(f"{path}: the DICOM Modality is {image.source.get('dicom_modality')!r}, a radiograph; "
+                             "it cannot be analysed as a CT slice")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if effective == "ct":
+        findings, masks = analyze_ct_volume(image) if isinstance(image, Volume) else analyze_ct_slice(image)
+        writer = write_ct_outputs
+    else:
+        image.modality = "cxr"
+        findings, masks = analyze_cxr(image)
+        writer = write_cxr_outputs
     (out_dir / "config.yaml").write_text(yaml.safe_dump(
         {"input": str(path), "modality": effective, "models": findings.models}, sort_keys=False))
-    return write_cxr_outputs(image, findings, masks, out_dir)
+    return writer(image, findings, masks, out_dir)
+
+
+def _single_series_folder(folder: Path) -> bool:
+    """True for a series folder, or a chain of single sub-folders ending in one (TCIA patient/study/series)."""
+    while True:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        dirs = [p for p in entries if p.is_dir()]
+        if len(dirs) == 1 and len(entries) == 1:
+            folder = dirs[0]
+            continue
+        return folder_is_dicom_series(folder)
 
 
 def _batch_inputs(folder: Path) -> list[Path]:
-    files = []
+    """Files of a folder tree, with each DICOM CT series sub-folder as one item (not descended into)."""
+    items = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
-    return files
+        root_path = Path(root)
+        series = [d for d in dirs if folder_is_dicom_series(root_path / d)]
+        items.extend(root_path / d for d in sorted(series))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in series)
+        items.extend(root_path / n for n in sorted(names) if not n.startswith("."))
+    return items
 
 
 def _unique_name(path: Path, folder: Path, used: set[str]) -> str:
     rel = path.relative_to(folder)
-    name = "__".join(rel.with_suffix("").parts) if len(rel.parts) > 1 else rel.stem
+    rel = rel if path.is_dir() else rel.with_suffix("")
+    name = "__".join(rel.parts)
     base, k = name, 2
     while name in used:
         name, k = f"{base}_{k}", k + 1
@@ -103,13 +133,13 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     Raises:
         InputError: the path does not exist, or a folder holds no supported image.
         ConfigError: ``out_dir`` lies inside the input folder.
-        NotAvailableError / InputError: for a single input that cannot be analysed.
+        InputError: for a single input that cannot be analysed.
     """
     path, out_dir = Path(path), Path(out_dir)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     _check_out_dir(path, out_dir)
-    if path.is_file() or folder_is_dicom_series(path):
+    if path.is_file() or _single_series_folder(path):
         t0 = time.perf_counter()
         findings = analyze_image(path, out_dir, modality)
         return AnalyzeResult(lines=[_summary_line(path, findings, out_dir, time.perf_counter() - t0)],
@@ -117,8 +147,8 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
 
     files = _batch_inputs(path)
     if not files:
-        raise InputError(f"{path}: the folder is empty; expected chest X-ray images (PNG, JPEG, DICOM)")
-    candidates = [f for f in files if is_supported_file(f)]
+        raise InputError(f"{path}: the folder is empty; expected chest X-rays or CT (PNG, JPEG, DICOM, NIfTI, mhd, NRRD)")
+    candidates = [f for f in files if f.is_dir() or is_supported_file(f)]
     if not candidates:
         raise InputError(f"{path}: none of its {len(files)} files is a supported image (PNG, JPEG, DICOM, NIfTI, "
                          "mhd, NRRD)")
@@ -127,20 +157,18 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     for f in tqdm(files, desc="analyze", unit="image", disable=not progress):
         if f not in candidates:
             rows.append({"input": str(f), "status": "skipped", "error": "not a supported image format",
-                         "output": "", "lung_area_px": "", "lung_area_cm2": "", "seconds": ""})
+                         "output": "", **_summary_values({}), "seconds": ""})
             continue
         name = _unique_name(f, path, used)
         t0 = time.perf_counter()
         try:
             findings = analyze_image(f, out_dir / name, modality)
-            lungs = findings.get("lungs") or {}
-            rows.append({"input": str(f), "status": "ok", "error": "", "output": name,
-                         "lung_area_px": lungs.get("area_px", ""), "lung_area_cm2": lungs.get("area_cm2") or "",
+            rows.append({"input": str(f), "status": "ok", "error": "", "output": name, **_summary_values(findings),
                          "seconds": round(time.perf_counter() - t0, 3)})
         except PulmoError as exc:
             logger.warning("%s", exc)
-            rows.append({"input": str(f), "status": "failed", "error": str(exc), "output": "",
-                         "lung_area_px": "", "lung_area_cm2": "", "seconds": round(time.perf_counter() - t0, 3)})
+            rows.append({"input": str(f), "status": "failed", "error": str(exc), "output": "", **_summary_values({}),
+                         "seconds": round(time.perf_counter() - t0, 3)})
     with open(out_dir / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -152,7 +180,23 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
 
 
+def _summary_values(findings: dict[str, Any]) -> dict[str, Any]:
+    lungs, infection = findings.get("lungs") or {}, findings.get("infection") or {}
+    return {"modality": findings.get("modality", ""), "lung_area_px": lungs.get("area_px", ""),
+            "lung_area_cm2": lungs.get("area_cm2") or "", "lung_volume_ml": lungs.get("volume_ml", ""),
+            "infection_volume_ml": infection.get("volume_ml", ""),
+            "infection_percent_of_lung": infection.get("percent_of_lung", "")}
+
+
 def _summary_line(path: Path, findings: dict[str, Any], out_dir: Path, seconds: float) -> str:
-    lungs = findings.get("lungs") or {}
-    area = f"{lungs['area_cm2']} cm2" if lungs.get("area_cm2") is not None else f"{lungs.get('area_px')} px"
-    return f"{path}: lungs {area} ({seconds:.2f} s) -> {out_dir / 'report.html'}"
+    lungs, infection = findings.get("lungs") or {}, findings.get("infection")
+    if lungs.get("volume_ml") is not None:
+        text = f"lungs {lungs['volume_ml']} mL"
+    elif lungs.get("area_cm2") is not None:
+        text = f"lungs {lungs['area_cm2']} cm2"
+    else:
+        text = f"lungs {lungs.get('area_px', '?')} px"
+    if infection:
+        amount = (f"{infection['volume_ml']} mL" if "volume_ml" in infection else f"{infection['area_px']} px")
+        text += f", infection {amount} ({infection.get('percent_of_lung')} % of lung)"
+    return f"{path}: {findings['modality']}: {text} ({seconds:.2f} s) -> {out_dir / 'report.html'}"

@@ -5,9 +5,13 @@
 * ``schema_version``, ``pulmo_version``, ``created`` (UTC ISO 8601)
 * ``input``: ``path``, ``format``, ``image_size`` ``{"height", "width"}`` (px), ``spacing_mm``
   ``[row, column]`` or null, ``photometric``, ``bit_depth``
-* ``modality``: ``"cxr"``
-* ``lungs``: ``mask`` (PNG file name, 0/255, original size), ``area_px``, ``area_cm2`` (null when the
-  spacing is unknown), ``n_components``, ``convention`` ("visible lung fields")
+* ``modality``: ``"cxr"`` or ``"ct"``
+* ``lungs``: ``mask`` (CXR: PNG 0/255 at the original size; CT: NIfTI in the input geometry); CXR:
+  ``area_px``, ``area_cm2`` (null when the spacing is unknown), ``n_components``, ``convention``;
+  CT volume: ``volume_ml``, ``method``
+* ``infection`` (CT): ``mask`` (NIfTI, 0 background, 1.. labels), ``labels``, ``volume_ml`` and
+  ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
+  ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model
 * ``models``: ``[{"task", "name", "architecture", "sha256"}]``
 * ``files``: the other files written (``overlay``, ``report``)
 """
@@ -28,10 +32,11 @@ class Findings:
     input: dict[str, Any]
     modality: str
     lungs: dict[str, Any] | None = None
+    infection: dict[str, Any] | None = None
     models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     created: str = dataclasses.field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         from pulmo import __version__

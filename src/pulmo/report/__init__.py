@@ -1,4 +1,4 @@
-"""Outputs of an analysis: findings.json, masks, overlays and report.html."""
+"""Outputs of an analysis: findings.json, masks (PNG / NIfTI), overlays and report.html."""
 
 from __future__ import annotations
 
@@ -8,12 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from pulmo.io import Image2D, write_mask_png
+from pulmo.io import Image2D, Volume, write_mask_png, write_nifti
 from pulmo.pipeline.findings import Findings
 from pulmo.report.html import render_report
-from pulmo.report.overlay import grey_rgb, mask_overlay
+from pulmo.report.overlay import LUNG_COLOUR, grey_rgb, label_layers, mask_overlay, overlay
+from pulmo.transforms import window_hu
 
-__all__ = ["grey_rgb", "mask_overlay", "render_report", "write_cxr_outputs"]
+__all__ = ["grey_rgb", "mask_overlay", "overlay", "render_report", "write_ct_outputs", "write_cxr_outputs"]
+
+
+def _finish(findings: Findings, out: Path, images: dict[str, str]) -> dict[str, Any]:
+    findings.files = {"overlays": list(images.values()), "report": "report.html", "config": "config.yaml"}
+    data = findings.to_dict()
+    (out / "report.html").write_text(render_report(data, images), encoding="utf-8")
+    (out / "findings.json").write_text(json.dumps(data, indent=2) + "\n")
+    return data
 
 
 def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.ndarray],
@@ -24,8 +33,48 @@ def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.nd
     out.mkdir(parents=True, exist_ok=True)
     write_mask_png(masks["lungs"], out / "lung_mask.png")
     mask_overlay(image.pixels, masks["lungs"]).save(out / "overlay.png")
-    findings.files = {"overlay": "overlay.png", "report": "report.html", "config": "config.yaml"}
-    data = findings.to_dict()
-    (out / "report.html").write_text(render_report(data, {"lung mask overlay": "overlay.png"}), encoding="utf-8")
-    (out / "findings.json").write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    return _finish(findings, out, {"lung mask overlay": "overlay.png"})
+
+
+def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[str, np.ndarray],
+                     out_dir: str | Path) -> dict[str, Any]:
+    """CT outputs: masks (NIfTI in the input geometry for a volume, PNG for a slice), key-slice overlays
+    (axial slice with the most infection, the axial slice with the most lung, a coronal view), report and
+    findings. Returns the findings dict as written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_labels = len((findings.infection or {}).get("labels", [1]))
+    lungs, infection = masks.get("lungs"), masks["infection"]
+    images: dict[str, str] = {}
+    if isinstance(image, Volume):
+        write_nifti(lungs.astype(np.uint8), image, out / "lung_mask.nii.gz")
+        write_nifti(infection.astype(np.uint8), image, out / "infection_mask.nii.gz")
+        per_slice_inf = (infection > 0).sum(axis=(1, 2))
+        per_slice_lung = lungs.sum(axis=(1, 2))
+        picks = []
+        if per_slice_inf.any():
+            picks.append(("axial slice with the most infection", int(per_slice_inf.argmax())))
+        picks.append(("axial slice with the most lung", int(per_slice_lung.argmax())))
+        for caption, z in picks:
+            name = f"axial_{z:03d}.png"
+            if name in images.values():
+                continue
+            layers = [(lungs[z], LUNG_COLOUR, 0.12, True), *label_layers(infection[z], n_labels)]
+            overlay(window_hu(image.hu[z]), layers, already_01=True).save(out / name)
+            images[f"{caption} (z index {z})"] = name
+        y = int(np.argmax(lungs.sum(axis=(0, 2))))
+        aspect = image.spacing[0] / image.spacing[2]
+        cor = overlay(window_hu(image.hu[::-1, y, :]), [(lungs[::-1, y, :], LUNG_COLOUR, 0.12, True),
+                      *label_layers(infection[::-1, y, :], n_labels)], already_01=True, aspect=aspect)
+        cor.save(out / "coronal.png")
+        images[f"coronal view (row {y})"] = "coronal.png"
+    else:
+        write_mask_png(infection > 0, out / "infection_mask.png")
+        layers = []
+        if lungs is not None:
+            write_mask_png(lungs, out / "lung_mask.png")
+            layers.append((lungs, LUNG_COLOUR, 0.12, True))
+        base = window_hu(image.pixels) if image.source.get("format") == "DICOM" else grey_rgb(image.pixels)[..., 0] / 255.0
+        overlay(base, layers + label_layers(infection, n_labels), already_01=True).save(out / "overlay.png")
+        images["infection overlay"] = "overlay.png"
+    return _finish(findings, out, images)

@@ -1,4 +1,4 @@
-"""Overlay pictures: the radiograph in grey with masks tinted and outlined (Pillow, numpy)."""
+"""Overlay pictures: the image in grey with masks tinted and outlined (Pillow, numpy)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,53 @@ from scipy import ndimage
 
 from pulmo.transforms import normalize_cxr
 
-
-def grey_rgb(pixels: np.ndarray) -> np.ndarray:
-    """``(H, W)`` pixels -> uint8 ``(H, W, 3)`` grey picture (robust min-max)."""
-    g = (normalize_cxr(pixels) * 255).astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=-1)
+LUNG_COLOUR = (0, 200, 120)
+LABEL_COLOURS = [(230, 40, 40), (250, 200, 0), (230, 40, 40)]  # binary infection; GGO yellow, consolidation red
 
 
-def mask_overlay(pixels: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 120),
-                 alpha: float = 0.25, max_side: int = 1024) -> Image.Image:
-    """The image with ``mask`` tinted by ``colour`` at ``alpha`` and a 2-px outline, at most ``max_side`` px."""
-    rgb = grey_rgb(pixels).astype(np.float32)
+def grey_rgb(pixels: np.ndarray, already_01: bool = False) -> np.ndarray:
+    """``(H, W)`` pixels -> uint8 ``(H, W, 3)`` grey picture (robust min-max unless ``already_01``)."""
+    g = np.clip(pixels, 0, 1) if already_01 else normalize_cxr(pixels)
+    return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _paint(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float, outline: bool) -> None:
     m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return
     col = np.asarray(colour, np.float32)
     rgb[m] = (1 - alpha) * rgb[m] + alpha * col
-    thickness = max(1, round(max(m.shape) / 512))
-    edge = m & ~ndimage.binary_erosion(m, iterations=thickness)
-    rgb[edge] = col
+    if outline:
+        thickness = max(1, round(max(m.shape) / 512))
+        rgb[m & ~ndimage.binary_erosion(m, iterations=thickness)] = col
+
+
+def overlay(pixels: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, int], float, bool]],
+            already_01: bool = False, max_side: int = 1024, aspect: float = 1.0) -> Image.Image:
+    """The image with each ``(mask, colour, alpha, outline)`` layer painted in order, at most ``max_side`` px.
+
+    ``aspect`` = physical height / width of one pixel (row spacing / column spacing), corrected by resizing.
+    """
+    rgb = grey_rgb(pixels, already_01).astype(np.float32)
+    for mask, colour, alpha, outline in layers:
+        _paint(rgb, mask, colour, alpha, outline)
     im = Image.fromarray(rgb.astype(np.uint8))
+    if abs(aspect - 1.0) > 1e-3:
+        im = im.resize((im.width, max(1, round(im.height * aspect))), Image.Resampling.BILINEAR)
     if max(im.size) > max_side:
         scale = max_side / max(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
     return im
+
+
+def mask_overlay(pixels: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = LUNG_COLOUR,
+                 alpha: float = 0.25, max_side: int = 1024) -> Image.Image:
+    """The image with one mask tinted by ``colour`` at ``alpha`` and outlined."""
+    return overlay(pixels, [(mask, colour, alpha, True)], max_side=max_side)
+
+
+def label_layers(labels: np.ndarray, n_labels: int) -> list[tuple[np.ndarray, tuple[int, int, int], float, bool]]:
+    """Overlay layers for a label map (1 = infection for a binary model; 1 GGO, 2 consolidation otherwise)."""
+    if n_labels < 3:
+        return [(labels > 0, LABEL_COLOURS[0], 0.45, True)]
+    return [(labels == i, LABEL_COLOURS[i], 0.45, True) for i in (1, 2)]

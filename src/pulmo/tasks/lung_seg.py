@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import LungSegDataset, covid_chestxray_records, image_mask_records, split_by_patient
 from pulmo.engine import TrainConfig, fit, save_config
-from pulmo.errors import InputError
+from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import dice, iou
 from pulmo.models import create_model
@@ -81,6 +81,9 @@ def collect_records(config: LungSegConfig) -> tuple[list[dict], list[dict]]:
         t, v = split_by_patient(records, config.val_fraction, config.split_seed)
         train += t
         val += v
+    if not val or not train:
+        raise ConfigError(f"the patient split (val_fraction {config.val_fraction}) left {len(train)} training and "
+                          f"{len(val)} validation images; use more data or another val_fraction")
     return train, val
 
 

@@ -36,3 +36,17 @@ def segmentation_augmentation(size: int, image_key: str = "image", mask_keys: tu
         RandScaleIntensityd(image_key, factors=0.15, prob=0.3),
         RandGaussianNoised(image_key, prob=0.2, std=0.02),
     ])
+
+
+def ct_slice_augmentation(size: int, elastic_prob: float = 0.3) -> Compose:
+    """:func:`segmentation_augmentation` plus random flips and 90-degree rotations: public CT slice sets
+    (COVID-SemiSeg) are stored rotated and flipped, so the model must not depend on orientation."""
+    from monai.transforms import RandFlipd, RandRotate90d
+
+    keys = ("image", "label")
+    return Compose([
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys, prob=0.5, spatial_axis=1),
+        RandRotate90d(keys, prob=0.5, max_k=3),
+        segmentation_augmentation(size, mask_keys=("label",), elastic_prob=elastic_prob),
+    ])

@@ -1,0 +1,138 @@
+"""The CT pipeline: lung extraction (HU threshold + components) -> infection segmentation inside the lungs.
+
+Volumes: each axial slice with lung is cropped to the in-plane bounding box of the whole lung mask (+8 %
+margin), put through the lung window (C -600 / W 1500) and segmented; labels are pasted back into the input
+grid and restricted to the lungs. A single 2D CT slice is accepted too (HU from DICOM, or an already
+windowed 8-bit image).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+
+from pulmo.errors import InputError
+from pulmo.io import Image2D, Volume
+from pulmo.pipeline.findings import Findings
+from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter
+from pulmo.transforms import window_hu
+
+logger = logging.getLogger(__name__)
+
+LUNG_METHOD = {"task": "ct-lungs", "name": "hu-threshold-components", "architecture": "HU < -320 + 3D components",
+               "sha256": None}
+
+
+@functools.lru_cache(maxsize=2)
+def lesion_segmenter(weights: str = DEFAULT_WEIGHTS) -> LesionSegmenter:
+    """The bundled infection model, loaded once per process."""
+    return LesionSegmenter(weights)
+
+
+def _model_entry(seg: LesionSegmenter) -> dict[str, Any]:
+    return {"task": "lesion-seg", "name": seg.card.get("name"), "architecture": seg.card.get("architecture"),
+            "sha256": seg.card.get("sha256")}
+
+
+def _bbox(mask2d: np.ndarray, margin: float = 0.08) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask2d)
+    h, w = mask2d.shape
+    my, mx = int((ys.max() - ys.min()) * margin) + 2, int((xs.max() - xs.min()) * margin) + 2
+    return slice(max(0, ys.min() - my), min(h, ys.max() + my + 1)), slice(max(0, xs.min() - mx), min(w, xs.max() + mx + 1))
+
+
+def _class_volumes(labels: np.ndarray, seg: LesionSegmenter, unit: float) -> dict[str, float]:
+    if len(seg.labels) < 3:
+        return {}
+    return {f"{name}_ml" if unit != 1.0 else f"{name}_px": round(float((labels == i).sum()) * unit, 2)
+            for i, name in enumerate(seg.labels) if i > 0}
+
+
+def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
+    """Run the CT pipeline on a volume.
+
+    Returns:
+        ``(findings, masks)``: ``masks["lungs"]`` bool and ``masks["infection"]`` uint8 labels, both
+        ``(Z, Y, X)`` in the input grid.
+
+    Raises:
+        InputError: not HU, or no lungs found.
+    """
+    lungs = lung_mask_ct(volume)
+    seg = lesion_segmenter()
+    infection = np.zeros(volume.shape, np.uint8)
+    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
+    rows, cols = _bbox(lungs.any(axis=0))
+    slices01 = [window_hu(volume.hu[z, rows, cols]) for z in zs]
+    for z, labels in zip(zs, seg.predict(slices01)):
+        infection[z, rows, cols] = labels
+    infection[~lungs] = 0
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    lung_ml = float(lungs.sum()) * voxel_ml
+    inf_ml = float((infection > 0).sum()) * voxel_ml
+    per_slice = (infection > 0).sum(axis=(1, 2))
+    src = volume.source
+    findings = Findings(
+        input={"path": src.get("path"), "format": src.get("format"),
+               "volume_size": {"slices": volume.shape[0], "rows": volume.shape[1], "columns": volume.shape[2]},
+               "spacing_mm": [round(float(s), 4) for s in volume.spacing],
+               "origin_mm": [round(float(o), 3) for o in volume.origin], "series_uid": src.get("series_uid"),
+               "excluded_series": src.get("excluded_series")},
+        modality="ct",
+        lungs={"mask": "lung_mask.nii.gz", "volume_ml": round(lung_ml, 1), "method": LUNG_METHOD["architecture"]},
+        infection={"mask": "infection_mask.nii.gz", "labels": seg.labels, "volume_ml": round(inf_ml, 2),
+                   "percent_of_lung": round(100.0 * inf_ml / lung_ml, 2) if lung_ml else None,
+                   "n_slices_with_infection": int((per_slice > 0).sum()),
+                   "key_slice": int(per_slice.argmax()) if per_slice.any() else None,
+                   **_class_volumes(infection, seg, voxel_ml)},
+        models=[LUNG_METHOD, _model_entry(seg)],
+    )
+    return findings, {"lungs": lungs, "infection": infection}
+
+
+def analyze_ct_slice(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
+    """Run the CT pipeline on one axial slice (HU from DICOM, or an 8-bit windowed image).
+
+    Returns ``(findings, masks)`` with 2D masks ``(H, W)``; lungs are found only when the slice is in HU.
+    """
+    seg = lesion_segmenter()
+    hu_input = image.source.get("format") == "DICOM"
+    lungs = None
+    if hu_input:
+        slice01 = window_hu(image.pixels)
+        spacing = image.spacing or (1.0, 1.0)
+        try:
+            lungs = lung_mask_ct(Volume(hu=image.pixels[None], spacing=(10.0, *spacing), source=image.source))[0]
+        except InputError as exc:
+            logger.warning("no lung mask for the slice: %s", exc)
+    else:
+        lo, hi = (0.0, 65535.0) if image.source.get("bit_depth") == 16 else (0.0, 255.0)
+        slice01 = np.clip((image.pixels - lo) / (hi - lo), 0, 1)
+    labels = seg.predict([slice01.astype(np.float32)])[0]
+    if lungs is not None:
+        labels[~lungs] = 0
+    area_px = int((labels > 0).sum())
+    px_cm2 = image.spacing[0] * image.spacing[1] / 100.0 if image.spacing else None
+    lung_px = int(lungs.sum()) if lungs is not None else None
+    findings = Findings(
+        input={"path": image.source.get("path"), "format": image.source.get("format"),
+               "image_size": {"height": image.shape[0], "width": image.shape[1]},
+               "spacing_mm": list(image.spacing) if image.spacing else None,
+               "intensity": "HU, lung window" if hu_input else "already windowed (no HU)"},
+        modality="ct",
+        lungs=({"mask": "lung_mask.png", "area_px": lung_px, "method": LUNG_METHOD["architecture"]}
+               if lungs is not None else None),
+        infection={"mask": "infection_mask.png", "labels": seg.labels, "area_px": area_px,
+                   "area_cm2": round(area_px * px_cm2, 2) if px_cm2 else None,
+                   "percent_of_lung": round(100.0 * area_px / lung_px, 2) if lung_px else None,
+                   **_class_volumes(labels, seg, 1.0)},
+        models=([LUNG_METHOD] if lungs is not None else []) + [_model_entry(seg)],
+    )
+    masks = {"infection": labels}
+    if lungs is not None:
+        masks["lungs"] = lungs
+    return findings, masks

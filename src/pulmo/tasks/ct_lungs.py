@@ -1,0 +1,63 @@
+"""Lung mask of a chest CT by HU thresholding and connected components (no learned model).
+
+The classic method (e.g. Hu, Hoffman & Reinhardt, IEEE TMI 2001; the LUNA16 pre-processing tutorials):
+1. air-like voxels: HU < -320;
+2. drop the air outside the body: 3D components touching the in-plane border of the volume;
+3. keep the largest component, and the second when it is at least 20 % of the first (two separate lungs);
+   components under 50 mL are dropped (bowel gas, small airway pieces);
+4. close small gaps (binary closing, 2 voxels) and fill holes slice by slice, so vessels, nodules and dense
+   infection inside the lung are part of the mask.
+scipy.ndimage does the labelling and morphology. Work is done on a 2x in-plane down-sampled copy for speed
+and mapped back to the input grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from pulmo.errors import InputError
+from pulmo.io import Volume
+
+AIR_THRESHOLD_HU = -320.0
+MIN_LUNG_ML = 50.0
+
+
+def lung_mask_ct(volume: Volume, threshold_hu: float = AIR_THRESHOLD_HU) -> np.ndarray:
+    """Lung mask of a CT volume.
+
+    Args:
+        volume: CT in HU, ``hu`` shape ``(Z, Y, X)``.
+        threshold_hu: air/lung threshold.
+
+    Returns:
+        bool ``(Z, Y, X)``, both lungs (trachea and main bronchi may be included where they join the lungs).
+
+    Raises:
+        InputError: the values are not plausible HU (no air below -500), or no lung-sized air region is found.
+    """
+    hu = volume.hu
+    if hu.min() > -500:
+        raise InputError(f"{volume.source.get('path', 'volume')}: minimum value {hu.min():.0f} is not air in HU; "
+                         "expected a CT in Hounsfield units")
+    step = 2 if min(hu.shape[1:]) >= 256 else 1
+    small = hu[:, ::step, ::step]
+    air = small < threshold_hu
+    labels, n = ndimage.label(air)
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    sizes = ndimage.sum_labels(air, labels, index=np.arange(1, n + 1))
+    sizes[border[border > 0] - 1] = 0
+    voxel_ml = float(np.prod(volume.spacing)) * step * step / 1000.0
+    order = [i for i in np.argsort(sizes)[::-1][:2] if sizes[i] * voxel_ml >= MIN_LUNG_ML]
+    if not order:
+        raise InputError(f"{volume.source.get('path', 'volume')}: no lung-sized air region (>= {MIN_LUNG_ML:.0f} mL) "
+                         "inside the body; is this a chest CT?")
+    keep = [order[0] + 1] + ([order[1] + 1] if len(order) > 1 and sizes[order[1]] >= 0.2 * sizes[order[0]] else [])
+    mask = np.isin(labels, keep)
+    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
+    for k in range(mask.shape[0]):
+        mask[k] = ndimage.binary_fill_holes(mask[k])
+    if step > 1:
+        mask = np.repeat(np.repeat(mask, step, axis=1), step, axis=2)[:, :hu.shape[1], :hu.shape[2]]
+    return mask

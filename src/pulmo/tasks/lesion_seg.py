@@ -1,0 +1,227 @@
+"""``lesion-seg``: COVID-19 infection segmentation on CT slices (SEEDS.md, seed 5).
+
+Training data: COVID-SemiSeg (8-bit windowed slices) or HU volumes in the Ma et al. 2020 layout (lung
+window C -600 / W 1500). Binary (infection) or three-class (background / ground-glass / consolidation).
+Losses from MONAI (``DiceCELoss``: Dice + cross-entropy, sigmoid for binary, softmax for three classes).
+The binary threshold is chosen by grid search on the validation split (seed 1's method) and stored in the card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from PIL import Image
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from pulmo.datasets import LesionSliceDataset, covid_semiseg_records, ct_volume_records, split_by_patient
+from pulmo.datasets.covid_ct import CLASS_NAMES, read_mask
+from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.errors import ConfigError
+from pulmo.metrics import binary_metrics, confusion_counts, dice
+from pulmo.models import create_model
+from pulmo.transforms import resize_image, resize_probability
+from pulmo.transforms.augment import ct_slice_augmentation
+from pulmo.weights import resolve_card, save_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "lesion-seg"
+FORMATS = ("covid-semiseg", "ct-volumes")
+THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
+
+
+@dataclasses.dataclass
+class LesionSegConfig(TrainConfig):
+    """Settings of ``pulmo train lesion-seg`` (adds to :class:`TrainConfig`).
+
+    Attributes:
+        data: dataset root. format: ``covid-semiseg`` or ``ct-volumes`` (Ma et al. 2020 NIfTI layout).
+        classes: ``binary`` or ``multiclass`` (background / ground-glass / consolidation).
+        architecture: ``unet``, ``res-unet``, ``attention-unet`` or ``res-attention-unet``.
+        features: first-scale channels of the plain/residual encoders.
+        size: working resolution (px, square). val_fraction / split_seed: the grouped hold-out.
+    """
+
+    data: str = ""
+    format: str = "covid-semiseg"
+    classes: str = "binary"
+    architecture: str = "res-attention-unet"
+    features: int = 16
+    size: int = 256
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    elastic_prob: float = 0.3
+    name: str = DEFAULT_WEIGHTS
+    epochs: int = 120
+    batch_size: int = 4
+    lr: float = 1e-3
+    patience: int = 40
+
+
+def load_records(data: str | Path, format: str, split: str = "train", classes: str = "binary") -> list[dict]:
+    """Records of a dataset in one of :data:`FORMATS`."""
+    if format == "covid-semiseg":
+        return covid_semiseg_records(data, split, classes)
+    if format == "ct-volumes":
+        return ct_volume_records(data)
+    raise ConfigError(f"unknown lesion-seg format {format!r}; expected one of {FORMATS}")
+
+
+def _n_out(classes: str) -> int:
+    if classes not in CLASS_NAMES:
+        raise ConfigError(f"classes must be 'binary' or 'multiclass', got {classes!r}")
+    return len(CLASS_NAMES[classes])
+
+
+def _model_kwargs(config: LesionSegConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"in_channels": 1, "out_channels": _n_out(config.classes)}
+    if config.architecture != "res-attention-unet":
+        kw["features"] = config.features
+    return kw
+
+
+def _infection_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, K, H, W)`` logits -> ``(B, 1, H, W)`` probability of any infection."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return 1.0 - torch.softmax(logits, dim=1)[:, :1]
+
+
+@torch.no_grad()
+def _validation_probabilities(model: torch.nn.Module, dataset: LesionSliceDataset) -> tuple[np.ndarray, np.ndarray]:
+    images = torch.from_numpy(np.stack([it[0] for it in dataset.items]))
+    labels = np.stack([it[1][0] for it in dataset.items])
+    probs = torch.cat([_infection_probability(model(images[i:i + 8])) for i in range(0, len(images), 8)])
+    return probs[:, 0].numpy(), labels
+
+
+def _scores(prob: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    pred, ref = prob >= threshold, labels > 0
+    m = binary_metrics(confusion_counts(pred, ref))
+    m["dice_mean"] = float(np.mean([dice(p, r) for p, r in zip(pred, ref)]))
+    return m
+
+
+def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
+    """Train, choose the threshold on validation, write ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    out = Path(config.out_dir)
+    save_config(config, out / "config.yaml")
+    records = load_records(config.data, config.format, "train", config.classes)
+    train_records, val_records = split_by_patient(records, config.val_fraction, config.split_seed, exact=True)
+    logger.info("lesion-seg: %d train / %d val records (grouped hold-out)", len(train_records), len(val_records))
+    model = create_model(config.architecture, **_model_kwargs(config))
+    train_ds = LesionSliceDataset(train_records, config.size, transform=ct_slice_augmentation(config.size, config.elastic_prob))
+    val_ds = LesionSliceDataset(val_records, config.size)
+    binary = config.classes == "binary"
+    criterion = DiceCELoss(sigmoid=binary, softmax=not binary, to_onehot_y=not binary)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return criterion(m(batch["image"]).float(), batch["label"])
+
+    def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+        prob, labels = _validation_probabilities(m, val_ds)
+        s = _scores(prob, labels, 0.5)
+        return {"dice": s["f1"], "dice_mean": s["dice_mean"]}
+
+    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="dice")
+    if summary["rank"] != 0:
+        return {}
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model.eval()
+    prob, labels = _validation_probabilities(model, val_ds)
+    grid = {t: _scores(prob, labels, t)["f1"] for t in THRESHOLD_GRID}
+    threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
+    val = _scores(prob, labels, threshold)
+    card = {
+        "name": config.name,
+        "architecture": config.architecture,
+        "model_kwargs": _model_kwargs(config),
+        "task": "lesion-seg",
+        "labels": CLASS_NAMES[config.classes],
+        "thresholds": {"infection": threshold},
+        "threshold_grid_f1": {str(t): round(v, 4) for t, v in grid.items()},
+        "input": {"size": [config.size, config.size], "channels": 1,
+                  "normalisation": "8-bit windowed slice / 255, or HU through the lung window C -600 W 1500 -> [0, 1]",
+                  "framing": "CT volumes: each axial slice cropped to the lung bounding box (+8 % margin), as COVID-SemiSeg frames its slices"},
+        "training": {"data": config.data, "format": config.format, "classes": config.classes,
+                     "split": f"grouped hold-out: the {config.val_fraction:.0%} of groups (MedSeg slice index // 5) with the smallest sha1(seed {config.split_seed}, group)",
+                     "n_train_slices": len(train_ds), "n_val_slices": len(val_ds),
+                     "val_images": [Path(r.get("image", r.get("volume", ""))).name for r in val_records],
+                     "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
+                     "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
+                     "pretraining": "none: ImageNet weights cannot be downloaded here; trained from scratch"},
+        "metrics": {"validation": {k: round(v, 4) for k, v in val.items()}, "n_val_slices": len(val_ds),
+                    "resolution": "working size"},
+        "license": "Apache-2.0 (weights); trained on COVID-SemiSeg / MedSeg: non-commercial use only",
+    }
+    return save_weights(model, out / f"{config.name}.safetensors", card)
+
+
+class LesionSegmenter:
+    """Infection segmentation of CT slices with a bundled or trained weight set.
+
+    Inputs are slices already mapped to [0, 1] (8-bit windowed / 255, or :func:`pulmo.transforms.window_hu`).
+
+    Raises:
+        WeightsError: missing or corrupted weights.
+    """
+
+    def __init__(self, weights: str = DEFAULT_WEIGHTS):
+        self.card = resolve_card(weights)
+        self.model = create_model(self.card["architecture"], weights=weights).eval()
+        self.size = tuple(self.card["input"]["size"])
+        self.labels = self.card["labels"]
+        self.threshold = float(self.card["thresholds"]["infection"])
+
+    @torch.no_grad()
+    def predict(self, slices01: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        """Label maps for slices ``[(H_i, W_i)]`` in [0, 1]: uint8 ``(H_i, W_i)`` with 0 = background and,
+        for a three-class model, 1 = ground-glass, 2 = consolidation (binary model: 1 = infection)."""
+        out = []
+        for start in range(0, len(slices01), batch_size):
+            chunk = slices01[start:start + batch_size]
+            x = torch.from_numpy(np.stack([resize_image(s, self.size) for s in chunk]))[:, None]
+            logits = self.model(x)
+            for s, lg in zip(chunk, logits):
+                lg = resize_probability(lg[None].float(), s.shape)[0]
+                infected = _infection_probability(lg[None])[0, 0].numpy() >= self.threshold
+                labels = infected.astype(np.uint8)
+                if lg.shape[0] > 1:
+                    labels = np.where(infected, 1 + lg[1:].argmax(0).numpy(), 0).astype(np.uint8)
+                out.append(labels)
+        return out
+
+
+def evaluate(data: str | Path, format: str = "covid-semiseg", split: str = "test", weights: str = DEFAULT_WEIGHTS,
+             progress: bool = True) -> dict[str, Any]:
+    """Binary infection metrics on a labelled split at the original resolution:
+    ``{"task", "n", "dice_mean", "dice_global", "accuracy", "precision", "sensitivity", "specificity", "f1"}``
+    (``dice_mean`` over images; the others over all pixels)."""
+    if format != "covid-semiseg":
+        raise ConfigError(f"evaluate lesion-seg supports --format covid-semiseg, got {format!r}")
+    records = covid_semiseg_records(data, split, "binary")
+    seg = LesionSegmenter(weights)
+    t0 = time.perf_counter()
+    totals = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    dices, rows = [], []
+    for r in tqdm(records, desc="lesion-seg evaluate", disable=not progress):
+        image = np.asarray(Image.open(r["image"]).convert("L"), dtype=np.float32) / 255.0
+        ref = read_mask(r["mask"]) > 0
+        pred = seg.predict([image])[0] > 0
+        c = confusion_counts(pred, ref)
+        for k in totals:
+            totals[k] += c[k]
+        dices.append(dice(pred, ref))
+        rows.append({"image": Path(r["image"]).name, "dice": dices[-1]})
+    m = binary_metrics(totals)
+    return {"task": "lesion-seg", "n": len(records), "dice_mean": float(np.mean(dices)), "dice_global": m["f1"], **m,
+            "split": split, "weights": seg.card["name"], "weights_sha256": seg.card.get("sha256"),
+            "seconds": round(time.perf_counter() - t0, 2), "per_image": rows}

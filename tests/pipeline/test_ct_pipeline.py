@@ -1,0 +1,62 @@
+"""``pulmo analyze`` on CT: a DICOM series, an NRRD volume and a single slice, through ``cli.main``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pulmo.cli import main
+from pulmo.io import read_image
+from tests.conftest import ROOT, data_path
+from tests.dicom_helpers import write_dicom
+
+EXAMPLE_CT = ROOT / "examples" / "ct" / "LIDC-IDRI-0001"
+
+
+def test_analyze_dicom_series_example(tmp_path, capsys):
+    out = tmp_path / "ct"
+    assert main(["--no-progress", "analyze", str(EXAMPLE_CT), "--out", str(out)]) == 0
+    f = json.loads((out / "findings.json").read_text())
+    assert f["modality"] == "ct" and f["input"]["volume_size"]["slices"] == 26
+    assert f["input"]["spacing_mm"] == pytest.approx([2.5, 0.703125, 0.703125])
+    assert 300 < f["lungs"]["volume_ml"] < 3000  # a 65-mm slab of both lungs
+    inf = f["infection"]
+    assert inf["volume_ml"] >= 0 and 0 <= inf["percent_of_lung"] <= 100
+    vol = read_image(EXAMPLE_CT)
+    for name in ("lung_mask.nii.gz", "infection_mask.nii.gz"):
+        mask = read_image(out / name)
+        assert mask.shape == vol.shape
+        np.testing.assert_allclose(mask.spacing, vol.spacing, rtol=1e-5)
+        np.testing.assert_allclose(mask.origin, vol.origin, atol=1e-3)
+        np.testing.assert_allclose(mask.direction, vol.direction, atol=1e-6)
+    lungs, infection = read_image(out / "lung_mask.nii.gz").hu, read_image(out / "infection_mask.nii.gz").hu
+    assert not (infection[lungs == 0] > 0).any()  # infection only inside the lungs
+    assert abs(lungs.sum() * np.prod(vol.spacing) / 1000 - f["lungs"]["volume_ml"]) < 1
+    assert (out / "coronal.png").is_file() and "axial" in (out / "report.html").read_text()
+    assert "ct: lungs" in capsys.readouterr().out
+
+
+def test_analyze_nrrd_volume(tmp_path):
+    out = tmp_path / "nrrd"
+    assert main(["--no-progress", "analyze", str(data_path("ct", "pyradiomics_lung", "lung1_image.nrrd")),
+                 "--out", str(out)]) == 0
+    f = json.loads((out / "findings.json").read_text())
+    assert f["input"]["format"] == "NrrdImageIO" and f["lungs"]["volume_ml"] > 1000
+    assert read_image(out / "infection_mask.nii.gz").shape == (48, 512, 512)
+
+
+def test_analyze_single_windowed_ct_slice(tmp_path):
+    image = data_path("ct", "COVID-SemiSeg", "TrainingSet", "LungInfection-Train", "Doctor-label", "Imgs", "10.jpg")
+    out = tmp_path / "slice"
+    assert main(["--no-progress", "analyze", str(image), "--modality", "ct", "--out", str(out)]) == 0
+    f = json.loads((out / "findings.json").read_text())
+    assert f["modality"] == "ct" and f["lungs"] is None and f["infection"]["area_px"] > 0
+    assert (out / "infection_mask.png").is_file()
+
+
+def test_radiograph_dicom_refused_as_ct(tmp_path, capsys):
+    dcm = write_dicom(tmp_path / "dx.dcm", np.full((64, 64), 100, np.uint16), modality="DX")
+    assert main(["--no-progress", "analyze", str(dcm), "--modality", "ct", "--out", str(tmp_path / "o")]) == 3
+    assert "radiograph" in capsys.readouterr().err
