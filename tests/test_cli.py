@@ -48,6 +48,14 @@ def test_analyze_one_xray(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "overlay.png" in html and "<h2>Lungs</h2>" in html and "area (px)" in html
     assert "report.html" in capsys.readouterr().out
+    cls = findings["classification"]  # the bundled classifier with heatmaps inside the lungs
+    assert set(cls["probabilities"]) == {"normal", "bacterial_pneumonia", "viral_pneumonia", "covid19"}
+    assert sum(cls["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert cls["predicted"] == max(cls["probabilities"], key=cls["probabilities"].get) and cls["calibrated"]
+    for method, name in cls["heatmaps"].items():
+        assert (out / name).is_file() and name in html
+        assert 0.0 <= cls["heatmap_energy_in_lungs"][method] <= 1.0
+    assert [m["task"] for m in findings["models"]] == ["lung-seg", "cxr-classify"]
 
 
 def test_analyze_mixed_folder_cxr_and_ct_series(tmp_path):

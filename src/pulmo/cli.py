@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pulmo.errors import PulmoError
+from pulmo.errors import ConfigError, PulmoError
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
-    e.add_argument("task", choices=["lung-seg", "lesion-seg"])
+    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify"])
     e.add_argument("--data", required=True, help="dataset root in the task's layout")
-    e.add_argument("--format", default="covid-semiseg", help="dataset layout (lesion-seg: covid-semiseg)")
+    e.add_argument("--format", help="dataset layout (lesion-seg: covid-semiseg; cxr-classify: kermany, folders, "
+                   "covid-chestxray, covid-radiography)")
     e.add_argument("--split", default="test", choices=["test", "train"], help="split to score (lesion-seg)")
     e.add_argument("--out", required=True, help="metrics JSON file to write")
     e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
@@ -78,16 +79,39 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--size", type=int)
     le.add_argument("--name", help="weight-set name")
     _add_train_flags(le)
+    cl = tsub.add_parser("cxr-classify", help="chest X-ray classifier (normal / bacterial / viral / COVID-19)")
+    cl.add_argument("--kermany", help="Kermany chest_xray root")
+    cl.add_argument("--covid-chestxray", dest="covid_chestxray", help="covid-chestxray-dataset root")
+    cl.add_argument("--covid-radiography", dest="covid_radiography", help="COVID-19_Radiography_Dataset root")
+    cl.add_argument("--folders", action="append", help="a root with one sub-folder per label; repeatable")
+    cl.add_argument("--architecture", help="resnet18, mobilenet_v2 or densenet121")
+    cl.add_argument("--lung-mask", dest="lung_mask", action=argparse.BooleanOptionalAction, default=None,
+                    help="multiply the image by the lung mask first (default on)")
+    cl.add_argument("--size", type=int)
+    cl.add_argument("--cache-dir", dest="cache_dir")
+    cl.add_argument("--name", help="weight-set name")
+    _add_train_flags(cl)
 
     sub.add_parser("models", help="list registered architectures and bundled weights")
+
+    sv = sub.add_parser("serve", help="run the web service and viewer (needs the 'serve' extra)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    sv.add_argument("--data-dir", dest="data_dir", required=True, help="folder of the job store and the jobs' files")
+    sv.add_argument("--workers", type=int, default=1, help="analysis worker processes, 1 CPU thread each (default 1)")
+    sv.add_argument("--token", default=os.environ.get("PULMO_TOKEN"),
+                    help="bearer token the API requires (default: $PULMO_TOKEN; none = no authentication)")
+    sv.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=512.0,
+                    help="largest upload accepted, MiB (default 512)")
     return parser
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from pulmo.engine import load_config
-    from pulmo.tasks import lesion_seg, lung_seg
+    from pulmo.tasks import cxr_classify, lesion_seg, lung_seg
 
-    task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig)}
+    task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig),
+            "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig)}
     module, config_cls = task[args.task]
     skip = {"command", "task", "verbose", "no_progress", "config"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
@@ -101,14 +125,20 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pulmo.tasks import lesion_seg, lung_seg
+    from pulmo.tasks import cxr_classify, lesion_seg, lung_seg
 
     progress = not args.no_progress
-    if args.task == "lung-seg":
+    if args.task == "cxr-classify":
+        if not args.format:
+            raise ConfigError("evaluate cxr-classify needs --format kermany|folders|covid-chestxray|covid-radiography")
+        metrics = cxr_classify.evaluate(args.data, args.format, args.weights or cxr_classify.DEFAULT_WEIGHTS,
+                                        progress=progress)
+        line = f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} labels={metrics['labels']}"
+    elif args.task == "lung-seg":
         metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=progress)
         line = f"dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} iou={metrics['iou_mean']:.4f}"
     else:
-        metrics = lesion_seg.evaluate(args.data, args.format, args.split, args.weights or lesion_seg.DEFAULT_WEIGHTS,
+        metrics = lesion_seg.evaluate(args.data, args.format or "covid-semiseg", args.split, args.weights or lesion_seg.DEFAULT_WEIGHTS,
                                       progress=progress)
         line = (f"dice_mean={metrics['dice_mean']:.4f} dice_global={metrics['dice_global']:.4f} "
                 f"precision={metrics['precision']:.4f} sensitivity={metrics['sensitivity']:.4f} "
@@ -149,6 +179,13 @@ def _analyze(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from pulmo.service import serve
+
+    return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
+                 max_upload_mb=args.max_upload_mb, log_level=logging.DEBUG if args.verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
@@ -158,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    handlers = {"analyze": _analyze, "evaluate": _evaluate, "models": _models,
+    handlers = {"analyze": _analyze, "evaluate": _evaluate, "models": _models, "serve": _serve,
                 "train": lambda a: _train(a, sys.argv[1:] if argv is None else argv)}
     try:
         return handlers[args.command](args)

@@ -1,16 +1,20 @@
-"""The chest X-ray pipeline: lung segmentation (later: classification, detection) -> Findings + files."""
+"""The chest X-ray pipeline: lung segmentation -> classification with heatmaps inside the lungs -> Findings."""
 
 from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from pulmo.io import Image2D
 from pulmo.pipeline.findings import Findings
+from pulmo.tasks.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
+from pulmo.tasks.cxr_classify import CxrClassifier
 from pulmo.tasks.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
+from pulmo.weights import WEIGHTS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +25,36 @@ def lung_segmenter(weights: str = DEFAULT_WEIGHTS) -> LungSegmenter:
     return LungSegmenter(weights)
 
 
+@functools.lru_cache(maxsize=2)
+def classifier(weights: str = CLASSIFY_WEIGHTS) -> CxrClassifier | None:
+    """The bundled four-class classifier, loaded once per process; None when no such weights are bundled."""
+    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
+        logger.info("no bundled %s weights: classification skipped", weights)
+        return None
+    return CxrClassifier(weights)
+
+
+def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, dict[str, np.ndarray], dict | None]:
+    """Classification with Grad-CAM / Grad-CAM++ of the predicted class inside the lungs.
+
+    Returns ``(classification findings or None, heatmaps {"heatmap/<method>": (H, W)}, model entry)``.
+    """
+    clf = classifier()
+    if clf is None:
+        return None, {}, None
+    pred = clf.predict(image, lungs)
+    heat = clf.heatmaps(pred["input"], lungs, clf.labels.index(pred["predicted"]), image.shape)
+    names = {"gradcam": "heatmap_gradcam.png", "gradcam++": "heatmap_gradcampp.png"}
+    result = {"probabilities": {k: round(v, 4) for k, v in pred["probabilities"].items()},
+              "predicted": pred["predicted"], "calibrated": True, "temperature": round(clf.temperature, 4),
+              "lung_masked_input": bool(clf.card["input"]["lung_mask"]),
+              "heatmaps": {m: names[m] for m in heat},
+              "heatmap_energy_in_lungs": {m: round(e, 4) for m, (_, e) in heat.items()}}
+    entry = {"task": "cxr-classify", "name": clf.card.get("name"), "architecture": clf.card.get("architecture"),
+             "sha256": clf.card.get("sha256")}
+    return result, {f"heatmap/{m}": h for m, (h, _) in heat.items()}, entry
+
+
 def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
     """Run the CXR pipeline on one image.
 
@@ -29,6 +63,7 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
     """
     seg = lung_segmenter()
     mask = seg.predict(image)
+    classification, heatmaps, clf_entry = classify(image, mask)
     area_px = int(mask.sum())
     area_cm2 = None
     if image.spacing is not None:
@@ -43,7 +78,8 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
         modality="cxr",
         lungs={"mask": "lung_mask.png", "area_px": area_px, "area_cm2": area_cm2, "n_components": int(n_components),
                "convention": "visible lung fields"},
+        classification=classification,
         models=[{"task": "lung-seg", "name": seg.card.get("name"), "architecture": seg.card.get("architecture"),
-                 "sha256": seg.card.get("sha256")}],
+                 "sha256": seg.card.get("sha256")}] + ([clf_entry] if clf_entry else []),
     )
-    return findings, {"lungs": mask}
+    return findings, {"lungs": mask, **heatmaps}

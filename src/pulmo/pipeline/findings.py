@@ -12,6 +12,9 @@
 * ``infection`` (CT): ``mask`` (NIfTI, 0 background, 1.. labels), ``labels``, ``volume_ml`` and
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
   ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model
+* ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p}, ``predicted``,
+  ``calibrated`` (temperature scaling), ``temperature``, ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
+  ``heatmap_energy_in_lungs`` {method: fraction of the map inside the lungs}
 * ``models``: ``[{"task", "name", "architecture", "sha256"}]``
 * ``files``: the other files written (``overlay``, ``report``)
 """
@@ -33,6 +36,7 @@ class Findings:
     modality: str
     lungs: dict[str, Any] | None = None
     infection: dict[str, Any] | None = None
+    classification: dict[str, Any] | None = None
     models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     created: str = dataclasses.field(

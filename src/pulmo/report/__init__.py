@@ -11,7 +11,7 @@ import numpy as np
 from pulmo.io import Image2D, Volume, write_mask_png, write_nifti
 from pulmo.pipeline.findings import Findings
 from pulmo.report.html import render_report
-from pulmo.report.overlay import LUNG_COLOUR, grey_rgb, label_layers, mask_overlay, overlay
+from pulmo.report.overlay import LUNG_COLOUR, grey_rgb, heatmap_overlay, label_layers, mask_overlay, overlay
 from pulmo.transforms import window_hu
 
 __all__ = ["grey_rgb", "mask_overlay", "overlay", "render_report", "write_ct_outputs", "write_cxr_outputs"]
@@ -33,7 +33,12 @@ def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.nd
     out.mkdir(parents=True, exist_ok=True)
     write_mask_png(masks["lungs"], out / "lung_mask.png")
     mask_overlay(image.pixels, masks["lungs"]).save(out / "overlay.png")
-    return _finish(findings, out, {"lung mask overlay": "overlay.png"})
+    images = {"lung mask overlay": "overlay.png"}
+    cls = findings.classification or {}
+    for method, name in (cls.get("heatmaps") or {}).items():
+        heatmap_overlay(image.pixels, masks[f"heatmap/{method}"], masks["lungs"]).save(out / name)
+        images[f"{method} for '{cls['predicted']}' (inside the lungs)"] = name
+    return _finish(findings, out, images)
 
 
 def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[str, np.ndarray],

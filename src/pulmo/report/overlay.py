@@ -58,3 +58,30 @@ def label_layers(labels: np.ndarray, n_labels: int) -> list[tuple[np.ndarray, tu
     if n_labels < 3:
         return [(labels > 0, LABEL_COLOURS[0], 0.45, True)]
     return [(labels == i, LABEL_COLOURS[i], 0.45, True) for i in (1, 2)]
+
+
+_HEAT_STOPS = np.array([[0, 0, 0.5], [0, 0.4, 1], [0, 0.9, 0.6], [1, 0.9, 0], [1, 0.1, 0]], np.float32) * 255
+
+
+def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, lungs: np.ndarray | None = None,
+                    max_side: int = 1024) -> Image.Image:
+    """The image with a [0, 1] heatmap ``(H, W)`` blended on top (blue low -> red high), drawn only where
+    the heat is above 0.2 (and inside ``lungs`` when given), lungs outlined."""
+    rgb = grey_rgb(pixels).astype(np.float32)
+    h = np.clip(np.asarray(heat, np.float32), 0, 1)
+    pos = h * (len(_HEAT_STOPS) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_HEAT_STOPS) - 2)
+    frac = (pos - lo)[..., None]
+    colour = _HEAT_STOPS[lo] * (1 - frac) + _HEAT_STOPS[lo + 1] * frac
+    show = h > 0.2
+    if lungs is not None:
+        show &= np.asarray(lungs, bool)
+    alpha = (0.25 + 0.35 * h)[..., None]
+    rgb = np.where(show[..., None], (1 - alpha) * rgb + alpha * colour, rgb)
+    if lungs is not None:
+        _paint(rgb, lungs, LUNG_COLOUR, 0.0, True)
+    im = Image.fromarray(rgb.astype(np.uint8))
+    if max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+    return im

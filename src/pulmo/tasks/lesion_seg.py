@@ -200,6 +200,23 @@ class LesionSegmenter:
         return out
 
 
+def score_records(seg: LesionSegmenter, records: list[dict], progress: bool = True) -> dict[str, Any]:
+    """Binary infection metrics of ``seg`` on COVID-SemiSeg records at the original resolution:
+    ``dice_mean`` over images, the pixel metrics (and ``dice_global`` = F1) over all pixels."""
+    totals = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    rows = []
+    for r in tqdm(records, desc="lesion-seg evaluate", disable=not progress):
+        image = np.asarray(Image.open(r["image"]).convert("L"), dtype=np.float32) / 255.0
+        ref = read_mask(r["mask"]) > 0
+        pred = seg.predict([image])[0] > 0
+        for k, v in confusion_counts(pred, ref).items():
+            totals[k] += v
+        rows.append({"image": Path(r["image"]).name, "dice": dice(pred, ref)})
+    m = binary_metrics(totals)
+    return {"n": len(records), "dice_mean": float(np.mean([r["dice"] for r in rows])), "dice_global": m["f1"], **m,
+            "per_image": rows}
+
+
 def evaluate(data: str | Path, format: str = "covid-semiseg", split: str = "test", weights: str = DEFAULT_WEIGHTS,
              progress: bool = True) -> dict[str, Any]:
     """Binary infection metrics on a labelled split at the original resolution:
@@ -210,18 +227,6 @@ def evaluate(data: str | Path, format: str = "covid-semiseg", split: str = "test
     records = covid_semiseg_records(data, split, "binary")
     seg = LesionSegmenter(weights)
     t0 = time.perf_counter()
-    totals = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-    dices, rows = [], []
-    for r in tqdm(records, desc="lesion-seg evaluate", disable=not progress):
-        image = np.asarray(Image.open(r["image"]).convert("L"), dtype=np.float32) / 255.0
-        ref = read_mask(r["mask"]) > 0
-        pred = seg.predict([image])[0] > 0
-        c = confusion_counts(pred, ref)
-        for k in totals:
-            totals[k] += c[k]
-        dices.append(dice(pred, ref))
-        rows.append({"image": Path(r["image"]).name, "dice": dices[-1]})
-    m = binary_metrics(totals)
-    return {"task": "lesion-seg", "n": len(records), "dice_mean": float(np.mean(dices)), "dice_global": m["f1"], **m,
-            "split": split, "weights": seg.card["name"], "weights_sha256": seg.card.get("sha256"),
-            "seconds": round(time.perf_counter() - t0, 2), "per_image": rows}
+    scores = score_records(seg, records, progress)
+    return {"task": "lesion-seg", **scores, "split": split, "weights": seg.card["name"],
+            "weights_sha256": seg.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}

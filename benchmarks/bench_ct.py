@@ -1,0 +1,88 @@
+"""Speed and memory of the CT pipeline (lung extraction + infection segmentation), JSON out.
+
+Times, on a DICOM series (default: the shared LIDC-IDRI-0001, 133 slices): reading the series, the
+lung mask, infection segmentation of every lung slice, and the whole ``analyze_image`` including the
+NIfTI masks, overlays and report (median of --repeats runs after a warm-up); peak RSS.
+
+    python benchmarks/bench_ct.py --threads 2 --out benchmarks/results/ct.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "ct" / "LIDC-IDRI" / "LIDC-IDRI-0001" / "*" / "*")))
+    ap.add_argument("--series", default=default[0] if default else str(ROOT / "examples" / "ct" / "LIDC-IDRI-0001"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ct.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from pulmo.io import read_image
+    from pulmo.pipeline import analyze_image
+    from pulmo.pipeline.ct import lesion_segmenter
+    from pulmo.tasks.ct_lungs import lung_mask_ct
+    from pulmo.transforms import window_hu
+
+    t0 = time.perf_counter()
+    seg = lesion_segmenter()
+    load_s = time.perf_counter() - t0
+    volume = read_image(args.series)
+    tmp = Path(tempfile.mkdtemp(prefix="pulmo-bench-ct-"))
+    try:
+        analyze_image(args.series, tmp / "warm")
+        read_s = _median(lambda: read_image(args.series), args.repeats)
+        lungs_s = _median(lambda: lung_mask_ct(volume), args.repeats)
+        lungs = lung_mask_ct(volume)
+        zs = np.flatnonzero(lungs.any(axis=(1, 2)))
+        slices = [window_hu(volume.hu[z]) for z in zs]
+        lesion_s = _median(lambda: seg.predict(slices), args.repeats)
+        total_s = _median(lambda: analyze_image(args.series, tmp / "run"), args.repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "benchmark": "analyze-ct",
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads},
+        "series": args.series, "volume_shape_zyx": list(volume.shape), "lung_slices": int(len(zs)),
+        "weights": {"name": seg.card.get("name"), "architecture": seg.card.get("architecture")},
+        "model_load_s": round(load_s, 3), "read_series_s": round(read_s, 3), "lung_mask_s": round(lungs_s, 3),
+        "infection_segmentation_s": round(lesion_s, 3),
+        "infection_ms_per_slice": round(1000 * lesion_s / max(1, len(zs)), 1),
+        "analyze_total_s": round(total_s, 3), "repeats": args.repeats,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Chest X-ray classification layouts -> records with pulmo's labels.
+
+Labels, in model order: ``normal``, ``bacterial_pneumonia``, ``viral_pneumonia``, ``covid19``.
+
+* :func:`kermany_records`: Kermany et al. 2018 ``chest_xray`` (``{train,test,val}/{NORMAL,PNEUMONIA}``;
+  bacterial vs viral from ``personN_bacteria_M`` / ``personN_virus_M``; patient = ``personN`` or
+  ``IM-NNNN``). Paediatric (1-5 years).
+* :func:`covid_chestxray_records`: ieee8023 ``covid-chestxray-dataset`` (``metadata.csv``): frontal X-rays
+  (PA, AP, AP Supine) only; ``finding`` mapped to the labels; unknown or other findings (fungal, lipoid,
+  unspecified "Pneumonia", "todo") excluded and counted. Adult.
+* :func:`covid_radiography_records`: COVID-19 Radiography Database (``COVID/images``, ``Normal/images``);
+  no patient ids are published (each image is its own group).
+* :func:`folder_records`: one sub-folder per label, folder names = label names.
+
+:func:`remove_near_duplicates` drops images whose perceptual hash (pHash, ``imagehash``) is within a
+Hamming distance of an image from a higher-priority source (the sources share about 90 images).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pulmo.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LABELS = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19"]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+FRONTAL_VIEWS = {"PA", "AP", "AP Supine", "AP supine"}
+_BACTERIA = ("streptococcus", "klebsiella", "legionella", "e.coli", "bacterial", "chlamydophila", "mycoplasma",
+             "staphylococcus", "nocardia", "aspergillosis_no")
+_VIRUSES = ("sars", "mers", "varicella", "influenza", "herpes", "viral")
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def kermany_records(root: str | Path) -> list[dict[str, Any]]:
+    """Records ``{"image", "label", "patient_id", "source", "age_group"}`` of the Kermany layout.
+
+    Accepts the dataset root (with ``train/``, ``test/``, ``val/``) or one split folder.
+
+    Raises:
+        InputError: no ``NORMAL`` / ``PNEUMONIA`` folders found.
+    """
+    root = Path(root)
+    splits = [root / s for s in ("train", "test", "val") if (root / s).is_dir()] or [root]
+    records = []
+    for split in splits:
+        for cls in ("NORMAL", "PNEUMONIA"):
+            for p in _images(split / cls):
+                name = p.stem
+                if cls == "NORMAL":
+                    label = "normal"
+                    m = re.match(r"^(.*IM-\d+)", name)
+                else:
+                    label = "bacterial_pneumonia" if "bacteria" in name else "viral_pneumonia" if "virus" in name else None
+                    m = re.match(r"^(person\d+)", name)
+                if label is None:
+                    continue
+                records.append({"image": str(p), "label": label, "patient_id": f"kermany-{m.group(1) if m else name}",
+                                "source": "kermany", "age_group": "paediatric"})
+    if not records:
+        raise InputError(f"{root}: no NORMAL/ or PNEUMONIA/ images found; expected the Kermany chest_xray layout")
+    return records
+
+
+def map_ieee8023_finding(finding: str) -> str | None:
+    """Map an ieee8023 ``finding`` to a pulmo label, or None when it is not one of them."""
+    f = finding.strip().lower()
+    if f.startswith("covid-19") or "covid-19" in f.split("/"):
+        return "covid19"
+    if f == "no finding":
+        return "normal"
+    if any(b in f for b in _BACTERIA):
+        return "bacterial_pneumonia"
+    if any(v in f for v in _VIRUSES):
+        return "viral_pneumonia"
+    return None
+
+
+def covid_chestxray_records(root: str | Path, counts: Counter | None = None) -> list[dict[str, Any]]:
+    """Records of ieee8023 frontal X-rays with a mappable finding. Excluded findings are counted into
+    ``counts`` (if given) and logged.
+
+    Raises:
+        InputError: ``metadata.csv`` missing or nothing usable.
+    """
+    root = Path(root)
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise InputError(f"{root}: metadata.csv missing; expected the covid-chestxray-dataset layout")
+    files = _images(root / "images")
+    by_name = {p.name: p for p in files}
+    by_stem: dict[str, list[Path]] = {}
+    for p in files:
+        by_stem.setdefault(p.stem, []).append(p)
+    excluded: Counter = counts if counts is not None else Counter()
+    records, seen = [], set()
+    with open(meta, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    names = {row["filename"] for row in rows}
+    for row in rows:
+        if row.get("modality", "X-ray") != "X-ray" or row.get("view") not in FRONTAL_VIEWS:
+            continue
+        # copies may be re-encoded (.jpeg -> .jpg): match the exact name, else the one file of that stem
+        # whose own name is not listed in the metadata
+        path = by_name.get(row["filename"])
+        if path is None:
+            free = [p for p in by_stem.get(Path(row["filename"]).stem, []) if p.name not in names]
+            path = free[0] if len(free) == 1 else None
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        label = map_ieee8023_finding(row["finding"])
+        if label is None:
+            excluded[row["finding"]] += 1
+            continue
+        records.append({"image": str(path), "label": label, "patient_id": f"ieee8023-{row['patientid']}",
+                        "source": "covid-chestxray", "age_group": "adult"})
+    if excluded:
+        logger.info("%s: excluded %d images with other findings: %s", root, sum(excluded.values()), dict(excluded))
+    if not records:
+        raise InputError(f"{root}: no frontal X-ray with a usable finding")
+    return records
+
+
+def covid_radiography_records(root: str | Path) -> list[dict[str, Any]]:
+    """Records of the COVID-19 Radiography Database (``COVID/images`` -> covid19, ``Normal/images`` -> normal)."""
+    root = Path(root)
+    records = []
+    for folder, label in (("COVID", "covid19"), ("Normal", "normal")):
+        for p in _images(root / folder / "images") or _images(root / folder):
+            records.append({"image": str(p), "label": label, "patient_id": f"covid-radiography-{p.stem}",
+                            "source": "covid-radiography", "age_group": "adult"})
+    if not records:
+        raise InputError(f"{root}: no COVID/images or Normal/images found; expected the COVID-19 Radiography layout")
+    return records
+
+
+def folder_records(root: str | Path) -> list[dict[str, Any]]:
+    """Records of a folder with one sub-folder per label (names from :data:`LABELS`)."""
+    root = Path(root)
+    unknown = [d.name for d in root.iterdir() if d.is_dir() and d.name not in LABELS] if root.is_dir() else []
+    if unknown:
+        raise InputError(f"{root}: sub-folders {unknown} are not labels; expected folders named {LABELS}")
+    records = [{"image": str(p), "label": label, "patient_id": f"{root.name}-{p.stem}", "source": root.name,
+                "age_group": "unknown"} for label in LABELS for p in _images(root / label)]
+    if not records:
+        raise InputError(f"{root}: no images in label sub-folders {LABELS}")
+    return records
+
+
+def phash(path: str | Path) -> np.ndarray:
+    """64-bit perceptual hash (DCT pHash, ``imagehash``) of an image as a bool array (64,)."""
+    import imagehash
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(imagehash.phash(im.convert("L")).hash, dtype=bool).ravel()
+
+
+def remove_near_duplicates(records: list[dict[str, Any]], max_distance: int = 4,
+                           priority: tuple[str, ...] = ("kermany", "covid-chestxray", "covid-radiography")
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Drop images that are near-duplicates (pHash Hamming distance <= ``max_distance``) of an image from a
+    different, higher-priority source (sources with patient ids first). Returns ``(kept, dropped)``; each
+    dropped record gets ``duplicate_of``."""
+    hashes = np.stack([phash(r["image"]) for r in records]).astype(np.uint8)
+    rank = [priority.index(r["source"]) if r["source"] in priority else len(priority) for r in records]
+    order = np.argsort(rank, kind="stable")
+    kept_idx: list[int] = []
+    dropped = []
+    for i in order:
+        if kept_idx:
+            kh = hashes[kept_idx]
+            dist = (kh != hashes[i]).sum(axis=1)
+            j = int(np.argmin(dist))
+            if dist[j] <= max_distance and records[kept_idx[j]]["source"] != records[i]["source"]:
+                dropped.append({**records[i], "duplicate_of": records[kept_idx[j]]["image"], "distance": int(dist[j])})
+                continue
+        kept_idx.append(int(i))
+    kept = [records[i] for i in sorted(kept_idx)]
+    return kept, dropped

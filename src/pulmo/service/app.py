@@ -1,0 +1,415 @@
+"""The FastAPI application of ``pulmo serve``: the ``/api/v1`` job API, the viewer page and its static files.
+
+Routes (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
+
+* ``POST /api/v1/jobs`` (multipart, field ``files``; optional field ``modality`` = ``cxr`` | ``ct``)
+  -> 202 ``{"id", "status": "queued", ...}``
+* ``GET /api/v1/jobs`` -> ``{"jobs": [...]}``; ``GET /api/v1/jobs/{id}`` -> ``{"id", "status", "error", ...}``
+* ``GET /api/v1/jobs/{id}/findings`` -> the job's ``findings.json``
+* ``GET /api/v1/jobs/{id}/files`` and ``GET /api/v1/jobs/{id}/files/{name}`` -> result files
+* ``DELETE /api/v1/jobs/{id}``; ``GET /api/v1/health`` (no auth)
+* ``GET /viewer/{id}`` -> the viewer page; ``/static/`` its files; ``/static/niivue/`` NiiVue from npm
+
+Errors are JSON ``{"detail": message, "code": key}`` with a 4xx status. With a token configured every
+``/api/v1`` route but ``health`` needs ``Authorization: Bearer <token>`` (or the ``pulmo_token``
+cookie the viewer page sets, so that images and volumes load in the browser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+
+from pulmo import __version__
+from pulmo.service.config import STATIC_DIR, ServiceConfig
+from pulmo.service.errors import (
+    AuthError,
+    DataDirInUseError,
+    EmptyUploadError,
+    JobNotReadyError,
+    ServiceError,
+    UnknownJobError,
+    UploadTooLargeError,
+)
+from pulmo.service.store import STATUSES, JobStore
+from pulmo.service.uploads import SavedFile, client_basename, prepare_upload, remove_tree, stored_name
+from pulmo.service.worker import WorkerPool
+
+logger = logging.getLogger(__name__)
+
+API = "/api/v1"
+TOKEN_COOKIE = "pulmo_token"
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".html": "text/html; charset=utf-8",
+                ".yaml": "text/yaml; charset=utf-8", ".gz": "application/gzip", ".nii": "application/octet-stream",
+                ".dcm": "application/dicom", ".csv": "text/csv; charset=utf-8"}
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "required": ["files"],
+        "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "one study: a CXR (PNG/JPEG/DICOM), a CT volume (NIfTI, NRRD, .mhd + .raw), "
+                                     "the DICOM files of one CT series, or a .zip of a series"},
+            "modality": {"type": "string", "enum": ["cxr", "ct"],
+                         "description": "modality of a 2D image whose file does not say (optional)"},
+        },
+    }}},
+}
+
+
+class _DataDirLock:
+    """An exclusive ``flock`` on ``<data_dir>/service.lock`` while the server runs (one server per data dir,
+    so the start-up re-queue of ``running`` jobs cannot steal another server's work)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "service.lock"
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        if self._fh is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open while the server runs
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise DataDirInUseError(f"--data-dir {self.path.parent} is used by another running pulmo serve; "
+                                    "stop it or choose another folder") from None
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class _UploadLimitMiddleware:
+    """Count the body bytes of upload requests and stop reading at the limit (413), whatever the
+    Content-Length says (chunked bodies included)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != f"{API}/jobs":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise UploadTooLargeError(_too_large(self.max_bytes))
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except UploadTooLargeError as exc:
+            if started:
+                raise
+            await _error_response(exc)(scope, receive, send)
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"the upload exceeds the limit of {max_bytes / 2**20:.0f} MiB (--max-upload-mb); send a smaller study"
+
+
+def _error_response(exc: ServiceError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+    return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status_code, headers=headers)
+
+
+def _job_view(job: dict[str, Any]) -> dict[str, Any]:
+    job_id = job["id"]
+    view = {k: job[k] for k in ("id", "status", "error", "created", "started", "finished", "kind", "modality",
+                                "n_files", "upload_bytes", "attempts")}
+    view["links"] = {"self": f"{API}/jobs/{job_id}", "findings": f"{API}/jobs/{job_id}/findings",
+                     "files": f"{API}/jobs/{job_id}/files", "viewer": f"/viewer/{job_id}"}
+    return view
+
+
+def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
+    """Build the service application for ``config``.
+
+    Start-up (the ASGI lifespan) locks the data folder, creates the job store's schema, re-queues jobs left
+    ``queued`` or ``running`` by a previous server (nothing accepted is lost), removes job folders without a
+    row (an upload interrupted before it was accepted) and starts the worker processes; shutdown stops them.
+
+    Args:
+        config: the service settings.
+        log_level: level of the worker processes' logs.
+
+    Returns:
+        The FastAPI app (serve it with uvicorn, or drive it with ``fastapi.testclient.TestClient`` inside a
+        ``with`` block so the lifespan runs).
+
+    Raises:
+        DataDirInUseError: at start-up, when another server holds the data folder.
+    """
+    store = JobStore(config.db_path)
+    pool = WorkerPool(config.data_dir, store, config.workers, max_attempts=config.max_attempts,
+                      poll_interval=config.poll_interval, log_level=log_level)
+    lock = _DataDirLock(config.data_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lock.acquire()
+        try:
+            requeued, failed = store.requeue_running(max_attempts=config.max_attempts)
+            config.jobs_dir.mkdir(parents=True, exist_ok=True)
+            known = store.ids()
+            orphans = [p for p in config.jobs_dir.iterdir() if p.is_dir() and p.name not in known]
+            for p in orphans:
+                remove_tree(p)
+            counts = store.counts()
+            logger.info("job store %s: %d queued (%d re-queued after an interruption, %d failed after too many), "
+                        "%d done, %d failed; %d orphan folder(s) removed; starting %d worker(s)",
+                        config.db_path, counts["queued"], requeued, failed, counts["done"], counts["failed"],
+                        len(orphans), config.workers)
+            pool.start()
+            yield
+        finally:
+            await run_in_threadpool(pool.stop, config.shutdown_grace)
+            lock.release()
+
+    app = FastAPI(title="pulmo", version=__version__, lifespan=lifespan,
+                  description="Chest X-ray and CT computer-aided detection: upload a study, poll the job, fetch the "
+                              "findings, masks, overlays and report, and look at them in the viewer. Research "
+                              "software, not a medical device.")
+    app.state.config, app.state.store, app.state.pool, app.state.lock = config, store, pool, lock
+    app.add_middleware(_UploadLimitMiddleware, max_bytes=config.max_upload_bytes)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error_response(exc)
+
+    bearer = HTTPBearer(auto_error=False, description="the --token of pulmo serve (only when it was given)")
+
+    def require_token(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if config.token is None:
+            return
+        supplied = credentials.credentials if credentials is not None else request.cookies.get(TOKEN_COOKIE)
+        if not supplied:
+            raise AuthError("authentication required: send the header 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(supplied.encode(), config.token.encode()):
+            raise AuthError("invalid token")
+
+    auth = [Depends(require_token)]
+
+    def job_or_404(job_id: str, with_findings: bool = False) -> dict[str, Any]:
+        job = store.get(job_id, with_findings=with_findings) if _JOB_ID.match(job_id) else None
+        if job is None:
+            raise UnknownJobError(f"unknown job {job_id[:64]!r}: no such job (never created, or deleted)")
+        return job
+
+    @app.get(f"{API}/health", tags=["service"], summary="liveness, workers and queue counts (no auth)")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "workers": {"configured": config.workers,
+                                                                    "alive": pool.alive()},
+                "jobs": store.counts()}
+
+    @app.post(f"{API}/jobs", tags=["jobs"], status_code=202, dependencies=auth, openapi_extra={"requestBody": _UPLOAD_BODY},
+              summary="upload one study (one or more files in the multipart field 'files'); returns the job id")
+    async def create_job(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > config.max_upload_bytes:
+            raise UploadTooLargeError(_too_large(config.max_upload_bytes))
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise EmptyUploadError(f"expected a multipart/form-data body with the files in the field 'files'; got "
+                                   f"Content-Type {ctype[:60]!r}")
+        try:
+            form = await request.form(max_files=config.max_files, max_fields=20)
+        except UploadTooLargeError:
+            raise
+        except Exception as exc:  # starlette's MultiPartException and parse errors
+            if "Too many files" in str(exc):
+                raise UploadTooLargeError(f"more than {config.max_files} files in one upload; zip a large DICOM "
+                                          "series and upload the .zip") from None
+            raise ServiceError(f"the multipart body cannot be parsed ({str(exc)[:200]})", code="bad_multipart") from None
+        try:
+            items = form.getlist("files")
+            uploads = [f for f in items if isinstance(f, UploadFile)]
+            if len(uploads) != len(items):
+                raise ServiceError("the field 'files' must hold files, not text", code="bad_multipart")
+            if not uploads:
+                raise EmptyUploadError("no file uploaded: send one or more files in the multipart field 'files'")
+            hint = form.get("modality")
+            if hint is not None and hint not in ("cxr", "ct"):
+                raise ServiceError(f"modality {str(hint)[:20]!r}: expected 'cxr' or 'ct'", code="bad_modality")
+            job_id = uuid.uuid4().hex
+            view = await run_in_threadpool(_accept_upload, job_id, uploads, hint)
+        finally:
+            await form.close()
+        return JSONResponse(view, status_code=202, headers={"Location": f"{API}/jobs/{job_id}"})
+
+    def _accept_upload(job_id: str, uploads: list[UploadFile], hint: str | None) -> dict[str, Any]:
+        job_dir = config.jobs_dir / job_id
+        input_dir = job_dir / "input"
+        input_dir.mkdir(parents=True)
+        try:
+            saved = []
+            for k, up in enumerate(uploads):
+                original = client_basename(up.filename)
+                path = input_dir / stored_name(k, original)
+                up.file.seek(0)
+                with open(path, "xb") as out:
+                    shutil.copyfileobj(up.file, out, 1024 * 1024)
+                size = path.stat().st_size
+                saved.append(SavedFile(k, original, path, size))
+                if size == 0:
+                    raise EmptyUploadError(f"{saved[-1].label} is empty (0 bytes)")
+            total = sum(f.size for f in saved)
+            prepared = prepare_upload(input_dir, saved, config.max_unzipped_bytes, config.max_zip_members)
+            store.create(job_id, prepared.input_rel, prepared.kind, len(saved), total, modality_hint=hint)
+        except BaseException as exc:
+            remove_tree(job_dir)
+            if isinstance(exc, ServiceError):
+                logger.info("upload refused: %s (%d files)", exc.code, len(uploads))
+            raise
+        logger.info("job %s: accepted (%s, %d files, %d bytes)", job_id, prepared.kind, len(saved), total)
+        return _job_view(store.get(job_id))
+
+    @app.get(f"{API}/jobs", tags=["jobs"], dependencies=auth, summary="list jobs, newest first")
+    def list_jobs(status: str | None = Query(None, description="only jobs of this status"),
+                  limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        if status is not None and status not in STATUSES:
+            raise ServiceError(f"status {status[:20]!r}: expected one of {', '.join(STATUSES)}", code="bad_status")
+        return {"jobs": [_job_view(j) for j in store.list(status, limit, offset)], "counts": store.counts()}
+
+    @app.get(f"{API}/jobs/{{job_id}}", tags=["jobs"], dependencies=auth, summary="status of a job")
+    def get_job(job_id: str) -> dict[str, Any]:
+        return _job_view(job_or_404(job_id))
+
+    @app.get(f"{API}/jobs/{{job_id}}/findings", tags=["jobs"], dependencies=auth,
+             summary="the job's findings.json (409 until the job is done)")
+    def get_findings(job_id: str) -> dict[str, Any]:
+        job = job_or_404(job_id, with_findings=True)
+        if job["status"] == "failed":
+            raise JobNotReadyError(f"job {job_id} failed: {job['error']}")
+        if job["status"] != "done":
+            raise JobNotReadyError(f"job {job_id} is {job['status']}; findings are available once it is done")
+        return job["findings"]
+
+    def _output_dir(job_id: str) -> Path:
+        job = job_or_404(job_id)
+        if job["status"] != "done":
+            raise JobNotReadyError(f"job {job_id} is {job['status']}; files are available once it is done")
+        return config.jobs_dir / job_id / "output"
+
+    @app.get(f"{API}/jobs/{{job_id}}/files", tags=["jobs"], dependencies=auth, summary="result files of a done job")
+    def list_files(job_id: str) -> dict[str, Any]:
+        out = _output_dir(job_id)
+        files = sorted(p for p in out.iterdir() if p.is_file() and not p.is_symlink()) if out.is_dir() else []
+        return {"files": [{"name": p.name, "bytes": p.stat().st_size,
+                           "url": f"{API}/jobs/{job_id}/files/{p.name}"} for p in files]}
+
+    @app.get(f"{API}/jobs/{{job_id}}/files/{{name}}", tags=["jobs"], dependencies=auth,
+             summary="one result file (overlay PNG, mask, report.html, findings.json, volume for the viewer)",
+             response_class=FileResponse)
+    def get_file(job_id: str, name: str) -> FileResponse:
+        out = _output_dir(job_id)
+        path = out / name
+        if not _FILE_NAME.match(name) or not path.is_file() or path.is_symlink() or path.resolve().parent != out.resolve():
+            raise ServiceError(f"job {job_id} has no result file {name[:80]!r}; GET {API}/jobs/{job_id}/files lists "
+                               "them", status_code=404, code="unknown_file")
+        suffix = path.suffix.lower()
+        return FileResponse(path, media_type=_MEDIA_TYPES.get(suffix, "application/octet-stream"),
+                            headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+    @app.delete(f"{API}/jobs/{{job_id}}", tags=["jobs"], dependencies=auth,
+                summary="delete a job and its files (a running job's files go when its analysis ends)")
+    def delete_job(job_id: str) -> dict[str, Any]:
+        previous = store.delete(job_id) if _JOB_ID.match(job_id) else None
+        if previous is None:
+            raise UnknownJobError(f"unknown job {job_id[:64]!r}: no such job (never created, or deleted)")
+        if previous != "running":
+            remove_tree(config.jobs_dir / job_id)
+        logger.info("job %s: deleted (was %s)", job_id, previous)
+        return {"id": job_id, "deleted": True, "status_before": previous}
+
+    viewer_html = (STATIC_DIR / "viewer.html").read_text(encoding="utf-8")
+
+    @app.get("/viewer/{job_id}", tags=["viewer"], response_class=Response,
+             summary="the viewer page of a job (HTML; data loaded by its script through the API)")
+    def viewer(job_id: str) -> Response:
+        if not _JOB_ID.match(job_id):
+            raise UnknownJobError(f"unknown job {job_id[:64]!r}: a job id is 32 hex digits")
+        return Response(viewer_html, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    if config.niivue_dir is not None and (config.niivue_dir / "niivue.umd.js").is_file():
+        app.mount("/static/niivue", StaticFiles(directory=config.niivue_dir), name="niivue")
+    else:
+        logger.info("NiiVue not installed (%s); the viewer shows 2D overlays only. Install it with: "
+                    "npm ci --prefix src/pulmo/service/viewer", config.niivue_dir)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pulmo-data", workers: int = 1,
+          token: str | None = None, max_upload_mb: float = 512.0, log_level: int = logging.INFO) -> int:
+    """Run the service with uvicorn until interrupted (SIGINT / SIGTERM stop it in order).
+
+    Args:
+        host: interface to listen on (``127.0.0.1`` = this machine only; ``0.0.0.0`` = every interface).
+        port: TCP port.
+        data_dir: folder of the job store and the jobs' files (created).
+        workers: worker processes (each analysis uses 1 CPU thread).
+        token: bearer token required by the API; ``None`` = no authentication.
+        max_upload_mb: limit of one upload, MiB.
+        log_level: logging level of the service and its workers.
+
+    Returns:
+        0 after a clean shutdown.
+
+    Raises:
+        ConfigError: invalid settings, or the data folder is used by another server.
+    """
+    import uvicorn
+
+    config = ServiceConfig(data_dir=Path(data_dir), workers=workers, token=token, max_upload_mb=max_upload_mb)
+    app = create_app(config, log_level=log_level)
+    app.state.lock.acquire()  # fail here with one clear line rather than in uvicorn's start-up
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s without --token: anyone who can reach the port can upload and read jobs", host)
+    uvicorn.run(app, host=host, port=port, log_level=logging.getLevelName(log_level).lower(), log_config=None,
+                timeout_graceful_shutdown=int(config.shutdown_grace) + 5)
+    return 0
+

@@ -1,0 +1,85 @@
+"""Settings of ``pulmo serve`` (a typed dataclass; the CLI fills it from its flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pulmo.errors import ConfigError
+
+MB = 1024 * 1024
+SERVICE_DIR = Path(__file__).resolve().parent
+STATIC_DIR = SERVICE_DIR / "static"
+VIEWER_PACKAGE_DIR = SERVICE_DIR / "viewer"
+NIIVUE_DIST = VIEWER_PACKAGE_DIR / "node_modules" / "@niivue" / "niivue" / "dist"
+
+
+@dataclasses.dataclass
+class ServiceConfig:
+    """Settings of the web service.
+
+    Attributes:
+        data_dir: folder holding ``jobs.sqlite`` (the job store) and ``jobs/<id>/{input,output}/``;
+            created when missing.
+        workers: number of worker processes that run analyses (each with 1 torch thread). 0 accepts
+            and stores jobs without running them (maintenance, tests).
+        token: bearer token required on every ``/api/v1`` route except ``/api/v1/health``; ``None``
+            turns authentication off.
+        max_upload_mb: limit of one upload request body, MiB (413 beyond).
+        max_files: most files in one upload (a DICOM series of more slices is sent as a zip).
+        max_unzipped_mb: limit of a zip's total uncompressed size, MiB (zip bombs are refused with 413).
+        max_zip_members: limit of the number of members of a zip.
+        max_attempts: a job whose worker died (crash, kill, server stop) this many times is failed
+            instead of being queued again.
+        poll_interval: seconds an idle worker waits between looks at the queue.
+        shutdown_grace: seconds the server waits at shutdown for running jobs before stopping the
+            workers (an interrupted job is queued again at the next start).
+        niivue_dir: the NiiVue ``dist`` folder served at ``/static/niivue/``; default: the npm install
+            in ``src/pulmo/service/viewer/node_modules``. The viewer works without it (2D only).
+    """
+
+    data_dir: Path
+    workers: int = 1
+    token: str | None = None
+    max_upload_mb: float = 512.0
+    max_files: int = 2000
+    max_unzipped_mb: float = 4096.0
+    max_zip_members: int = 10000
+    max_attempts: int = 3
+    poll_interval: float = 0.2
+    shutdown_grace: float = 10.0
+    niivue_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.workers < 0:
+            raise ConfigError(f"--workers {self.workers}: expected 0 or more worker processes")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("--token is empty; give a non-empty token or leave it out to turn auth off")
+        for name in ("max_upload_mb", "max_unzipped_mb"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive number of MiB")
+        for name in ("max_files", "max_zip_members", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected 1 or more")
+        if self.niivue_dir is None:
+            self.niivue_dir = NIIVUE_DIST
+        self.niivue_dir = Path(self.niivue_dir)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite job store."""
+        return self.data_dir / "jobs.sqlite"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """The folder of the jobs' files (``<id>/input``, ``<id>/output``)."""
+        return self.data_dir / "jobs"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_unzipped_bytes(self) -> int:
+        return int(self.max_unzipped_mb * MB)

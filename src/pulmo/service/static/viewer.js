@@ -1,0 +1,421 @@
+// pulmo viewer: polls the job, then shows its findings.
+// X-ray / 2D slice: the image with toggleable mask layers (lung, infection), heatmaps and labelled boxes when
+// the findings have them. CT volume: NiiVue (from npm, served at /static/niivue/) with axial / coronal /
+// sagittal slices and a 3D rendering, lung / infection / nodule overlays, and a nodule list.
+"use strict";
+
+(() => {
+  const API = "/api/v1";
+  const $ = (id) => document.getElementById(id);
+  const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+  const fileUrl = (name) => `${API}/jobs/${encodeURIComponent(jobId)}/files/${encodeURIComponent(name)}`;
+  const MASK_LAYERS = [
+    // [findings key, label, colour rgb, default opacity]
+    ["lungs", "lung mask", [0, 200, 120], 0.35],
+    ["infection", "infection", [230, 40, 40], 0.6],
+    ["nodules", "nodules", [250, 200, 0], 0.7],
+  ];
+
+  class ViewerError extends Error {}
+
+  function setState(state) { document.body.dataset.state = state; }
+
+  function showMessage(text) {
+    const box = $("message");
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  function takeTokenFromHash() {
+    const m = location.hash.match(/token=([^&]+)/);
+    if (m) {
+      document.cookie = `pulmo_token=${m[1]}; path=/; SameSite=Strict`;
+      history.replaceState(null, "", location.pathname);
+    }
+  }
+
+  function showAuth() {
+    $("auth").hidden = false;
+    setState("auth");
+    $("auth-form").onsubmit = (ev) => {
+      ev.preventDefault();
+      const token = encodeURIComponent($("auth-token").value.trim());
+      document.cookie = `pulmo_token=${token}; path=/; SameSite=Strict`;
+      location.reload();
+    };
+  }
+
+  async function api(path) {
+    const r = await fetch(API + path, { credentials: "same-origin", cache: "no-store" });
+    if (r.status === 401) {
+      showAuth();
+      throw new ViewerError("a valid token is required");
+    }
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new ViewerError(body.detail || `HTTP ${r.status}`);
+    return body;
+  }
+
+  function setStatus(job) {
+    const el = $("status");
+    el.textContent = job.status + (job.modality ? ` · ${job.modality}` : "");
+    el.className = `status ${job.status}`;
+  }
+
+  // ---------------------------------------------------------------- findings table
+  const fmt = (v) => {
+    if (v === null || v === undefined || v === "") return "—";
+    if (Array.isArray(v)) return v.map(fmt).join(" × ");
+    if (typeof v === "object") return Object.entries(v).map(([k, x]) => `${k} ${fmt(x)}`).join(", ");
+    return String(v);
+  };
+
+  function findingRows(f) {
+    const rows = [];
+    const add = (label, value) => { if (value !== undefined) rows.push([label, value]); };
+    const inp = f.input || {};
+    add("modality", f.modality === "cxr" ? "chest X-ray (cxr)" : f.modality === "ct" ? "CT (ct)" : f.modality);
+    add("input format", inp.format);
+    if (inp.image_size) add("image size (px)", `${inp.image_size.width} × ${inp.image_size.height}`);
+    if (inp.volume_size) add("volume size (slices × rows × columns)",
+      `${inp.volume_size.slices} × ${inp.volume_size.rows} × ${inp.volume_size.columns}`);
+    if ("spacing_mm" in inp) add(inp.volume_size ? "voxel spacing (z, y, x mm)" : "pixel spacing (row, column mm)",
+      inp.spacing_mm === null ? "unknown" : inp.spacing_mm);
+    const lungs = f.lungs || {};
+    add("lung area (px)", lungs.area_px);
+    add("lung area (cm²)", lungs.area_cm2 === null ? "unknown (no pixel spacing)" : lungs.area_cm2);
+    add("lung components", lungs.n_components);
+    add("lung volume (mL)", lungs.volume_ml);
+    add("lung mask convention", lungs.convention);
+    add("lung method", lungs.method);
+    const inf = f.infection;
+    if (inf) {
+      add("infection volume (mL)", inf.volume_ml);
+      add("infection area (px)", inf.area_px);
+      add("infection area (cm²)", inf.area_cm2);
+      add("infection (% of lung)", inf.percent_of_lung);
+      add("slices with infection", inf.n_slices_with_infection);
+      add("key slice (axial index)", inf.key_slice);
+      for (const [k, v] of Object.entries(inf)) if (/_(ml|px)$/.test(k) && !/^(volume|area)_/.test(k)) add(`infection: ${k}`, v);
+    }
+    const probs = f.classification && (f.classification.probabilities || f.classification);
+    if (probs && typeof probs === "object") {
+      for (const [label, p] of Object.entries(probs)) if (typeof p === "number") add(`probability: ${label}`, p.toFixed(3));
+    }
+    if (Array.isArray(f.nodules)) add("nodules", f.nodules.length);
+    if (Array.isArray(detections(f))) add("detections", detections(f).length);
+    for (const m of f.models || []) {
+      add(`model (${m.task})`, `${m.name || "?"} · ${m.architecture || "?"}${m.sha256 ? ` · sha256 ${m.sha256.slice(0, 12)}` : ""}`);
+    }
+    add("pulmo version", f.pulmo_version);
+    add("analysed (UTC)", f.created);
+    return rows.filter(([, v]) => v !== undefined);
+  }
+
+  function renderFindings(f) {
+    const body = $("findings-table").tBodies[0];
+    body.replaceChildren();
+    for (const [label, value] of findingRows(f)) {
+      const tr = body.insertRow();
+      const th = document.createElement("th");
+      th.textContent = label;
+      tr.appendChild(th);
+      tr.insertCell().textContent = fmt(value);
+    }
+    $("findings-section").hidden = false;
+  }
+
+  // ---------------------------------------------------------------- 2D image with layers
+  function detections(f) { return f.detections || f.boxes || null; }
+
+  function loadImage(src) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new ViewerError(`cannot load ${src}`));
+      img.src = src;
+    });
+  }
+
+  function toggle(container, label, checked, onChange, opacity) {
+    const wrap = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = checked;
+    box.addEventListener("change", () => onChange(box.checked));
+    wrap.append(box, ` ${label}`);
+    container.appendChild(wrap);
+    if (opacity) {
+      const slider = document.createElement("input");
+      slider.type = "range"; slider.min = "0"; slider.max = "1"; slider.step = "0.05";
+      slider.value = String(opacity.value);
+      slider.title = `${label} opacity`;
+      slider.addEventListener("input", () => opacity.onInput(Number(slider.value)));
+      container.appendChild(slider);
+    }
+    return box;
+  }
+
+  async function maskCanvas(name, colour, width, height) {
+    const mask = await loadImage(fileUrl(name));
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    canvas.className = "layer";
+    canvas.dataset.mask = name;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(mask, 0, 0, width, height);
+    const data = ctx.getImageData(0, 0, width, height);
+    const px = data.data;
+    for (let i = 0; i < px.length; i += 4) {
+      const on = px[i] > 127;
+      px[i] = colour[0]; px[i + 1] = colour[1]; px[i + 2] = colour[2]; px[i + 3] = on ? 255 : 0;
+    }
+    ctx.putImageData(data, 0, 0);
+    return canvas;
+  }
+
+  async function render2D(f, names) {
+    const section = $("view2d");
+    section.hidden = false;
+    $("view2d-title").textContent = f.modality === "cxr" ? "Chest X-ray" : "CT slice";
+    const base = $("base-image");
+    const controls = $("controls2d");
+    const overlays = (f.files && f.files.overlays) || [];
+    const baseName = names.has("image.png") ? "image.png" : overlays.find((n) => names.has(n));
+    if (!baseName) throw new ViewerError("the job has no image to show");
+    base.alt = baseName === "image.png" ? "the uploaded image" : `overlay ${baseName}`;
+    base.src = fileUrl(baseName);
+    await base.decode().catch(() => { throw new ViewerError(`cannot load ${baseName}`); });
+    if (baseName !== "image.png") return;  // an old job: the overlay already has the masks painted in
+    const w = base.naturalWidth, h = base.naturalHeight;
+    const stage = $("stage2d");
+    for (const [key, label, colour, opacity] of MASK_LAYERS) {
+      const mask = f[key] && f[key].mask;
+      if (!mask || !/\.png$/.test(mask) || !names.has(mask)) continue;
+      try {
+        const canvas = await maskCanvas(mask, colour, w, h);
+        canvas.style.opacity = String(opacity);
+        stage.insertBefore(canvas, $("box-layer"));
+        toggle(controls, label, true, (on) => { canvas.hidden = !on; },
+          { value: opacity, onInput: (v) => { canvas.style.opacity = String(v); } });
+      } catch (err) {
+        showMessage(`${label}: ${err.message}`);
+      }
+    }
+    renderHeatmaps(f, names, stage, controls);
+    renderBoxes(f, controls);
+  }
+
+  function renderHeatmaps(f, names, stage, controls) {
+    // findings.heatmaps: {label: file.png} or [{label, file}] (PNG at the image size, colour with alpha)
+    let maps = f.heatmaps || (f.classification && f.classification.heatmaps);
+    if (!maps) return;
+    if (!Array.isArray(maps)) maps = Object.entries(maps).map(([label, file]) => ({ label, file }));
+    for (const { label, file } of maps) {
+      if (!file || !names.has(file)) continue;
+      const img = document.createElement("img");
+      img.className = "layer";
+      img.src = fileUrl(file);
+      img.alt = `heatmap ${label}`;
+      img.style.opacity = "0.5";
+      img.hidden = true;
+      stage.insertBefore(img, $("box-layer"));
+      toggle(controls, `heatmap: ${label}`, false, (on) => { img.hidden = !on; },
+        { value: 0.5, onInput: (v) => { img.style.opacity = String(v); } });
+    }
+  }
+
+  function renderBoxes(f, controls) {
+    const boxes = detections(f);
+    if (!Array.isArray(boxes) || !boxes.length || !f.input || !f.input.image_size) return;
+    const { width, height } = f.input.image_size;
+    const svg = $("box-layer");
+    const ns = "http://www.w3.org/2000/svg";
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    const rows = $("box-rows");
+    for (const b of boxes) {
+      const xyxy = b.box_xyxy || b.box || b.bbox;
+      if (!Array.isArray(xyxy) || xyxy.length !== 4) continue;
+      const [x0, y0, x1, y1] = xyxy;
+      const score = typeof b.score === "number" ? `${(100 * b.score).toFixed(0)} %` : "";
+      const rect = document.createElementNS(ns, "rect");
+      rect.setAttribute("x", x0); rect.setAttribute("y", y0);
+      rect.setAttribute("width", x1 - x0); rect.setAttribute("height", y1 - y0);
+      const text = document.createElementNS(ns, "text");
+      text.setAttribute("x", x0 + 4); text.setAttribute("y", Math.max(20, y0 - 6));
+      text.textContent = `${b.label || "finding"} ${score}`;
+      svg.append(rect, text);
+      const tr = rows.insertRow();
+      tr.insertCell().textContent = b.label || "finding";
+      tr.insertCell().textContent = score || "—";
+      tr.insertCell().textContent = xyxy.map((v) => Math.round(v)).join(", ");
+    }
+    svg.hidden = false;
+    $("boxes-section").hidden = false;
+    toggle(controls, "boxes", true, (on) => { svg.hidden = !on; });
+  }
+
+  // ---------------------------------------------------------------- CT volume with NiiVue
+  function loadScript(src) {
+    return new Promise((resolve) => {
+      const s = document.createElement("script");
+      s.src = src;
+      s.onload = () => resolve(true);
+      s.onerror = () => resolve(false);
+      document.head.appendChild(s);
+    });
+  }
+
+  async function render3D(f, names) {
+    $("view3d").hidden = false;
+    const ok = await loadScript("/static/niivue/niivue.umd.js");
+    if (!ok || !window.niivue) {
+      $("niivue-missing").hidden = false;
+      $("niivue-box").hidden = true;
+      $("controls3d").hidden = true;
+      document.body.dataset.niivue = "missing";
+      return;
+    }
+    const NV = window.niivue;
+    const nv = new NV.Niivue({
+      backColor: [0.04, 0.05, 0.07, 1], show3Dcrosshair: true, isColorbar: false, dragAndDropEnabled: false,
+      multiplanarShowRender: NV.SHOW_RENDER ? NV.SHOW_RENDER.ALWAYS : 1, loadingText: "loading the CT…",
+    });
+    await nv.attachToCanvas($("niivue-canvas"));
+    const volumes = [{ url: fileUrl("volume.nii.gz"), name: "volume.nii.gz", colormap: "gray", cal_min: -1350, cal_max: 150 }];
+    const layers = [];
+    for (const [key, label, colour, opacity] of MASK_LAYERS) {
+      const mask = f[key] && f[key].mask;
+      if (!mask || !/\.nii(\.gz)?$/.test(mask) || !names.has(mask)) continue;
+      const colormap = { lungs: "green", infection: "red", nodules: "warm" }[key];
+      layers.push({ index: volumes.length, label, opacity });
+      volumes.push({ url: fileUrl(mask), name: mask, colormap, opacity, cal_min: 0.5, cal_max: key === "infection" ? 2 : 1 });
+    }
+    try {
+      await nv.loadVolumes(volumes);
+    } catch (err) {
+      $("niivue-error").textContent = `NiiVue could not load the volumes: ${err.message || err}`;
+      $("niivue-error").hidden = false;
+      document.body.dataset.niivue = "error";
+      return;
+    }
+    nv.setSliceType(nv.sliceTypeMultiplanar);
+    const slice = { multiplanar: nv.sliceTypeMultiplanar, axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal,
+      sagittal: nv.sliceTypeSagittal, render: nv.sliceTypeRender };
+    for (const btn of $("slice-buttons").querySelectorAll("button")) {
+      btn.addEventListener("click", () => {
+        nv.setSliceType(slice[btn.dataset.slice]);
+        for (const b of $("slice-buttons").querySelectorAll("button")) b.classList.toggle("active", b === btn);
+      });
+    }
+    for (const layer of layers) {
+      let current = layer.opacity;
+      toggle($("layer-toggles"), layer.label, true, (on) => nv.setOpacity(layer.index, on ? current : 0),
+        { value: layer.opacity, onInput: (v) => { current = v; nv.setOpacity(layer.index, v); } });
+    }
+    renderNodules(f, nv);
+    window.pulmoNiivue = nv;
+    document.body.dataset.niivue = "loaded";
+  }
+
+  function renderNodules(f, nv) {
+    if (!Array.isArray(f.nodules) || !f.nodules.length) return;
+    const rows = $("nodule-rows");
+    f.nodules.forEach((n, i) => {
+      const c = n.center_mm || n.centre_mm || n.center_world_mm;
+      const tr = rows.insertRow();
+      tr.insertCell().textContent = String(i + 1);
+      tr.insertCell().textContent = Array.isArray(c) ? c.map((v) => v.toFixed(1)).join(", ") : "—";
+      tr.insertCell().textContent = fmt(n.diameter_mm);
+      tr.insertCell().textContent = typeof n.probability === "number" ? n.probability.toFixed(2) : "—";
+      const cell = tr.insertCell();
+      if (Array.isArray(c)) {
+        const btn = document.createElement("button");
+        btn.type = "button";
+        btn.textContent = "go to";
+        btn.addEventListener("click", () => {
+          // findings are in LPS mm; NiiVue's world space is RAS (the NIfTI convention)
+          nv.scene.crosshairPos = nv.mm2frac([-c[0], -c[1], c[2]]);
+          nv.setSliceType(nv.sliceTypeAxial);
+          nv.drawScene();
+        });
+        cell.appendChild(btn);
+      }
+    });
+    $("nodules").hidden = false;
+  }
+
+  // ---------------------------------------------------------------- overlays and files
+  function renderOverlays(f, names) {
+    const overlays = ((f.files && f.files.overlays) || []).filter((n) => names.has(n));
+    const gallery = $("overlays");
+    for (const name of overlays) {
+      const fig = document.createElement("figure");
+      const a = document.createElement("a");
+      a.href = fileUrl(name);
+      const img = document.createElement("img");
+      img.src = fileUrl(name);
+      img.alt = `overlay ${name}`;
+      img.loading = "lazy";
+      img.className = "overlay-image";
+      const cap = document.createElement("figcaption");
+      cap.textContent = name;
+      a.appendChild(img);
+      fig.append(a, cap);
+      gallery.appendChild(fig);
+    }
+    $("overlays-section").hidden = !overlays.length;
+  }
+
+  function renderFiles(files) {
+    const list = $("file-links");
+    for (const file of files) {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = file.url;
+      a.textContent = file.name;
+      li.append(a, ` (${(file.bytes / 1024).toFixed(1)} KiB)`);
+      list.appendChild(li);
+    }
+    $("files-section").hidden = !files.length;
+  }
+
+  // ---------------------------------------------------------------- main
+  async function show() {
+    const [findings, files] = await Promise.all([api(`/jobs/${jobId}/findings`), api(`/jobs/${jobId}/files`)]);
+    const names = new Set(files.files.map((x) => x.name));
+    renderFindings(findings);
+    renderOverlays(findings, names);
+    renderFiles(files.files);
+    if (findings.modality === "ct" && names.has("volume.nii.gz")) await render3D(findings, names);
+    else await render2D(findings, names);
+    setState("ready");
+  }
+
+  async function poll() {
+    let delay = 500;
+    for (;;) {
+      const job = await api(`/jobs/${jobId}`);
+      setStatus(job);
+      if (job.status === "done") return show();
+      if (job.status === "failed") {
+        showMessage(`The analysis failed: ${job.error}`);
+        setState("failed");
+        return undefined;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(3000, delay * 1.5);
+    }
+  }
+
+  $("job-id").textContent = `job ${jobId}`;
+  takeTokenFromHash();
+  poll().catch((err) => {
+    if (document.body.dataset.state !== "auth") {
+      showMessage(err.message || String(err));
+      setState("error");
+    }
+  });
+})();

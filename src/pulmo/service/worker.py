@@ -1,0 +1,284 @@
+"""Worker processes: each polls the SQLite job store, claims the oldest queued job and runs
+:func:`pulmo.pipeline.analyze_image` on it, never in the request path.
+
+:class:`WorkerPool` (in the server process) starts ``workers`` processes with the ``spawn`` context
+(fresh interpreters: no forked torch or event-loop state), restarts one that dies and re-queues the job
+it held, and stops them at shutdown (a job still running after the grace period stays ``running`` in
+the store and is re-queued at the next start). Each worker uses one torch thread.
+
+Logs name job ids, sizes and durations only. Records of the library's own loggers (which may name input
+files) are reduced to their logger name and level in worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pulmo.service.store import JobStore
+from pulmo.service.uploads import remove_tree
+
+logger = logging.getLogger(__name__)
+
+DISPLAY_MAX_SIDE = 2048
+_ENV_LOCK = threading.Lock()
+
+
+class _WithholdLibraryDetails(logging.Filter):
+    """Keep ``pulmo.service`` records; for other loggers keep only name and level (they may name files)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("pulmo.service"):
+            record.msg = "message withheld in the service log (it may name input files)"
+            record.args = ()
+            record.exc_info = None
+        return True
+
+
+def _setup_worker_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_WithholdLibraryDetails())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _watch_parent() -> None:
+    """Exit at once when the server process dies (no orphan keeps running jobs a new server re-queues)."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _display_png(image: Any, path: Path) -> None:
+    """The 2D input as an 8-bit grey PNG for the browser (CT slices through the lung window), at most
+    ``DISPLAY_MAX_SIDE`` px; the lung mask PNG is scaled onto it by the viewer."""
+    from PIL import Image
+
+    from pulmo.report import grey_rgb
+    from pulmo.transforms import window_hu
+
+    if image.modality == "ct" and image.source.get("format") == "DICOM":
+        grey = grey_rgb(window_hu(image.pixels), already_01=True)[..., 0]
+    else:
+        grey = grey_rgb(image.pixels)[..., 0]
+    im = Image.fromarray(grey)
+    if max(im.size) > DISPLAY_MAX_SIDE:
+        scale = DISPLAY_MAX_SIDE / max(im.size)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+    im.save(path)
+
+
+def write_viewer_files(input_path: Path, out_dir: Path, findings: dict[str, Any]) -> list[str]:
+    """Files the viewer needs beside the analysis outputs: ``image.png`` (a 2D input for display) or
+    ``volume.nii.gz`` (a CT volume in HU, int16 when the values fit, with the input geometry, for NiiVue).
+
+    Returns:
+        The names written.
+
+    Raises:
+        InputError: the input cannot be read again (it was read once by the analysis, so not expected).
+    """
+    import numpy as np
+
+    from pulmo.io import Volume, read_image, write_nifti
+
+    image = read_image(input_path)
+    if isinstance(image, Volume):
+        hu = image.hu
+        if np.isfinite(hu).all() and hu.min() >= -32768 and hu.max() <= 32767:
+            hu = np.rint(hu).astype(np.int16)
+        write_nifti(hu, image, out_dir / "volume.nii.gz")
+        names = ["volume.nii.gz"]
+    else:
+        _display_png(image, out_dir / "image.png")
+        names = ["image.png"]
+    findings.setdefault("files", {})["viewer"] = names
+    return names
+
+
+def _clean_message(message: str, job_dir: Path) -> str:
+    """The error message without the server's job folder (the client knows its own upload)."""
+    for prefix in (str(job_dir.resolve()) + os.sep, str(job_dir) + os.sep):
+        message = message.replace(prefix, "")
+    return message
+
+
+def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any]) -> str:
+    """Run one claimed job and record its end; returns the final status (``done``, ``failed``, or
+    ``deleted`` when the job was deleted while it ran, whose files are then removed here).
+
+    A :class:`pulmo.errors.PulmoError` fails the job with its message; any other exception fails it with
+    ``internal error: <type>`` (the service stays up).
+    """
+    import json
+
+    from pulmo.errors import PulmoError
+    from pulmo.pipeline import analyze_image
+
+    job_id = job["id"]
+    job_dir = jobs_dir / job_id
+    out_dir = job_dir / "output"
+    t0 = time.perf_counter()
+    logger.info("job %s: started (attempt %d, %d files, %d bytes)", job_id, job["attempts"], job["n_files"],
+                job["upload_bytes"])
+    status, error, findings, modality = "failed", None, None, None
+    try:
+        remove_tree(out_dir)  # a previous, interrupted attempt
+        input_path = job_dir / job["input"]
+        findings = analyze_image(input_path, out_dir, modality=job.get("modality_hint"))
+        write_viewer_files(input_path, out_dir, findings)
+        (out_dir / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
+        status, modality = "done", findings.get("modality")
+    except PulmoError as exc:
+        error = _clean_message(str(exc), job_dir)
+        logger.info("job %s: failed (%s)", job_id, type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - one bad input must not take the worker down
+        error = f"internal error: {type(exc).__name__}; the service log has the job id"
+        logger.error("job %s: internal error %s", job_id, type(exc).__name__)
+        findings = None
+    seconds = time.perf_counter() - t0
+    if not store.finish(job_id, status, error=error, findings=findings if status == "done" else None,
+                        modality=modality):
+        if store.internal(job_id) is None:
+            remove_tree(job_dir)
+            logger.info("job %s: deleted while running; files removed", job_id)
+            return "deleted"
+        logger.warning("job %s: no longer marked running (re-queued meanwhile); result not recorded", job_id)
+        return "requeued"
+    if status == "done":
+        logger.info("job %s: done in %.2f s (%s)", job_id, seconds, modality)
+    return status
+
+
+def worker_main(data_dir: str, slot: int, stop_event: Any, poll_interval: float = 0.2,
+                log_level: int = logging.INFO) -> None:
+    """Entry point of a worker process: claim and run jobs until ``stop_event`` is set.
+
+    Args:
+        data_dir: the service data folder (``jobs.sqlite`` and ``jobs/``).
+        slot: the worker's number (recorded on the jobs it claims).
+        stop_event: a ``multiprocessing`` event; set by the server to stop after the current job.
+        poll_interval: seconds to wait between looks at an empty queue.
+        log_level: level of the worker's log handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us in order
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    _setup_worker_logging(log_level)
+    _watch_parent()
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    store = JobStore(Path(data_dir) / "jobs.sqlite")
+    jobs_dir = Path(data_dir) / "jobs"
+    logger.info("worker %d: ready (pid %d)", slot, os.getpid())
+    while not stop_event.is_set():
+        job = store.claim(slot)
+        if job is None:
+            stop_event.wait(poll_interval)
+            continue
+        run_job(store, jobs_dir, job)
+    logger.info("worker %d: stopped", slot)
+
+
+class WorkerPool:
+    """The worker processes of one server (``spawn`` context), supervised by a thread.
+
+    Args:
+        data_dir: the service data folder.
+        store: the job store (to re-queue the job of a worker that died).
+        workers: number of processes (0: none, jobs stay queued).
+        max_attempts: see :class:`pulmo.service.config.ServiceConfig`.
+        poll_interval: idle poll period of the workers, s.
+        log_level: the workers' log level.
+    """
+
+    def __init__(self, data_dir: Path, store: JobStore, workers: int, max_attempts: int = 3,
+                 poll_interval: float = 0.2, log_level: int = logging.INFO) -> None:
+        self.data_dir = Path(data_dir)
+        self.store = store
+        self.n = workers
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self.log_level = log_level
+        self._ctx = mp.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._procs: dict[int, Any] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def _spawn(self, slot: int) -> None:
+        proc = self._ctx.Process(target=worker_main, name=f"pulmo-worker-{slot}", daemon=True,
+                                 args=(str(self.data_dir), slot, self._stop, self.poll_interval, self.log_level))
+        with _ENV_LOCK:  # the child inherits the environment at spawn: one OpenMP thread from its first import
+            saved = os.environ.get("OMP_NUM_THREADS")
+            os.environ["OMP_NUM_THREADS"] = "1"
+            try:
+                proc.start()
+            finally:
+                if saved is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = saved
+        self._procs[slot] = proc
+
+    def start(self) -> None:
+        """Start the workers and the supervising thread."""
+        for slot in range(self.n):
+            self._spawn(slot)
+        if self.n:
+            self._supervisor = threading.Thread(target=self._supervise, name="pulmo-worker-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for slot, proc in list(self._procs.items()):
+                if proc.is_alive() or self._stopping.is_set():
+                    continue
+                requeued, failed = self.store.requeue_running(worker=slot, max_attempts=self.max_attempts)
+                logger.warning("worker %d exited with code %s; %d job(s) re-queued, %d failed; restarting it",
+                               slot, proc.exitcode, requeued, failed)
+                self._spawn(slot)
+
+    def alive(self) -> int:
+        """Number of worker processes alive."""
+        return sum(p.is_alive() for p in self._procs.values())
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Ask the workers to stop after their current job; after ``grace`` seconds terminate the rest (their
+        jobs stay ``running`` and are re-queued at the next start)."""
+        self._stopping.set()
+        self._stop.set()
+        deadline = time.monotonic() + grace
+        for proc in self._procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for slot, proc in self._procs.items():
+            if proc.is_alive():
+                logger.warning("worker %d still busy after %.0f s; terminating it (its job is re-queued at the "
+                               "next start)", slot, grace)
+                proc.terminate()
+                proc.join(5.0)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        if self._supervisor is not None:
+            self._supervisor.join(5.0)
+        self._procs.clear()
