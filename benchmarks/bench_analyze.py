@@ -12,28 +12,16 @@ channels-last inference.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import ROOT, median_time, write_json
 from torch.utils.flop_counter import FlopCounterMode
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,9 +46,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pulmo-bench-"))
     try:
         analyze_image(args.image, tmp / "warm")
-        analyze_s = _median_time(lambda: analyze_image(args.image, tmp / "one"), args.repeats)
-        read_s = _median_time(lambda: read_image(args.image), args.repeats)
-        seg_s = _median_time(lambda: seg.predict(image), args.repeats)
+        analyze_s = median_time(lambda: analyze_image(args.image, tmp / "one"), args.repeats)
+        read_s = median_time(lambda: read_image(args.image), args.repeats)
+        seg_s = median_time(lambda: seg.predict(image), args.repeats)
 
         folder = Path(args.folder)
         if not folder.is_dir():
@@ -83,19 +71,19 @@ def main() -> None:
     flops = counter.get_total_flops()
     with torch.no_grad():
         model(x)
-        fwd_s = _median_time(lambda: model(x), args.repeats)
+        fwd_s = median_time(lambda: model(x), args.repeats)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(x)
-            bf16_s = _median_time(lambda: model(x), args.repeats)
+            bf16_s = median_time(lambda: model(x), args.repeats)
         model_cl = model.to(memory_format=torch.channels_last)
         xcl = x.contiguous(memory_format=torch.channels_last)
         model_cl(xcl)
-        cl_s = _median_time(lambda: model_cl(xcl), args.repeats)
+        cl_s = median_time(lambda: model_cl(xcl), args.repeats)
         model.to(memory_format=torch.contiguous_format)
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    mm_s = _median_time(lambda: a @ b, 5)
+    mm_s = median_time(lambda: a @ b, 5)
     mm_gflops = 2 * n**3 / mm_s / 1e9
     model_gflops = flops / fwd_s / 1e9
 
@@ -120,10 +108,7 @@ def main() -> None:
         "matmul_fp32": {"n": n, "seconds": round(mm_s, 4), "gflops": round(mm_gflops, 2)},
         "lung_model_fraction_of_matmul": round(model_gflops / mm_gflops, 3),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,10 @@ resolution (the model class TorchXRayVision ships) as the reference cost.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import ROOT, median_time, write_json
 
 
 def main() -> None:
@@ -49,15 +35,15 @@ def main() -> None:
     size = clf.pre.size
     pred = clf.predict(image, lungs)
     index = clf.labels.index(pred["predicted"])
-    predict_s = _median(lambda: clf.predict(image, lungs), args.repeats)
-    heat_s = _median(lambda: clf.heatmaps(pred["input"], lungs, index, image.shape), max(3, args.repeats // 4))
+    predict_s = median_time(lambda: clf.predict(image, lungs), args.repeats)
+    heat_s = median_time(lambda: clf.heatmaps(pred["input"], lungs, index, image.shape), max(3, args.repeats // 4))
     x = torch.rand(args.batch, 1, size, size)
     with torch.no_grad():
         clf.model(x)
-        batch_s = _median(lambda: clf.model(x), 5)
+        batch_s = median_time(lambda: clf.model(x), 5)
         ref = create_model("densenet121", in_channels=1, num_classes=4).eval()
         ref(x)
-        ref_s = _median(lambda: ref(x), 5)
+        ref_s = median_time(lambda: ref(x), 5)
     result = {
         "benchmark": "cxr-classify",
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads},
@@ -70,10 +56,7 @@ def main() -> None:
                                                   "ratio_ours_over_densenet": round(ref_s / batch_s, 2)},
         "note": "classify latency excludes the lung segmentation (see analyze.json)",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,28 +11,16 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import platform
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import ROOT, median_time, write_json
 
 
 def main() -> None:
@@ -58,19 +46,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pulmo-bench-ct-"))
     try:
         analyze_image(args.series, tmp / "warm")
-        read_s = _median(lambda: read_image(args.series), args.repeats)
-        lungs_s = _median(lambda: lung_mask_ct(volume), args.repeats)
+        read_s = median_time(lambda: read_image(args.series), args.repeats)
+        lungs_s = median_time(lambda: lung_mask_ct(volume), args.repeats)
         lungs = lung_mask_ct(volume)
         zs = np.flatnonzero(lungs.any(axis=(1, 2)))
         slices = [window_hu(volume.hu[z]) for z in zs]
-        lesion_s = _median(lambda: seg.predict(slices), args.repeats)
-        total_s = _median(lambda: analyze_image(args.series, tmp / "run"), args.repeats)
+        lesion_s = median_time(lambda: seg.predict(slices), args.repeats)
+        total_s = median_time(lambda: analyze_image(args.series, tmp / "run"), args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "benchmark": "analyze-ct",
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads},
-        "series": args.series, "volume_shape_zyx": list(volume.shape), "lung_slices": int(len(zs)),
+        "series": args.series, "volume_shape_zyx": list(volume.shape), "lung_slices": len(zs),
         "weights": {"name": seg.card.get("name"), "architecture": seg.card.get("architecture")},
         "model_load_s": round(load_s, 3), "read_series_s": round(read_s, 3), "lung_mask_s": round(lungs_s, 3),
         "infection_segmentation_s": round(lesion_s, 3),
@@ -78,10 +66,7 @@ def main() -> None:
         "analyze_total_s": round(total_s, 3), "repeats": args.repeats,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def _models(args: argparse.Namespace) -> int:
     print("bundled weights:")
     for c in list_weights():
         metrics = c.get("metrics", {})
-        best = "; ".join(f"{k} dice {v['dice_mean']:.3f} (n={v['n']})" for k, v in metrics.items()
+        best = "; ".join(f"{k} dice {v['dice_mean']:.3f} (n={v.get('n', '?')})" for k, v in metrics.items()
                          if isinstance(v, dict) and "dice_mean" in v)
         print(f"  {c['name']:<18} task={c['task']} arch={c['architecture']} {weight_bytes(c) / 1e6:.1f} MB "
               f"sha256={c.get('sha256', '')[:12]}")

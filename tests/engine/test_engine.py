@@ -61,9 +61,10 @@ def _free_port() -> int:
 def test_ddp_two_cpu_processes(tiny_lung_dataset, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "c.yaml").write_text("val_fraction: 0.3\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "pulmo", "--no-progress", "train", "lung-seg",
-           "--visible-data", str(tiny_lung_dataset), "--size", "32", "--features", "4", "--epochs", "2",
+           "--config", str(tmp_path / "c.yaml"), "--visible-data", str(tiny_lung_dataset), "--size", "32", "--features", "4", "--epochs", "2",
            "--batch-size", "2", "--out-dir", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,22 +10,25 @@ from pulmo.models import create_model, list_models
 from pulmo.weights import load_into, resolve_card, save_weights
 
 NAMES = [m["name"] for m in list_models()]
+KWARGS = {"segmentation": {"in_channels": 1, "out_channels": 2, "features": 4},
+          "classification": {"in_channels": 1, "num_classes": 2}}
+TASKS = {m["name"]: m["task"] for m in list_models()}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_contract(name, tmp_path):
     torch.manual_seed(0)
-    model = create_model(name, in_channels=1, out_channels=2, features=4)
+    kwargs = KWARGS[TASKS[name]]
+    model = create_model(name, **kwargs)
     x = torch.rand(2, 1, 64, 64)
     y = model(x)
-    assert y.shape == (2, 2, 64, 64)
+    assert y.shape == ((2, 2, 64, 64) if TASKS[name] == "segmentation" else (2, 2))
     assert torch.isfinite(y).all()
     y.mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     card = save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": name,
-                                                            "model_kwargs": {"in_channels": 1, "out_channels": 2,
-                                                                             "features": 4}, "task": "test"})
+                                                            "model_kwargs": kwargs, "task": "test"})
     assert len(card["sha256"]) == 64
     model.eval()
     loaded = create_model(name, weights=str(tmp_path / "w.safetensors"))

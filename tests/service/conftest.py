@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the service tests need the 'serve' extra (pip install -e '.[dev]')")
 pytest.importorskip("httpx", reason="fastapi.testclient needs httpx (pip install -e '.[dev]')")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from pulmo.service import ServiceConfig, create_app  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from pulmo.service import ServiceConfig, create_app
+from tests.conftest import ROOT
 
 EXAMPLE_CXR = ROOT / "examples" / "cxr" / "00022084_000.png"
 EXAMPLE_CT = ROOT / "examples" / "ct" / "LIDC-IDRI-0001"

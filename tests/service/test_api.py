@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import stat
 import uuid
 import zipfile
@@ -80,6 +82,15 @@ def test_upload_xray_runs_in_a_worker_and_serves_findings_and_files(service):
         assert "/static/viewer.js" in page.text
         assert client.get("/static/viewer.js").status_code == 200
         assert client.get("/api/v1/health").json()["workers"] == {"configured": 1, "alive": 1}
+
+        # a file that passes the upload checks but cannot be analysed: failed, with the library's message and
+        # without the server's paths; the worker carries on
+        r = upload(client, ("truncated.png", EXAMPLE_CXR.read_bytes()[:400]))
+        assert r.status_code == 202
+        bad = wait_for_job(client, r.json()["id"])
+        assert bad["status"] == "failed" and bad["error"] and str(client.config.data_dir) not in bad["error"]
+        r = client.get(f"/api/v1/jobs/{bad['id']}/findings")
+        assert r.status_code == 409 and "failed" in r.json()["detail"]
 
         r = client.delete(f"/api/v1/jobs/{job_id}")
         assert r.status_code == 200 and r.json()["status_before"] == "done"
@@ -158,10 +169,14 @@ def test_unknown_job_is_404(service):
         for method, url in [("get", f"/api/v1/jobs/{unknown}"), ("get", f"/api/v1/jobs/{unknown}/findings"),
                             ("get", f"/api/v1/jobs/{unknown}/files"), ("get", f"/api/v1/jobs/{unknown}/files/a.png"),
                             ("delete", f"/api/v1/jobs/{unknown}"), ("get", "/api/v1/jobs/not-a-job-id"),
-                            ("get", "/viewer/..%2F..%2Fetc")]:
+                            ("get", "/viewer/not-a-job-id")]:
             r = getattr(client, method)(url)
             assert r.status_code == 404, (method, url, r.status_code)
             assert r.json()["code"] == "unknown_job" and "unknown job" in r.json()["detail"]
+        r = client.get("/viewer/..%2F..%2Fetc%2Fpasswd")
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+        r = client.get("/api/v1/jobs", params={"limit": 0})
+        assert r.status_code == 422 and r.json()["code"] == "invalid_request" and "limit" in r.json()["detail"]
 
 
 def test_oversize_upload_is_413(service):
@@ -254,7 +269,7 @@ def test_restart_requeues_interrupted_jobs(service, tmp_path):
         ids.append(job_id)
     claimed = store.claim(worker=7)  # the oldest: now 'running' for a worker that no longer exists
     assert claimed["id"] == ids[0] and store.get(ids[0])["status"] == "running"
-    (data / "jobs" / "0" * 32).mkdir()  # an upload interrupted before its row was written
+    (data / "jobs" / ("0" * 32)).mkdir()  # an upload interrupted before its row was written
     with service(workers=1, data_dir=data) as client:
         for job_id in ids:
             job = wait_for_job(client, job_id)
@@ -262,6 +277,19 @@ def test_restart_requeues_interrupted_jobs(service, tmp_path):
         assert client.get(f"/api/v1/jobs/{ids[0]}").json()["attempts"] == 2
         assert client.get(f"/api/v1/jobs/{ids[0]}/findings").json()["lungs"]["area_px"] > 0
         assert not (data / "jobs" / ("0" * 32)).exists()
+
+        # a worker that dies (OOM kill, crash) with a job in hand: restarted, and its job re-queued and run
+        job_id = uuid.uuid4().hex
+        (data / "jobs" / job_id / "input").mkdir(parents=True)
+        shutil.copy(EXAMPLE_CXR, data / "jobs" / job_id / "input" / "upload_000.png")
+        store.create(job_id, "input/upload_000.png", "image", 1, EXAMPLE_CXR.stat().st_size)
+        assert store.claim(worker=0)["id"] == job_id  # as if worker 0 had taken it
+        pool = client.app.state.pool
+        old_pid = pool._procs[0].pid
+        os.kill(old_pid, signal.SIGKILL)
+        job = wait_for_job(client, job_id)
+        assert job["status"] == "done" and job["attempts"] == 2, job
+        assert pool._procs[0].pid != old_pid and client.get("/api/v1/health").json()["workers"]["alive"] == 1
 
 
 def test_job_interrupted_too_often_fails_instead_of_looping(tmp_path):
@@ -273,19 +301,6 @@ def test_job_interrupted_too_often_fails_instead_of_looping(tmp_path):
     assert (requeued, failed) == (0, 1)
     job = store.get("a" * 32)
     assert job["status"] == "failed" and "interrupted 3 times" in job["error"]
-
-
-def test_failed_analysis_reports_the_error(service):
-    """A file that passes the upload checks but cannot be analysed: status failed with the library's message,
-    without the server's paths."""
-    with service(workers=1) as client:
-        r = upload(client, ("flat.png", EXAMPLE_CXR.read_bytes()[:400]))  # a truncated PNG
-        assert r.status_code == 202
-        job = wait_for_job(client, r.json()["id"])
-        assert job["status"] == "failed" and job["error"]
-        assert str(client.config.data_dir) not in job["error"]
-        r = client.get(f"/api/v1/jobs/{job['id']}/findings")
-        assert r.status_code == 409 and "failed" in r.json()["detail"]
 
 
 @pytest.mark.skipif(not (ROOT / "src" / "pulmo" / "weights" / "lesion-seg.json").exists(),
@@ -305,3 +320,25 @@ def test_ct_series_zip_end_to_end(service):
         assert {"volume.nii.gz", "lung_mask.nii.gz", "infection_mask.nii.gz"} <= names
         findings = client.get(f"/api/v1/jobs/{job['id']}/findings").json()
         assert findings["modality"] == "ct" and findings["lungs"]["volume_ml"] > 0
+
+
+def test_cli_serve_is_a_thin_client(monkeypatch, tmp_path):
+    import pulmo.service
+    from pulmo.cli import main
+
+    seen = {}
+    monkeypatch.setattr(pulmo.service, "serve", lambda **kwargs: seen.update(kwargs) or 0)
+    assert main(["serve", "--host", "127.0.0.2", "--port", "9999", "--data-dir", str(tmp_path), "--workers", "2",
+                 "--token", "t", "--max-upload-mb", "64"]) == 0
+    assert seen["host"] == "127.0.0.2" and seen["port"] == 9999 and seen["data_dir"] == str(tmp_path)
+    assert seen["workers"] == 2 and seen["token"] == "t" and seen["max_upload_mb"] == 64.0
+
+
+def test_cli_serve_refuses_a_data_dir_in_use_and_bad_settings(service, tmp_path, capsys):
+    from pulmo.cli import main
+
+    with service(data_dir=tmp_path / "data"):
+        assert main(["serve", "--port", "1", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "used by another running pulmo serve" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(tmp_path / "d2"), "--workers", "-1"]) == 2
+    assert "--workers -1" in capsys.readouterr().err

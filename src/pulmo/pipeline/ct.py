@@ -79,7 +79,7 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     findings = Findings(
         input={"path": src.get("path"), "format": src.get("format"),
                "volume_size": {"slices": volume.shape[0], "rows": volume.shape[1], "columns": volume.shape[2]},
-               "spacing_mm": [round(float(s), 4) for s in volume.spacing],
+               "spacing_mm": [round(float(s), 6) for s in volume.spacing],
                "origin_mm": [round(float(o), 3) for o in volume.origin], "series_uid": src.get("series_uid"),
                "excluded_series": src.get("excluded_series")},
         modality="ct",

@@ -25,14 +25,17 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from pulmo import __version__
 from pulmo.service.config import STATIC_DIR, ServiceConfig
@@ -46,8 +49,8 @@ from pulmo.service.errors import (
     UploadTooLargeError,
 )
 from pulmo.service.store import STATUSES, JobStore
-from pulmo.service.uploads import SavedFile, client_basename, prepare_upload, remove_tree, stored_name
-from pulmo.service.worker import WorkerPool
+from pulmo.service.uploads import SavedFile, client_basename, mib, prepare_upload, remove_tree, stored_name
+from pulmo.service.worker import WithholdLibraryDetails, WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,10 @@ _UPLOAD_BODY = {
         },
     }}},
 }
+
+
+_BEARER = HTTPBearer(auto_error=False, description="the --token of pulmo serve (only when it was given)")
+_BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
 
 class _DataDirLock:
@@ -143,7 +150,7 @@ class _UploadLimitMiddleware:
 
 
 def _too_large(max_bytes: int) -> str:
-    return f"the upload exceeds the limit of {max_bytes / 2**20:.0f} MiB (--max-upload-mb); send a smaller study"
+    return f"the upload exceeds the limit of {mib(max_bytes)} MiB (--max-upload-mb); send a smaller study"
 
 
 def _error_response(exc: ServiceError) -> JSONResponse:
@@ -215,9 +222,20 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return _error_response(exc)
 
-    bearer = HTTPBearer(auto_error=False, description="the --token of pulmo serve (only when it was given)")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            detail, code = f"no such route: {request.url.path[:100]}; the API is under {API} (see /docs)", "not_found"
+        else:
+            detail, code = str(exc.detail), f"http_{exc.status_code}"
+        return JSONResponse({"detail": detail, "code": code}, status_code=exc.status_code, headers=exc.headers)
 
-    def require_token(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"detail": f"invalid request: {problems}", "code": "invalid_request"}, status_code=422)
+
+    def require_token(request: Request, credentials: _BearerCredentials) -> None:
         if config.token is None:
             return
         supplied = credentials.credentials if credentials is not None else request.cookies.get(TOKEN_COOKIE)
@@ -254,7 +272,7 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
             form = await request.form(max_files=config.max_files, max_fields=20)
         except UploadTooLargeError:
             raise
-        except Exception as exc:  # starlette's MultiPartException and parse errors
+        except (MultiPartException, ValueError) as exc:
             if "Too many files" in str(exc):
                 raise UploadTooLargeError(f"more than {config.max_files} files in one upload; zip a large DICOM "
                                           "series and upload the .zip") from None
@@ -370,6 +388,10 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
         return Response(viewer_html, media_type="text/html; charset=utf-8",
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
@@ -406,6 +428,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
 
     config = ServiceConfig(data_dir=Path(data_dir), workers=workers, token=token, max_upload_mb=max_upload_mb)
     app = create_app(config, log_level=log_level)
+    for handler in logging.getLogger().handlers:  # the library may name input files: ids and sizes only
+        handler.addFilter(WithholdLibraryDetails(only_pulmo=True))
     app.state.lock.acquire()  # fail here with one clear line rather than in uvicorn's start-up
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without --token: anyone who can reach the port can upload and read jobs", host)

@@ -51,7 +51,7 @@ class ServiceConfig:
     niivue_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
         if self.workers < 0:
             raise ConfigError(f"--workers {self.workers}: expected 0 or more worker processes")
         if self.token is not None and not self.token.strip():

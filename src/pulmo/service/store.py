@@ -186,8 +186,8 @@ class JobStore:
             failed = con.execute(
                 f"UPDATE jobs SET status = 'failed', finished = ?, worker = NULL, error = ? "
                 f"WHERE {where} AND attempts >= ?",
-                (time.time(), f"the analysis was interrupted {max_attempts} times (worker crashed, was killed or "
-                 "the server stopped); not retried", *args, max_attempts)).rowcount
+                (time.time(), (f"the analysis was interrupted {max_attempts} times (worker crashed, was killed or "
+                               "the server stopped); not retried"), *args, max_attempts)).rowcount
             requeued = con.execute(f"UPDATE jobs SET status = 'queued', started = NULL, worker = NULL WHERE {where}",
                                    args).rowcount
         return requeued, failed

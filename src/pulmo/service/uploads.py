@@ -83,6 +83,11 @@ def stored_name(index: int, original: str) -> str:
     return f"upload_{index:03d}{known_suffix(original)}"
 
 
+def mib(n_bytes: float) -> str:
+    """``n_bytes`` in MiB for messages: ``0.1``, ``512``."""
+    return f"{n_bytes / 2**20:.1f}".removesuffix(".0")
+
+
 def _head(path: Path, n: int) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
@@ -118,7 +123,7 @@ def metaimage_data_file(path: Path, label: str) -> str | None:
             value = value.strip()
             if value == "LOCAL":
                 return None
-            if value == "LIST" or " " in value or not _plain_name(value):
+            if value.startswith("LIST") or "%" in value or not _plain_name(value):
                 raise UnsupportedFileError(f"{label}: ElementDataFile {value[:80]!r} is not supported; expected a "
                                            "plain file name in the same upload (e.g. scan.raw) or LOCAL")
             return value
@@ -236,7 +241,10 @@ def resolve_folder(folder: Path, job_dir: Path, label: str) -> str:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     dicom = [p for p in files if is_dicom_file(p)]
     volumes = [p for p in files if _suffix(p) in _VOLUME_SUFFIXES]
-    rel = lambda p: p.relative_to(job_dir).as_posix()  # noqa: E731
+
+    def rel(p: Path) -> str:
+        return p.relative_to(job_dir).as_posix()
+
     if dicom and volumes:
         raise UnsupportedFileError(f"{label} holds both DICOM files and {len(volumes)} volume file(s); one study "
                                    "per job")
@@ -310,8 +318,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_membe
             raise BadZipError(f"{label} is an empty zip archive")
         declared = sum(i.file_size for i in infos)
         if declared > max_total_bytes:
-            raise UploadTooLargeError(f"{label} would unpack to {declared / 2**20:.1f} MiB; the limit is "
-                                      f"{max_total_bytes / 2**20:.0f} MiB")
+            raise UploadTooLargeError(f"{label} would unpack to {mib(declared)} MiB; the limit is "
+                                      f"{mib(max_total_bytes)} MiB")
         plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         for k, info in enumerate(infos):
             rel = _member_path(info.filename, k, label)
@@ -337,7 +345,7 @@ def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_membe
                     while chunk := src.read(_CHUNK):
                         written += len(chunk)
                         if written > max_total_bytes:
-                            raise UploadTooLargeError(f"{label} unpacks to more than {max_total_bytes / 2**20:.0f} "
+                            raise UploadTooLargeError(f"{label} unpacks to more than {mib(max_total_bytes)} "
                                                       "MiB (the limit); refused")
                         out.write(chunk)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:

@@ -32,24 +32,37 @@ DISPLAY_MAX_SIDE = 2048
 _ENV_LOCK = threading.Lock()
 
 
-class _WithholdLibraryDetails(logging.Filter):
-    """Keep ``pulmo.service`` records; for other loggers keep only name and level (they may name files)."""
+class WithholdLibraryDetails(logging.Filter):
+    """Keep the records of ``pulmo.service``; of other loggers keep only the name and level, since the library
+    (and, in a worker, third-party readers and ``warnings``) may name input files or quote DICOM values.
+
+    Args:
+        only_pulmo: withhold only ``pulmo.*`` records (the server process, whose uvicorn logs are kept);
+            ``False`` withholds every logger but ``pulmo.service`` (worker processes).
+    """
+
+    def __init__(self, only_pulmo: bool = False) -> None:
+        super().__init__()
+        self.only_pulmo = only_pulmo
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("pulmo.service"):
-            record.msg = "message withheld in the service log (it may name input files)"
-            record.args = ()
-            record.exc_info = None
+        name = record.name
+        if name.startswith("pulmo.service") or (self.only_pulmo and not name.startswith("pulmo")):
+            return True
+        record.msg = "message withheld in the service log (it may name input files)"
+        record.args = ()
+        record.exc_info = None
         return True
 
 
 def _setup_worker_logging(level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_WithholdLibraryDetails())
+    handler.addFilter(WithholdLibraryDetails())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings of readers (pydicom, ...) go through the filter too
 
 
 def _watch_parent() -> None:
@@ -143,14 +156,20 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any]) -> str:
         input_path = job_dir / job["input"]
         findings = analyze_image(input_path, out_dir, modality=job.get("modality_hint"))
         write_viewer_files(input_path, out_dir, findings)
+        if isinstance(findings.get("input"), dict):  # the path inside the job folder, not the server's layout
+            findings["input"]["path"] = job["input"]
         (out_dir / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
         status, modality = "done", findings.get("modality")
     except PulmoError as exc:
         error = _clean_message(str(exc), job_dir)
         logger.info("job %s: failed (%s)", job_id, type(exc).__name__)
     except Exception as exc:  # noqa: BLE001 - one bad input must not take the worker down
-        error = f"internal error: {type(exc).__name__}; the service log has the job id"
-        logger.error("job %s: internal error %s", job_id, type(exc).__name__)
+        import traceback
+
+        error = f"internal error: {type(exc).__name__}; the traceback is in the job's error.log on the server"
+        with contextlib.suppress(OSError):
+            (job_dir / "error.log").write_text(traceback.format_exc())
+        logger.error("job %s: internal error %s (traceback in its error.log)", job_id, type(exc).__name__)
         findings = None
     seconds = time.perf_counter() - t0
     if not store.finish(job_id, status, error=error, findings=findings if status == "done" else None,
@@ -166,14 +185,16 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any]) -> str:
     return status
 
 
-def worker_main(data_dir: str, slot: int, stop_event: Any, poll_interval: float = 0.2,
+def worker_main(data_dir: str, slot: int, stop_conn: Any, poll_interval: float = 0.2,
                 log_level: int = logging.INFO) -> None:
-    """Entry point of a worker process: claim and run jobs until ``stop_event`` is set.
+    """Entry point of a worker process: claim and run jobs until told to stop.
 
     Args:
         data_dir: the service data folder (``jobs.sqlite`` and ``jobs/``).
         slot: the worker's number (recorded on the jobs it claims).
-        stop_event: a ``multiprocessing`` event; set by the server to stop after the current job.
+        stop_conn: the reading end of a pipe of its own; a message, or the server closing its end, means stop
+            after the current job. (One pipe per worker rather than a shared ``multiprocessing.Event``: a
+            worker killed while waiting on a shared event can leave it locked for every other process.)
         poll_interval: seconds to wait between looks at an empty queue.
         log_level: level of the worker's log handler.
     """
@@ -190,10 +211,11 @@ def worker_main(data_dir: str, slot: int, stop_event: Any, poll_interval: float 
     store = JobStore(Path(data_dir) / "jobs.sqlite")
     jobs_dir = Path(data_dir) / "jobs"
     logger.info("worker %d: ready (pid %d)", slot, os.getpid())
-    while not stop_event.is_set():
+    while not stop_conn.poll(0):
         job = store.claim(slot)
         if job is None:
-            stop_event.wait(poll_interval)
+            if stop_conn.poll(poll_interval):
+                break
             continue
         run_job(store, jobs_dir, job)
     logger.info("worker %d: stopped", slot)
@@ -220,14 +242,15 @@ class WorkerPool:
         self.poll_interval = poll_interval
         self.log_level = log_level
         self._ctx = mp.get_context("spawn")
-        self._stop = self._ctx.Event()
         self._procs: dict[int, Any] = {}
+        self._stop_conns: dict[int, Any] = {}
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
     def _spawn(self, slot: int) -> None:
+        receiver, sender = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=worker_main, name=f"pulmo-worker-{slot}", daemon=True,
-                                 args=(str(self.data_dir), slot, self._stop, self.poll_interval, self.log_level))
+                                 args=(str(self.data_dir), slot, receiver, self.poll_interval, self.log_level))
         with _ENV_LOCK:  # the child inherits the environment at spawn: one OpenMP thread from its first import
             saved = os.environ.get("OMP_NUM_THREADS")
             os.environ["OMP_NUM_THREADS"] = "1"
@@ -238,7 +261,12 @@ class WorkerPool:
                     os.environ.pop("OMP_NUM_THREADS", None)
                 else:
                     os.environ["OMP_NUM_THREADS"] = saved
+        receiver.close()  # the child has its own copy; closing ours lets the child see EOF if we die
+        old = self._stop_conns.pop(slot, None)
+        if old is not None:
+            old.close()
         self._procs[slot] = proc
+        self._stop_conns[slot] = sender
 
     def start(self) -> None:
         """Start the workers and the supervising thread."""
@@ -266,7 +294,13 @@ class WorkerPool:
         """Ask the workers to stop after their current job; after ``grace`` seconds terminate the rest (their
         jobs stay ``running`` and are re-queued at the next start)."""
         self._stopping.set()
-        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5.0)
+        for conn in self._stop_conns.values():
+            with contextlib.suppress(OSError):
+                conn.send("stop")
+            conn.close()
+        self._stop_conns.clear()
         deadline = time.monotonic() + grace
         for proc in self._procs.values():
             proc.join(max(0.0, deadline - time.monotonic()))
@@ -279,6 +313,4 @@ class WorkerPool:
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
-        if self._supervisor is not None:
-            self._supervisor.join(5.0)
         self._procs.clear()

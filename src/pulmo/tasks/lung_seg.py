@@ -11,7 +11,6 @@ visible-field channel. Inference uses channel 0 (the shipped convention).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -271,7 +270,3 @@ def evaluate(data: str | Path, weights: str = DEFAULT_WEIGHTS, progress: bool = 
             "iou_mean": float(np.mean([r["iou"] for r in rows])), "weights": segmenter.card.get("name"),
             "weights_sha256": segmenter.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2),
             "per_image": rows}
-
-
-def card_summary(card: dict[str, Any]) -> str:
-    return json.dumps({k: card[k] for k in ("name", "architecture", "labels") if k in card})

@@ -98,6 +98,7 @@
       add("key slice (axial index)", inf.key_slice);
       for (const [k, v] of Object.entries(inf)) if (/_(ml|px)$/.test(k) && !/^(volume|area)_/.test(k)) add(`infection: ${k}`, v);
     }
+    if (f.classification) add("predicted class", f.classification.predicted);
     const probs = f.classification && (f.classification.probabilities || f.classification);
     if (probs && typeof probs === "object") {
       for (const [label, p] of Object.entries(probs)) if (typeof p === "number") add(`probability: ${label}`, p.toFixed(3));
@@ -208,7 +209,8 @@
   }
 
   function renderHeatmaps(f, names, stage, controls) {
-    // findings.heatmaps: {label: file.png} or [{label, file}] (PNG at the image size, colour with alpha)
+    // classification.heatmaps (or heatmaps): {method: file.png} or [{label, file}]; each PNG is the image with the
+    // heatmap blended in (pulmo.report.heatmap_overlay), shown over the base image, fully opaque by default
     let maps = f.heatmaps || (f.classification && f.classification.heatmaps);
     if (!maps) return;
     if (!Array.isArray(maps)) maps = Object.entries(maps).map(([label, file]) => ({ label, file }));
@@ -218,11 +220,11 @@
       img.className = "layer";
       img.src = fileUrl(file);
       img.alt = `heatmap ${label}`;
-      img.style.opacity = "0.5";
+      img.style.opacity = "1";
       img.hidden = true;
       stage.insertBefore(img, $("box-layer"));
       toggle(controls, `heatmap: ${label}`, false, (on) => { img.hidden = !on; },
-        { value: 0.5, onInput: (v) => { img.style.opacity = String(v); } });
+        { value: 1, onInput: (v) => { img.style.opacity = String(v); } });
     }
   }
 
@@ -276,12 +278,14 @@
       $("niivue-box").hidden = true;
       $("controls3d").hidden = true;
       document.body.dataset.niivue = "missing";
+      renderNodules(f, null);
       return;
     }
     const NV = window.niivue;
     const nv = new NV.Niivue({
       backColor: [0.04, 0.05, 0.07, 1], show3Dcrosshair: true, isColorbar: false, dragAndDropEnabled: false,
-      multiplanarShowRender: NV.SHOW_RENDER ? NV.SHOW_RENDER.ALWAYS : 1, loadingText: "loading the CT…",
+      multiplanarShowRender: NV.SHOW_RENDER ? NV.SHOW_RENDER.ALWAYS : 1, loadingText: "loading the CT",
+      isRadiologicalConvention: true,  // the patient's right on the screen's left, as chest CT is read
     });
     await nv.attachToCanvas($("niivue-canvas"));
     const volumes = [{ url: fileUrl("volume.nii.gz"), name: "volume.nii.gz", colormap: "gray", cal_min: -1350, cal_max: 150 }];
@@ -291,7 +295,7 @@
       if (!mask || !/\.nii(\.gz)?$/.test(mask) || !names.has(mask)) continue;
       const colormap = { lungs: "green", infection: "red", nodules: "warm" }[key];
       layers.push({ index: volumes.length, label, opacity });
-      volumes.push({ url: fileUrl(mask), name: mask, colormap, opacity, cal_min: 0.5, cal_max: key === "infection" ? 2 : 1 });
+      volumes.push({ url: fileUrl(mask), name: mask, colormap, opacity, cal_min: 0.5, cal_max: 1 });
     }
     try {
       await nv.loadVolumes(volumes);
@@ -331,14 +335,14 @@
       tr.insertCell().textContent = fmt(n.diameter_mm);
       tr.insertCell().textContent = typeof n.probability === "number" ? n.probability.toFixed(2) : "—";
       const cell = tr.insertCell();
-      if (Array.isArray(c)) {
+      if (Array.isArray(c) && nv) {
         const btn = document.createElement("button");
         btn.type = "button";
         btn.textContent = "go to";
         btn.addEventListener("click", () => {
           // findings are in LPS mm; NiiVue's world space is RAS (the NIfTI convention)
           nv.scene.crosshairPos = nv.mm2frac([-c[0], -c[1], c[2]]);
-          nv.setSliceType(nv.sliceTypeAxial);
+          $("slice-buttons").querySelector("button[data-slice='axial']").click();
           nv.drawScene();
         });
         cell.appendChild(btn);

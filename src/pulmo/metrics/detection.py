@@ -1,0 +1,329 @@
+"""Detection metrics on boxes: IoU, AP at an IoU threshold (per class, mean, class-agnostic), RSNA score.
+
+Pure numpy. Boxes are ``xyxy`` in pixels of the original image, continuous coordinates (area =
+``(x2 - x1) * (y2 - y1)``, no ``+ 1``, as in COCO and torchvision).
+
+Inputs, one entry per image and in the same image order:
+
+* ``predictions[i]``: a mapping with ``"boxes"`` (N, 4) xyxy px, ``"scores"`` (N,) and ``"labels"`` (N,)
+  (str or int);
+* ``ground_truths[i]``: a mapping with ``"boxes"`` (or ``"boxes_xyxy"``, so dataset records can be passed
+  as they are) (M, 4) xyxy px and ``"labels"`` (M,).
+
+Average precision (AP) follows MS-COCO (Lin et al. 2014; ``pycocotools`` ``COCOeval``): detections sorted
+by score (stable), each matched greedily to the unmatched ground-truth box of the same class with the
+highest IoU >= the threshold, precision made monotone, then sampled at the 101 recall points 0, 0.01, ..., 1
+(``interpolation="coco101"``, the default, equal to pycocotools' AP at that single IoU for ``maxDets`` larger
+than the detections per image: no per-image cap is applied here, no crowd / area ranges). The PASCAL VOC
+2010+ all-point AP (area under the monotone precision-recall curve) is ``interpolation="voc"``.
+
+The RSNA Pneumonia Detection Challenge score (RSNA / Kaggle 2018) is :func:`rsna_score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: IoU thresholds of the RSNA Pneumonia Detection Challenge: 0.40, 0.45, ..., 0.75.
+RSNA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
+#: Recall points of the COCO 101-point interpolated AP.
+COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+INTERPOLATIONS = ("coco101", "voc")
+
+
+def _as_boxes(boxes: Any, what: str) -> np.ndarray:
+    b = np.asarray(boxes if boxes is not None else np.zeros((0, 4)), dtype=np.float64)
+    if b.size == 0:
+        return b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"{what}: boxes must have shape (N, 4) (xyxy px), got {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"{what}: boxes contain NaN or infinite values")
+    return b
+
+
+def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
+    """Intersection over union of every pair of boxes.
+
+    Args:
+        boxes1: (N, 4) xyxy px.
+        boxes2: (M, 4) xyxy px.
+
+    Returns:
+        float64 (N, M) in [0, 1]; 0 where the union is empty (degenerate boxes).
+
+    Raises:
+        ValueError: an input is not (K, 4) or not finite.
+    """
+    a, b = _as_boxes(boxes1, "boxes1"), _as_boxes(boxes2, "boxes2")
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def _labels(labels: Any) -> list:
+    """Labels as plain Python values (numpy / torch scalars become int / str, so they hash by value)."""
+    if labels is None:
+        return []
+    return list(labels) if isinstance(labels, (list, tuple)) else np.asarray(labels).reshape(-1).tolist()
+
+
+def _label_array(labels: Any) -> np.ndarray:
+    values = _labels(labels)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _image(pred: Mapping[str, Any] | None, gt: Mapping[str, Any], i: int) -> tuple:
+    gt_boxes = _as_boxes(gt.get("boxes", gt.get("boxes_xyxy")), f"ground truth of image {i}")
+    gt_labels = _label_array(gt.get("labels"))
+    if len(gt_labels) != len(gt_boxes):
+        raise ValueError(f"ground truth of image {i}: {len(gt_boxes)} boxes but {len(gt_labels)} labels")
+    pred = pred or {}
+    boxes = _as_boxes(pred.get("boxes", pred.get("boxes_xyxy")), f"predictions of image {i}")
+    scores = np.asarray(pred.get("scores", np.zeros(0)), dtype=np.float64).reshape(-1)
+    labels = _label_array(pred.get("labels"))
+    if not (len(boxes) == len(scores) == len(labels)):
+        raise ValueError(f"predictions of image {i}: {len(boxes)} boxes, {len(scores)} scores and "
+                         f"{len(labels)} labels; expected equal counts")
+    return boxes, scores, labels, gt_boxes, gt_labels
+
+
+def _images(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]]) -> list[tuple]:
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} prediction entries but {len(ground_truths)} ground-truth entries; "
+                         f"expected one of each per image, in the same order")
+    return [_image(p, g, i) for i, (p, g) in enumerate(zip(predictions, ground_truths, strict=True))]
+
+
+def _select(labels: np.ndarray, label: Hashable | None) -> np.ndarray:
+    if label is None:
+        return np.ones(len(labels), bool)
+    return np.array([x == label for x in labels], dtype=bool)
+
+
+def ground_truth_labels(ground_truths: Sequence[Mapping[str, Any]]) -> list:
+    """The classes present in the ground truth, sorted (by ``str`` when labels mix types)."""
+    labels = {x for g in ground_truths for x in _labels(g.get("labels"))}
+    try:
+        return sorted(labels)
+    except TypeError:
+        return sorted(labels, key=str)
+
+
+# ---------------------------------------------------------------------------------------------- AP
+
+def _match_image(boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """COCO greedy matching of one image and class: (scores sorted descending, true-positive flags)."""
+    order = np.argsort(-scores, kind="mergesort")
+    scores = scores[order]
+    tp = np.zeros(len(order), bool)
+    if len(order) and len(gt_boxes):
+        iou = box_iou(boxes[order], gt_boxes)
+        free = np.ones(len(gt_boxes), bool)
+        threshold = min(iou_threshold, 1 - 1e-10)  # as pycocotools
+        for d in range(len(order)):
+            candidates = np.where(free, iou[d], -1.0)
+            g = int(np.argmax(candidates))
+            if candidates[g] >= threshold:
+                tp[d] = True
+                free[g] = False
+    return scores, tp
+
+
+def _ap_from_matches(scores: np.ndarray, tp: np.ndarray, n_positive: int, interpolation: str) -> float:
+    if n_positive == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    tp = tp[order]
+    tp_sum = np.cumsum(tp, dtype=np.float64)
+    fp_sum = np.cumsum(~tp, dtype=np.float64)
+    recall = tp_sum / n_positive
+    precision = tp_sum / np.maximum(tp_sum + fp_sum, np.finfo(np.float64).eps)
+    if interpolation == "coco101":
+        precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        idx = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
+        sampled = np.zeros(len(COCO_RECALL_POINTS))
+        ok = idx < len(precision)
+        sampled[ok] = precision[idx[ok]]
+        return float(sampled.mean())
+    # VOC all-point: area under the monotone precision envelope
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def average_precision(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+                      label: Hashable | None = None, iou_threshold: float = 0.5,
+                      interpolation: str = "coco101") -> float:
+    """Average precision of one class (or of all boxes, class-agnostic) at one IoU threshold.
+
+    Args:
+        predictions: per image ``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": (N,)}``.
+        ground_truths: per image ``{"boxes" or "boxes_xyxy": (M, 4) xyxy px, "labels": (M,)}``.
+        label: the class; ``None`` pools every box regardless of its label (class-agnostic AP: a detection
+            may match a ground-truth box of any class).
+        iou_threshold: a detection is a true positive when its IoU with an unmatched ground-truth box is
+            >= this (0.5 = AP50 of COCO, the PASCAL VOC criterion).
+        interpolation: ``"coco101"`` (MS-COCO 101-recall-point AP, as pycocotools) or ``"voc"`` (PASCAL VOC
+            2010+ all-point AP).
+
+    Returns:
+        AP in [0, 1]; NaN when the ground truth has no box of ``label``.
+
+    Raises:
+        ValueError: mismatched lengths or shapes, or an unknown ``interpolation``.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {INTERPOLATIONS}")
+    all_scores, all_tp, n_positive = [], [], 0
+    for boxes, scores, labels, gt_boxes, gt_labels in _images(predictions, ground_truths):
+        keep, keep_gt = _select(labels, label), _select(gt_labels, label)
+        s, tp = _match_image(boxes[keep], scores[keep], gt_boxes[keep_gt], iou_threshold)
+        all_scores.append(s)
+        all_tp.append(tp)
+        n_positive += int(keep_gt.sum())
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    tp = np.concatenate(all_tp) if all_tp else np.zeros(0, bool)
+    return _ap_from_matches(scores, tp, n_positive, interpolation)
+
+
+def average_precision_per_class(predictions: Sequence[Mapping[str, Any]],
+                                ground_truths: Sequence[Mapping[str, Any]], iou_threshold: float = 0.5,
+                                interpolation: str = "coco101") -> dict:
+    """AP of every class present in the ground truth (see :func:`average_precision`).
+
+    Predicted classes absent from the ground truth get no entry (as in COCO, where such categories are
+    skipped). Returns ``{label: AP}`` in the order of :func:`ground_truth_labels`.
+
+    Raises:
+        ValueError: as :func:`average_precision`.
+    """
+    return {c: average_precision(predictions, ground_truths, c, iou_threshold, interpolation)
+            for c in ground_truth_labels(ground_truths)}
+
+
+def mean_average_precision(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+                           iou_threshold: float = 0.5, interpolation: str = "coco101") -> float:
+    """mAP: the mean of :func:`average_precision_per_class` over the classes present in the ground truth
+    (NaN when the ground truth has no box).
+
+    Raises:
+        ValueError: as :func:`average_precision`.
+    """
+    ap = average_precision_per_class(predictions, ground_truths, iou_threshold, interpolation)
+    return float(np.mean(list(ap.values()))) if ap else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- RSNA
+
+def rsna_image_score(boxes: Any, scores: Any, gt_boxes: Any,
+                     thresholds: Sequence[float] = RSNA_IOU_THRESHOLDS) -> float | None:
+    """RSNA Pneumonia Detection Challenge score of one image.
+
+    At each IoU threshold t, predictions are taken in descending score order and each is matched to the
+    unmatched ground-truth box of highest IoU when that IoU is > t (strictly, as the challenge states "IoU
+    greater than the threshold"); the image scores TP / (TP + FP + FN) at t, averaged over the thresholds.
+
+    Args:
+        boxes: (N, 4) predicted boxes, xyxy px (every prediction counts: apply the score threshold first).
+        scores: (N,) confidences (only their order matters).
+        gt_boxes: (M, 4) ground-truth boxes, xyxy px.
+        thresholds: IoU thresholds, default 0.40, 0.45, ..., 0.75.
+
+    Returns:
+        The score in [0, 1], or ``None`` when the image has neither ground truth nor predictions (such
+        images are left out of the mean); 0 when exactly one of the two is empty.
+
+    Raises:
+        ValueError: shapes do not fit.
+    """
+    b, g = _as_boxes(boxes, "boxes"), _as_boxes(gt_boxes, "gt_boxes")
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(s) != len(b):
+        raise ValueError(f"{len(b)} boxes but {len(s)} scores")
+    if len(b) == 0 and len(g) == 0:
+        return None
+    if len(b) == 0 or len(g) == 0:
+        return 0.0
+    iou = box_iou(b[np.argsort(-s, kind="mergesort")], g)
+    values = []
+    for t in thresholds:
+        free = np.ones(len(g), bool)
+        tp = 0
+        for d in range(len(b)):
+            candidates = np.where(free, iou[d], -1.0)
+            j = int(np.argmax(candidates))
+            if candidates[j] > t:
+                free[j] = False
+                tp += 1
+        fp, fn = len(b) - tp, len(g) - tp
+        values.append(tp / (tp + fp + fn))
+    return float(np.mean(values))
+
+
+def rsna_score(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+               label: Hashable | None = None, thresholds: Sequence[float] = RSNA_IOU_THRESHOLDS) -> float:
+    """RSNA Pneumonia Detection Challenge metric (RSNA / Kaggle 2018): the mean over images of
+    :func:`rsna_image_score` (mean over IoU 0.40-0.75 of TP / (TP + FP + FN), greedy matching by score).
+
+    Images with no ground-truth box and no prediction are skipped; an image with predictions but no ground
+    truth scores 0, as does one with ground truth but no predictions.
+
+    Args:
+        predictions: per image ``{"boxes", "scores", "labels"}`` (see the module docstring); every
+            prediction counts, so apply the working score threshold first.
+        ground_truths: per image ``{"boxes" or "boxes_xyxy", "labels"}``.
+        label: score only this class; ``None`` (default) ignores labels, as the single-class challenge did.
+        thresholds: IoU thresholds, default 0.40, 0.45, ..., 0.75.
+
+    Returns:
+        The score in [0, 1]; NaN when every image was skipped.
+
+    Raises:
+        ValueError: mismatched lengths or shapes.
+    """
+    values = []
+    for boxes, scores, labels, gt_boxes, gt_labels in _images(predictions, ground_truths):
+        keep, keep_gt = _select(labels, label), _select(gt_labels, label)
+        v = rsna_image_score(boxes[keep], scores[keep], gt_boxes[keep_gt], thresholds)
+        if v is not None:
+            values.append(v)
+    return float(np.mean(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def detection_metrics(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+                      iou_threshold: float = 0.5, interpolation: str = "coco101") -> dict[str, Any]:
+    """All detection metrics of pulmo's ``cxr-detect`` evaluation in one dict.
+
+    Returns:
+        ``{"n_images": int, "labels": [...], "ap_50": {label: float}, "map_50": float,
+        "ap_50_agnostic": float, "rsna_score": float}`` (the ``_50`` values at ``iou_threshold``;
+        ``labels`` = classes present in the ground truth; the RSNA score ignores labels).
+
+    Raises:
+        ValueError: as :func:`average_precision`.
+    """
+    ap = average_precision_per_class(predictions, ground_truths, iou_threshold, interpolation)
+    return {"n_images": len(ground_truths), "labels": list(ap),
+            "ap_50": {str(k): v for k, v in ap.items()},
+            "map_50": float(np.mean(list(ap.values()))) if ap else float("nan"),
+            "ap_50_agnostic": average_precision(predictions, ground_truths, None, iou_threshold, interpolation),
+            "rsna_score": rsna_score(predictions, ground_truths)}

@@ -1,0 +1,215 @@
+"""Detection metrics: hand-worked IoU / AP / RSNA score, edge cases, and AP against pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import numpy as np
+import pytest
+
+from pulmo.metrics.detection import (
+    RSNA_IOU_THRESHOLDS,
+    average_precision,
+    average_precision_per_class,
+    box_iou,
+    detection_metrics,
+    mean_average_precision,
+    rsna_image_score,
+    rsna_score,
+)
+
+
+def _pred(boxes, scores, labels):
+    return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "scores": np.asarray(scores, float),
+            "labels": list(labels)}
+
+
+def _gt(boxes, labels):
+    return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "labels": list(labels)}
+
+
+def test_box_iou_hand_worked():
+    a = [[0, 0, 10, 10], [5, 5, 15, 15]]
+    b = [[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30], [5, 0, 15, 10]]
+    iou = box_iou(a, b)
+    assert iou.shape == (2, 4)
+    np.testing.assert_allclose(iou[0], [1.0, 0.5, 0.0, 50 / 150])
+    np.testing.assert_allclose(iou[1], [25 / 175, 0.0, 0.0, 50 / 150])
+    assert box_iou(np.zeros((0, 4)), b).shape == (0, 4)
+    assert box_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]])[0, 0] == 0.0  # degenerate: empty union
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        box_iou([[0, 0, 1]], b)
+
+
+def test_ap_hand_worked_coco101_and_voc():
+    # one image, 2 ground-truth boxes; detections by score: TP, FP, TP
+    # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> envelope 1, 2/3, 2/3
+    gts = [_gt([[0, 0, 10, 10], [20, 20, 30, 30]], ["a", "a"])]
+    preds = [_pred([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31]], [0.9, 0.8, 0.7], ["a"] * 3)]
+    # VOC all-point: 0.5 * 1 + 0.5 * 2/3
+    assert average_precision(preds, gts, "a", interpolation="voc") == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # COCO: recall points 0..0.50 (51 of them) -> 1, 0.51..1.00 (50) -> 2/3
+    assert average_precision(preds, gts, "a") == pytest.approx((51 + 50 * 2 / 3) / 101)
+
+
+def test_perfect_and_empty_predictions():
+    gts = [_gt([[0, 0, 10, 10], [20, 20, 40, 40]], ["a", "b"]), _gt([], []), _gt([[5, 5, 50, 60]], ["a"])]
+    perfect = [_pred(g["boxes"], np.linspace(0.9, 0.5, len(g["labels"])), g["labels"]) for g in gts]
+    m = detection_metrics(perfect, gts)
+    assert m == {"n_images": 3, "labels": ["a", "b"], "ap_50": {"a": 1.0, "b": 1.0}, "map_50": 1.0,
+                 "ap_50_agnostic": 1.0, "rsna_score": 1.0}
+    assert average_precision(perfect, gts, interpolation="voc") == pytest.approx(1.0)
+
+    empty = [_pred([], [], []) for _ in gts]
+    m = detection_metrics(empty, gts)
+    assert m["ap_50"] == {"a": 0.0, "b": 0.0} and m["map_50"] == 0.0 and m["ap_50_agnostic"] == 0.0
+    assert m["rsna_score"] == 0.0  # 2 images with ground truth score 0, the empty one is skipped
+
+    nothing = [_gt([], [])] * 2
+    m = detection_metrics([_pred([], [], [])] * 2, nothing)
+    assert m["labels"] == [] and math.isnan(m["map_50"]) and math.isnan(m["ap_50_agnostic"])
+    assert math.isnan(m["rsna_score"])
+    assert math.isnan(average_precision(perfect, gts, "no-such-class"))
+
+
+def test_class_matters_for_per_class_ap_not_for_agnostic_ap():
+    gts = [_gt([[0, 0, 10, 10]], ["a"]), _gt([[0, 0, 10, 10]], ["b"])]
+    preds = [_pred([[0, 0, 10, 10]], [0.9], ["b"]), _pred([[0, 0, 10, 10]], [0.8], ["b"])]
+    ap = average_precision_per_class(preds, gts)
+    assert ap == {"a": 0.0, "b": pytest.approx((51 * 0.5 + 50 * 0.5) / 101)}  # b: FP (0.9) then TP (0.8)
+    assert mean_average_precision(preds, gts) == pytest.approx((0 + ap["b"]) / 2)
+    assert average_precision(preds, gts) == 1.0  # class-agnostic: both boxes found
+    # dataset records (key "boxes_xyxy") are accepted as ground truth; integer labels work too
+    records = [{"boxes_xyxy": g["boxes"], "labels": np.array([1])} for g in gts]
+    assert average_precision([_pred([[0, 0, 10, 10]], [0.5], [1])] * 2, records, 1) == 1.0
+
+
+def test_duplicate_detections_are_false_positives():
+    gts = [_gt([[0, 0, 10, 10]], ["a"])]
+    preds = [_pred([[0, 0, 10, 10], [0, 0, 10, 9]], [0.9, 0.95], ["a", "a"])]
+    # the higher-scored (IoU 0.9) box takes the ground truth first, the exact one is a duplicate
+    assert average_precision(preds, gts, "a", interpolation="voc") == pytest.approx(1.0)
+    assert rsna_score(preds, gts) == pytest.approx(0.5)  # TP 1, FP 1 at every threshold
+
+
+def test_rsna_score_hand_worked():
+    gt = [[0, 0, 10, 10], [100, 100, 110, 110]]
+    boxes = [[0, 0, 10, 10],       # IoU 1 with gt 0
+             [100, 100, 110, 106],  # IoU exactly 0.6 with gt 1: a hit only when 0.6 > t (strict)
+             [300, 300, 310, 310]]  # false positive
+    # t = 0.40, 0.45, 0.50, 0.55: TP 2, FP 1, FN 0 -> 2/3; t = 0.60 ... 0.75: TP 1, FP 2, FN 1 -> 1/4
+    expected_1 = (4 * 2 / 3 + 4 * 1 / 4) / 8
+    assert RSNA_IOU_THRESHOLDS == (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+    assert rsna_image_score(boxes, [0.9, 0.8, 0.7], gt) == pytest.approx(expected_1)
+    assert rsna_image_score([], [], []) is None
+    assert rsna_image_score([[0, 0, 1, 1]], [0.1], []) == 0.0
+    assert rsna_image_score([], [], gt) == 0.0
+
+    preds = [_pred(boxes, [0.9, 0.8, 0.7], ["p"] * 3), _pred([], [], []), _pred([[0, 0, 5, 5]], [0.3], ["p"]),
+             _pred([], [], [])]
+    gts = [_gt(gt, ["p", "p"]), _gt([], []), _gt([], []), _gt([[0, 0, 5, 5]], ["p"])]
+    # image 2 (nothing at all) is skipped; image 3 (a prediction, no ground truth) and 4 (missed) score 0
+    assert rsna_score(preds, gts) == pytest.approx(expected_1 / 3)
+
+
+def test_rsna_greedy_matching_in_score_order():
+    gt = [[0, 0, 10, 10]]
+    # the higher-scored box (IoU 0.5) takes the ground truth at t < 0.5, leaving the exact box a FP
+    boxes, scores = [[0, 0, 10, 5], [0, 0, 10, 10]], [0.9, 0.1]
+    # t = 0.40, 0.45: TP 1, FP 1 -> 1/2; t >= 0.5: box 1 misses, box 2 hits -> TP 1, FP 1 -> 1/2
+    assert rsna_image_score(boxes, scores, gt) == pytest.approx(0.5)
+    # one box with IoU 0.5 only: hits at 0.40 and 0.45 -> (1 + 1 + 6 * 0) / 8
+    assert rsna_image_score([[0, 0, 10, 5]], [0.9], gt) == pytest.approx(2 / 8)
+
+
+def test_input_errors():
+    with pytest.raises(ValueError, match="2 prediction entries but 1 ground-truth"):
+        average_precision([_pred([], [], [])] * 2, [_gt([], [])])
+    with pytest.raises(ValueError, match="predictions of image 0: 1 boxes, 2 scores"):
+        average_precision([_pred([[0, 0, 1, 1]], [0.1, 0.2], ["a"])], [_gt([], [])])
+    with pytest.raises(ValueError, match="ground truth of image 0: 1 boxes but 0 labels"):
+        rsna_score([_pred([], [], [])], [_gt([[0, 0, 1, 1]], [])])
+    with pytest.raises(ValueError, match="interpolation 'x'"):
+        average_precision([], [], interpolation="x")
+
+
+# ---------------------------------------------------------------------------------------------- vs pycocotools
+
+def _random_detections(seed: int, n_images: int = 60, classes=("a", "b", "c")):
+    """Seeded ground truth (0-4 boxes per image, some images empty) and predictions: jittered copies of most
+    ground-truth boxes (sometimes with the wrong class) plus random false positives, random scores."""
+    rng = np.random.default_rng(seed)
+    preds, gts = [], []
+    for _ in range(n_images):
+        m = int(rng.integers(0, 5))
+        xy, wh = rng.uniform(0, 400, (m, 2)), rng.uniform(20, 120, (m, 2))
+        gt_boxes, gt_labels = np.hstack([xy, xy + wh]), [str(c) for c in rng.choice(classes, m)]
+        boxes, scores, labels = [], [], []
+        for b, c in zip(gt_boxes, gt_labels, strict=True):
+            if rng.random() < 0.8:
+                boxes.append(b + rng.normal(0, 6, 4))
+                scores.append(rng.random())
+                labels.append(c if rng.random() < 0.85 else str(rng.choice(classes)))
+        for _ in range(int(rng.integers(0, 4))):
+            xy, wh = rng.uniform(0, 400, 2), rng.uniform(20, 120, 2)
+            boxes.append(np.r_[xy, xy + wh])
+            scores.append(rng.random())
+            labels.append(str(rng.choice(classes + ("only-predicted",))))
+        boxes = np.asarray(boxes, float).reshape(-1, 4)
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+        preds.append(_pred(boxes, scores, labels))
+        gts.append(_gt(gt_boxes, gt_labels))
+    return preds, gts
+
+
+def _pycocotools_ap50(preds, gts, class_agnostic: bool = False) -> dict:
+    """AP at IoU 0.5 per category (or pooled) from pycocotools' COCOeval (area 'all', maxDets 100)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = sorted({c for g in gts for c in g["labels"]} | {c for p in preds for c in p["labels"]})
+    cat = {c: i + 1 for i, c in enumerate(names)}
+    images, anns, dets = [], [], []
+    for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
+        images.append({"id": i + 1, "width": 1024, "height": 1024})
+        for b, c in zip(g["boxes"], g["labels"], strict=True):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat[c],
+                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
+        for b, s, c in zip(p["boxes"], p["scores"], p["labels"], strict=True):
+            dets.append({"image_id": i + 1, "category_id": cat[c], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                         "score": float(s)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": anns,
+                           "categories": [{"id": i, "name": c} for c, i in cat.items()]}
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        evaluator.params.iouThrs = np.array([0.5])
+        evaluator.params.useCats = 0 if class_agnostic else 1
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][0, :, :, 0, -1]  # (recall points, categories), area all, maxDets 100
+    if class_agnostic:
+        return {None: float(precision[:, 0].mean())}
+    return {c: float(precision[:, k].mean()) for k, c in enumerate(names) if (precision[:, k] > -1).all()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ap_matches_pycocotools(seed):
+    pytest.importorskip("pycocotools.cocoeval", exc_type=ImportError,
+                        reason="pycocotools (dev extra) is not importable: the AP reference comparison needs it "
+                               "(pip install pycocotools)")
+    preds, gts = _random_detections(seed)
+    assert max(len(p["scores"]) for p in preds) < 100  # below COCO's maxDets, which pulmo does not apply
+    ours = average_precision_per_class(preds, gts)
+    reference = _pycocotools_ap50(preds, gts)
+    assert "only-predicted" not in ours and "only-predicted" not in reference  # skipped: not in ground truth
+    assert ours.keys() == reference.keys() == {"a", "b", "c"}
+    for c in ours:
+        assert ours[c] == pytest.approx(reference[c], abs=1e-9), c
+    assert 0.2 < min(ours.values()) and max(ours.values()) < 0.95  # a non-trivial case
+    assert mean_average_precision(preds, gts) == pytest.approx(np.mean(list(reference.values())), abs=1e-9)
+    assert average_precision(preds, gts) == pytest.approx(_pycocotools_ap50(preds, gts, True)[None], abs=1e-9)
