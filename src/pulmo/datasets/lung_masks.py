@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pulmo.errors import InputError
+from pulmo.io import read_image
 from pulmo.transforms import normalize_cxr, resize_image, resize_mask
 
 logger = logging.getLogger(__name__)
@@ -103,13 +104,6 @@ def covid_chestxray_records(root: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _load_grey(path: str) -> np.ndarray:
-    from pulmo.io import read_image
-
-    img = read_image(path)
-    return img.pixels
-
-
 class LungSegDataset(Dataset):
     """Lung segmentation samples at a square working size, cached in memory after the first read.
 
@@ -131,7 +125,7 @@ class LungSegDataset(Dataset):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if i not in self._cache:
             r = self.records[i]
-            image = normalize_cxr(_load_grey(r["image"]))
+            image = normalize_cxr(read_image(r["image"]).pixels)
             mask = np.asarray(Image.open(r["mask"]).convert("L")) > 127
             if mask.shape != image.shape:
                 raise InputError(f"{r['mask']}: mask size {mask.shape} differs from image size {image.shape}")
