@@ -1,7 +1,8 @@
-"""Speed and memory of the CT pipeline (lung extraction + infection segmentation), JSON out.
+"""Speed and memory of the CT pipeline (lung extraction + infection segmentation + nodules), JSON out.
 
 Times, on a DICOM series (default: the shared LIDC-IDRI-0001, 133 slices): reading the series, the
-lung mask, infection segmentation of every lung slice, and the whole ``analyze_image`` including the
+lung mask, infection segmentation of every lung slice, nodule detection (when a nodule model is bundled),
+and the whole ``analyze_image`` including the
 NIfTI masks, overlays and report (median of --repeats runs after a warm-up); peak RSS.
 
     python benchmarks/bench_ct.py --threads 2 --out benchmarks/results/ct.json
@@ -52,6 +53,10 @@ def main() -> None:
         zs = np.flatnonzero(lungs.any(axis=(1, 2)))
         slices = [window_hu(volume.hu[z]) for z in zs]
         lesion_s = median_time(lambda: seg.predict(slices), args.repeats)
+        from pulmo.pipeline.ct import nodule_detector
+
+        nod = nodule_detector()
+        nodule_s = median_time(lambda: nod.detect(volume, lungs), args.repeats) if nod is not None else None
         total_s = median_time(lambda: analyze_image(args.series, tmp / "run"), args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,6 +68,8 @@ def main() -> None:
         "model_load_s": round(load_s, 3), "read_series_s": round(read_s, 3), "lung_mask_s": round(lungs_s, 3),
         "infection_segmentation_s": round(lesion_s, 3),
         "infection_ms_per_slice": round(1000 * lesion_s / max(1, len(zs)), 1),
+        "nodule_detection_s": None if nodule_s is None else round(nodule_s, 3),
+        "nodule_weights": None if nod is None else nod.card.get("name"),
         "analyze_total_s": round(total_s, 3), "repeats": args.repeats,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -51,11 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
-    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify"])
+    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule"])
     e.add_argument("--data", required=True, help="dataset root in the task's layout")
     e.add_argument("--format", help="dataset layout (lesion-seg: covid-semiseg; cxr-classify: kermany, folders, "
-                   "covid-chestxray, covid-radiography)")
-    e.add_argument("--split", default="test", choices=["test", "train"], help="split to score (lesion-seg)")
+                   "covid-chestxray, covid-radiography; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16)")
+    e.add_argument("--annotations", help="cxr-detect: the label file (TBX11K: the COCO JSON relative to --data; "
+                   "ChestX-Det10 JSON; RSNA stage_2_train_labels.csv; NIH BBox_List_2017.csv); nodule --format "
+                   "luna16: annotations.csv (default DATA/annotations.csv)")
+    e.add_argument("--split", choices=["test", "train", "all"],
+                   help="lesion-seg: test (default) or train; cxr-detect: all (default) or test (only the images "
+                   "the model card lists as held out from training)")
     e.add_argument("--out", required=True, help="metrics JSON file to write")
     e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
 
@@ -91,6 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--cache-dir", dest="cache_dir")
     cl.add_argument("--name", help="weight-set name")
     _add_train_flags(cl)
+    de = tsub.add_parser("cxr-detect", help="chest X-ray lesion detector (RetinaNet, focal loss)")
+    de.add_argument("--data", help="dataset root")
+    de.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
+    de.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
+    de.add_argument("--architecture", help="retinanet-r18-fpn or retinanet-r34-fpn")
+    de.add_argument("--size", type=int)
+    de.add_argument("--init-backbone", dest="init_backbone",
+                    help=".safetensors of a torchvision ResNet classifier to initialise the body from")
+    de.add_argument("--name", help="weight-set name")
+    _add_train_flags(de)
+    du = tsub.add_parser("cxr-detect-unet", help="chest X-ray lesion boxes by the U-Net route of seed 1")
+    du.add_argument("--data", help="dataset root")
+    du.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
+    du.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
+    du.add_argument("--size", type=int)
+    du.add_argument("--name", help="weight-set name")
+    _add_train_flags(du)
+    no = tsub.add_parser("nodule", help="3D nodule detector (NoduleNet design) on synthetic nodules in real lungs")
+    no.add_argument("--backgrounds", help="comma-separated CT volumes (DICOM series folders, NIfTI, mhd, NRRD)")
+    no.add_argument("--exclude-labels", dest="exclude_labels",
+                    help="comma-separated label volumes, one per background ('' for none), of real nodules to keep "
+                    "out of training (LIDC series are read from their XML automatically)")
+    no.add_argument("--spacing-mm", dest="spacing_mm", type=float)
+    no.add_argument("--patch", type=int)
+    no.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int)
+    no.add_argument("--name", help="weight-set name")
+    _add_train_flags(no)
 
     sub.add_parser("models", help="list registered architectures and bundled weights")
 
@@ -108,10 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from pulmo.engine import load_config
-    from pulmo.tasks import cxr_classify, lesion_seg, lung_seg
+    from pulmo.tasks import cxr_classify, cxr_detect, cxr_detect_unet, lesion_seg, lung_seg, nodule
 
     task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig),
-            "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig)}
+            "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig),
+            "cxr-detect": (cxr_detect, cxr_detect.DetectConfig),
+            "cxr-detect-unet": (cxr_detect_unet, cxr_detect_unet.UnetDetectConfig),
+            "nodule": (nodule, nodule.NoduleConfig)}
     module, config_cls = task[args.task]
     skip = {"command", "task", "verbose", "no_progress", "config"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
@@ -125,10 +160,26 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pulmo.tasks import cxr_classify, lesion_seg, lung_seg
+    from pulmo.tasks import cxr_classify, cxr_detect, lesion_seg, lung_seg, nodule
 
     progress = not args.no_progress
-    if args.task == "cxr-classify":
+    if args.task == "nodule":
+        if args.format not in nodule.FORMATS:
+            raise ConfigError(f"evaluate nodule needs --format lidc|luna16, got {args.format!r}")
+        metrics = nodule.evaluate(args.data, args.format, args.weights or nodule.DEFAULT_WEIGHTS, args.annotations,
+                                  progress=progress)
+        froc_line = " ".join(f"{k}:{v:.3f}" for k, v in metrics["froc"].items())
+        dice = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
+        line = f"nodules={metrics['n_nodules']} cpm={metrics['cpm']:.4f} froc[{froc_line}] dice_mean={dice}"
+    elif args.task == "cxr-detect":
+        if not args.format:
+            raise ConfigError("evaluate cxr-detect needs --format tbx11k|chestx-det10|rsna|nih")
+        metrics = cxr_detect.evaluate(args.data, args.format, args.annotations, args.weights or cxr_detect.DEFAULT_WEIGHTS,
+                                      split=args.split or "all", progress=progress)
+        aps = " ".join(f"AP50[{k}]={v:.4f}" for k, v in metrics["ap_50"].items())
+        line = (f"ap_50_agnostic={metrics['ap_50_agnostic']:.4f} map_50={metrics['map_50']:.4f} {aps} "
+                f"rsna_score={metrics['rsna_score']:.4f}")
+    elif args.task == "cxr-classify":
         if not args.format:
             raise ConfigError("evaluate cxr-classify needs --format kermany|folders|covid-chestxray|covid-radiography")
         metrics = cxr_classify.evaluate(args.data, args.format, args.weights or cxr_classify.DEFAULT_WEIGHTS,
@@ -138,7 +189,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=progress)
         line = f"dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} iou={metrics['iou_mean']:.4f}"
     else:
-        metrics = lesion_seg.evaluate(args.data, args.format or "covid-semiseg", args.split, args.weights or lesion_seg.DEFAULT_WEIGHTS,
+        if args.split == "all":
+            raise ConfigError("evaluate lesion-seg: --split must be test or train")
+        metrics = lesion_seg.evaluate(args.data, args.format or "covid-semiseg", args.split or "test", args.weights or lesion_seg.DEFAULT_WEIGHTS,
                                       progress=progress)
         line = (f"dice_mean={metrics['dice_mean']:.4f} dice_global={metrics['dice_global']:.4f} "
                 f"precision={metrics['precision']:.4f} sensitivity={metrics['sensitivity']:.4f} "
@@ -146,7 +199,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{metrics['task']}: n={metrics['n']} {line} -> {out}")
+    n = metrics.get("n", metrics.get("n_images", metrics.get("n_scans")))
+    print(f"{metrics['task']}: n={n} {line} -> {out}")
     return 0
 
 

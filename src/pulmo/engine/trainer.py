@@ -54,8 +54,12 @@ def fit(
     config: TrainConfig,
     monitor: str,
     mode: str = "max",
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` and keep the best epoch by ``monitor`` (``mode`` "max" or "min").
+
+    ``collate_fn`` batches dataset items (default: PyTorch's ``default_collate``; detection tasks pass one
+    that keeps per-image box lists).
 
     Returns:
         ``{"best_metric", "best_epoch", "epochs_run", "stopped_early", "seconds", "world_size"}``.
@@ -78,7 +82,7 @@ def fit(
         sampler = RandomSampler(train_dataset, generator=torch.Generator().manual_seed(config.seed))
     loader = DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler, drop_last=len(
         train_dataset) > config.batch_size * world, num_workers=config.num_workers, worker_init_fn=_worker_init,
-        persistent_workers=config.num_workers > 0)
+        persistent_workers=config.num_workers > 0, collate_fn=collate_fn)
     steps_per_epoch = len(loader) if not config.max_steps_per_epoch else min(len(loader), config.max_steps_per_epoch)
     total_steps = max(1, steps_per_epoch * config.epochs)
     warmup = max(1, steps_per_epoch)

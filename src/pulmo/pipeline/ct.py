@@ -19,7 +19,10 @@ from pulmo.io import Image2D, Volume
 from pulmo.pipeline.findings import Findings
 from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter
+from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
+from pulmo.tasks.nodule import NoduleDetector
 from pulmo.transforms import window_hu
+from pulmo.weights import WEIGHTS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,15 @@ LUNG_METHOD = {"task": "ct-lungs", "name": "hu-threshold-components", "architect
 def lesion_segmenter(weights: str = DEFAULT_WEIGHTS) -> LesionSegmenter:
     """The bundled infection model, loaded once per process."""
     return LesionSegmenter(weights)
+
+
+@functools.lru_cache(maxsize=2)
+def nodule_detector(weights: str = NODULE_WEIGHTS) -> NoduleDetector | None:
+    """The bundled nodule model, loaded once per process; None when no such weights are bundled."""
+    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
+        logger.info("no bundled %s weights: nodule detection skipped", weights)
+        return None
+    return NoduleDetector(weights)
 
 
 def _model_entry(seg: LesionSegmenter) -> dict[str, Any]:
@@ -56,8 +68,8 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     """Run the CT pipeline on a volume.
 
     Returns:
-        ``(findings, masks)``: ``masks["lungs"]`` bool and ``masks["infection"]`` uint8 labels, both
-        ``(Z, Y, X)`` in the input grid.
+        ``(findings, masks)``: ``masks["lungs"]`` bool, ``masks["infection"]`` uint8 labels and, when a nodule
+        model is bundled, ``masks["nodules"]`` int16 (1.. = nodule number), all ``(Z, Y, X)`` in the input grid.
 
     Raises:
         InputError: not HU, or no lungs found.
@@ -91,7 +103,15 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
                    **_class_volumes(infection, seg, voxel_ml)},
         models=[LUNG_METHOD, _model_entry(seg)],
     )
-    return findings, {"lungs": lungs, "infection": infection}
+    masks = {"lungs": lungs, "infection": infection}
+    det = nodule_detector()
+    if det is not None:
+        findings.nodules, masks["nodules"] = det.findings(volume, lungs)
+        findings.nodule_mask = "nodule_mask.nii.gz"
+        findings.models.append({"task": "nodule", "name": det.card.get("name"),
+                                "architecture": det.card.get("architecture"), "sha256": det.card.get("sha256"),
+                                "probability_threshold": det.threshold})
+    return findings, masks
 
 
 def analyze_ct_slice(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:

@@ -13,6 +13,8 @@ from pulmo.io import Image2D
 from pulmo.pipeline.findings import Findings
 from pulmo.tasks.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
 from pulmo.tasks.cxr_classify import CxrClassifier
+from pulmo.tasks.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
+from pulmo.tasks.cxr_detect import Detector
 from pulmo.tasks.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
 from pulmo.weights import WEIGHTS_DIR
 
@@ -32,6 +34,25 @@ def classifier(weights: str = CLASSIFY_WEIGHTS) -> CxrClassifier | None:
         logger.info("no bundled %s weights: classification skipped", weights)
         return None
     return CxrClassifier(weights)
+
+
+@functools.lru_cache(maxsize=2)
+def detector(weights: str = DETECT_WEIGHTS) -> Detector | None:
+    """The bundled lesion detector (RetinaNet), loaded once per process; None when no such weights are bundled."""
+    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
+        logger.info("no bundled %s weights: detection skipped", weights)
+        return None
+    return Detector(weights)
+
+
+def detect(image: Image2D) -> tuple[list[dict[str, Any]] | None, dict | None]:
+    """Lesion boxes above the card's threshold (``None`` when no detector is bundled) and the model entry."""
+    det = detector()
+    if det is None:
+        return None, None
+    entry = {"task": "cxr-detect", "name": det.card.get("name"), "architecture": det.card.get("architecture"),
+             "sha256": det.card.get("sha256"), "score_threshold": det.threshold}
+    return det.predict(image), entry
 
 
 def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, dict[str, np.ndarray], dict | None]:
@@ -64,6 +85,7 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
     seg = lung_segmenter()
     mask = seg.predict(image)
     classification, heatmaps, clf_entry = classify(image, mask)
+    detections, det_entry = detect(image)
     area_px = int(mask.sum())
     area_cm2 = None
     if image.spacing is not None:
@@ -79,7 +101,8 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
         lungs={"mask": "lung_mask.png", "area_px": area_px, "area_cm2": area_cm2, "n_components": int(n_components),
                "convention": "visible lung fields"},
         classification=classification,
+        detections=detections,
         models=[{"task": "lung-seg", "name": seg.card.get("name"), "architecture": seg.card.get("architecture"),
-                 "sha256": seg.card.get("sha256")}] + ([clf_entry] if clf_entry else []),
+                 "sha256": seg.card.get("sha256")}] + [e for e in (clf_entry, det_entry) if e],
     )
     return findings, {"lungs": mask, **heatmaps}

@@ -15,6 +15,12 @@
 * ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p}, ``predicted``,
   ``calibrated`` (temperature scaling), ``temperature``, ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
   ``heatmap_energy_in_lungs`` {method: fraction of the map inside the lungs}
+* ``detections`` (CXR, when a detector is bundled): ``[{"label", "score", "box_xyxy"}]`` with ``box_xyxy``
+  ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
+  first; an empty list when nothing passes the threshold
+* ``nodules`` (CT volume, when a nodule model is bundled): ``[{"center_xyz_mm", "center_zyx_index",
+  "diameter_mm", "volume_ml", "probability", "slice_index"}]`` (world LPS mm; ``slice_index`` = axial z index),
+  plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
 * ``models``: ``[{"task", "name", "architecture", "sha256"}]``
 * ``files``: the other files written (``overlay``, ``report``)
 """
@@ -37,6 +43,9 @@ class Findings:
     lungs: dict[str, Any] | None = None
     infection: dict[str, Any] | None = None
     classification: dict[str, Any] | None = None
+    detections: list[dict[str, Any]] | None = None
+    nodules: list[dict[str, Any]] | None = None
+    nodule_mask: str | None = None
     models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     created: str = dataclasses.field(

@@ -11,7 +11,7 @@ import numpy as np
 from pulmo.io import Image2D, Volume, write_mask_png, write_nifti
 from pulmo.pipeline.findings import Findings
 from pulmo.report.html import render_report
-from pulmo.report.overlay import LUNG_COLOUR, grey_rgb, heatmap_overlay, label_layers, mask_overlay, overlay
+from pulmo.report.overlay import LUNG_COLOUR, NODULE_COLOUR, detection_overlay, grey_rgb, heatmap_overlay, label_layers, mask_overlay, overlay
 from pulmo.transforms import window_hu
 
 __all__ = ["grey_rgb", "mask_overlay", "overlay", "render_report", "write_ct_outputs", "write_cxr_outputs"]
@@ -34,6 +34,13 @@ def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.nd
     write_mask_png(masks["lungs"], out / "lung_mask.png")
     mask_overlay(image.pixels, masks["lungs"]).save(out / "overlay.png")
     images = {"lung mask overlay": "overlay.png"}
+    if findings.detections is not None:
+        from pulmo.datasets.detection import TBX11K_CLINICAL_NAMES
+
+        detection_overlay(image.pixels, findings.detections, lungs=masks["lungs"],
+                          names=TBX11K_CLINICAL_NAMES).save(out / "detections.png")
+        n = len(findings.detections)
+        images[f"lesion detections ({n} box{'es' if n != 1 else ''} above the threshold)"] = "detections.png"
     cls = findings.classification or {}
     for method, name in (cls.get("heatmaps") or {}).items():
         heatmap_overlay(image.pixels, masks[f"heatmap/{method}"], masks["lungs"]).save(out / name)
@@ -67,6 +74,15 @@ def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[st
             layers = [(lungs[z], LUNG_COLOUR, 0.12, True), *label_layers(infection[z], n_labels)]
             overlay(window_hu(image.hu[z]), layers, already_01=True).save(out / name)
             images[f"{caption} (z index {z})"] = name
+        nodules = masks.get("nodules")
+        if nodules is not None:
+            write_nifti(nodules.astype(np.int16), image, out / "nodule_mask.nii.gz")
+            for i, n in enumerate((findings.nodules or [])[:4]):
+                z = int(np.clip(n["slice_index"], 0, image.shape[0] - 1))
+                name = f"nodule_{i + 1}_axial_{z:03d}.png"
+                layers = [(lungs[z], LUNG_COLOUR, 0.0, True), (nodules[z] == i + 1, NODULE_COLOUR, 0.35, True)]
+                overlay(window_hu(image.hu[z]), layers, already_01=True).save(out / name)
+                images[f"nodule {i + 1}: {n['diameter_mm']:.1f} mm, p={n['probability']:.2f} (z index {z})"] = name
         y = int(np.argmax(lungs.sum(axis=(0, 2))))
         aspect = image.spacing[0] / image.spacing[2]
         cor = overlay(window_hu(image.hu[::-1, y, :]), [(lungs[::-1, y, :], LUNG_COLOUR, 0.12, True),

@@ -35,6 +35,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _finding_line(row: dict[str, Any]) -> str:
+    """One detection or nodule as a line of text (boxes and centres as bracketed lists)."""
+    return "; ".join(f"{k.replace('_', ' ')} [{', '.join(f'{x:.1f}' for x in v)}]" if isinstance(v, list | tuple)
+                     else f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in row.items())
+
+
 def _table(section: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{html.escape(_LABELS.get(k, k.replace('_', ' ')))}</th><td>{html.escape(_fmt(v))}</td></tr>"
                    for k, v in section.items())
@@ -48,6 +54,16 @@ def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
     for key, title in (("lungs", "Lungs"), ("infection", "Infection (CT)")):
         if findings.get(key):
             sections.append((title, findings[key]))
+    if findings.get("classification"):
+        c = findings["classification"]
+        sections.append(("Classification", {"predicted": c.get("predicted"), **{
+            f"p({k})": v for k, v in (c.get("probabilities") or {}).items()},
+            "heatmap energy in lungs": c.get("heatmap_energy_in_lungs")}))
+    for key, title in (("detections", "Lesion detections (CXR)"), ("nodules", "Nodules (CT)")):
+        if findings.get(key) is not None:
+            rows = findings[key]
+            sections.append((title, {f"{i + 1}": _finding_line(r) for i, r in enumerate(rows)}
+                                    or {"none": "no finding above the threshold"}))
     body = "".join(f"<h2>{html.escape(t)}</h2>{_table(s)}" for t, s in sections)
     models = "".join(
         f"<tr><td>{html.escape(str(m.get('task')))}</td><td>{html.escape(str(m.get('name')))}</td>"

@@ -9,6 +9,7 @@ from scipy import ndimage
 from pulmo.transforms import normalize_cxr
 
 LUNG_COLOUR = (0, 200, 120)
+NODULE_COLOUR = (255, 140, 0)
 LABEL_COLOURS = [(230, 40, 40), (250, 200, 0), (230, 40, 40)]  # binary infection; GGO yellow, consolidation red
 
 
@@ -84,4 +85,41 @@ def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, lungs: np.ndarray | No
     if max(im.size) > max_side:
         scale = max_side / max(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+    return im
+
+
+DETECTION_COLOURS = [(255, 80, 40), (255, 210, 0), (80, 170, 255), (230, 90, 230)]
+
+
+def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[str] | None = None,
+                      lungs: np.ndarray | None = None, names: dict[str, str] | None = None,
+                      max_side: int = 1024) -> Image.Image:
+    """The image with labelled boxes (seed 2's picture): each ``{"label", "score", "box_xyxy"}`` (original
+    px) drawn as a rectangle with ``"<name> <score>"`` above it; one colour per label; lungs outlined when
+    given. ``names`` maps labels to display names (e.g. TBX11K's clinical terms)."""
+    from PIL import ImageDraw, ImageFont
+
+    rgb = grey_rgb(pixels).astype(np.float32)
+    if lungs is not None:
+        _paint(rgb, lungs, LUNG_COLOUR, 0.0, True)
+    im = Image.fromarray(rgb.astype(np.uint8))
+    scale = min(1.0, max_side / max(im.size))
+    if scale < 1.0:
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(im)
+    width = max(2, round(max(im.size) / 400))
+    try:
+        font = ImageFont.load_default(size=max(12, round(max(im.size) / 50)))
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    order = list(labels or sorted({d["label"] for d in detections}))
+    for d in detections:
+        colour = DETECTION_COLOURS[order.index(d["label"]) % len(DETECTION_COLOURS)] if d["label"] in order else (255, 255, 255)
+        x1, y1, x2, y2 = (v * scale for v in d["box_xyxy"])
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = f"{(names or {}).get(d['label'], d['label'])} {d['score']:.2f}"
+        tx, ty = x1, max(0, y1 - font.size - 4) if hasattr(font, "size") else max(0, y1 - 14)
+        bbox = draw.textbbox((tx, ty), text, font=font)
+        draw.rectangle(bbox, fill=(0, 0, 0))
+        draw.text((tx, ty), text, fill=colour, font=font)
     return im

@@ -192,7 +192,7 @@
     const w = base.naturalWidth, h = base.naturalHeight;
     const stage = $("stage2d");
     for (const [key, label, colour, opacity] of MASK_LAYERS) {
-      const mask = f[key] && f[key].mask;
+      const mask = key === "nodules" ? f.nodule_mask : f[key] && f[key].mask;
       if (!mask || !/\.png$/.test(mask) || !names.has(mask)) continue;
       try {
         const canvas = await maskCanvas(mask, colour, w, h);
@@ -291,7 +291,7 @@
     const volumes = [{ url: fileUrl("volume.nii.gz"), name: "volume.nii.gz", colormap: "gray", cal_min: -1350, cal_max: 150 }];
     const layers = [];
     for (const [key, label, colour, opacity] of MASK_LAYERS) {
-      const mask = f[key] && f[key].mask;
+      const mask = key === "nodules" ? f.nodule_mask : f[key] && f[key].mask;
       if (!mask || !/\.nii(\.gz)?$/.test(mask) || !names.has(mask)) continue;
       const colormap = { lungs: "green", infection: "red", nodules: "warm" }[key];
       layers.push({ index: volumes.length, label, opacity });
@@ -328,7 +328,7 @@
     if (!Array.isArray(f.nodules) || !f.nodules.length) return;
     const rows = $("nodule-rows");
     f.nodules.forEach((n, i) => {
-      const c = n.center_mm || n.centre_mm || n.center_world_mm;
+      const c = n.center_xyz_mm || n.center_mm;
       const tr = rows.insertRow();
       tr.insertCell().textContent = String(i + 1);
       tr.insertCell().textContent = Array.isArray(c) ? c.map((v) => v.toFixed(1)).join(", ") : "—";

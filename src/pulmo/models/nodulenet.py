@@ -1,0 +1,256 @@
+"""A CPU-sized 3D nodule network of the NoduleNet design (Tang et al., "NoduleNet: Decoupled False Positive
+Reduction for Pulmonary Nodule Detection and Segmentation", MICCAI 2019; seed 3 of SEEDS.md).
+
+Design, as in the paper, scaled down for two CPU cores:
+
+* **feature network**: a residual 3D encoder (stride 2 stem, residual stages at strides 2, 4 and 8) and one
+  up-sampling path back to stride 4; three **coordinate channels** (the normalised z, y, x position of each
+  voxel in the lung crop) are concatenated before the stride-4 fusion block, as NoduleNet and DeepLung do;
+* **RPN** at stride 4: per voxel and per cubic 3D anchor (default 5, 10, 20, 30 mm), an objectness logit and
+  a box regression ``(dz, dy, dx, log dd)``; trained with the sigmoid **focal loss** (alpha 0.25, gamma 2,
+  ``torchvision.ops.sigmoid_focal_loss``) and smooth L1;
+* **decoupled false-positive reduction (FPR) head**: ROI features cropped from the *shallower* stride-2 map
+  (not the RPN's stride-4 map: the decoupling of the paper) with trilinear ROI sampling
+  (``torch.nn.functional.grid_sample``), a small 3D CNN, a nodule logit and a box refinement;
+* **mask head**: per detection, stride-4 features sampled in the ROI, up-sampled x2 and fused with the
+  stride-2 features and the image itself, then a 3D CNN -> mask logits on a ``mask_size``^3 ROI grid.
+
+Boxes are cubes ``(z, y, x, d)`` in voxels of the network input (centre and side). Shapes: input
+``(B, 1, D, H, W)`` with D, H, W multiples of 8 and intensities in [0, 1] (HU window -1200..600), coordinates
+``(B, 3, D/4, H/4, W/4)`` in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import sigmoid_focal_loss
+
+from pulmo.models.registry import register_model
+
+RPN_STRIDE = 4
+
+
+class ResBlock3d(nn.Module):
+    """Pre-activation-free residual block: conv-BN-ReLU-conv-BN + (projected) identity, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm3d(cout)
+        self.skip = (nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.BatchNorm3d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)) + self.skip(x), inplace=True)
+
+
+def coordinate_channels(shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    """``(3, *shape)`` normalised z, y, x voxel positions in [-1, 1] (the coordinate channels)."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def box_iou_cubes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of cubes ``a (N, 4)`` and ``b (M, 4)`` given as ``(z, y, x, d)`` -> ``(N, M)``."""
+    lo = torch.maximum(a[:, None, :3] - a[:, None, 3:] / 2, b[None, :, :3] - b[None, :, 3:] / 2)
+    hi = torch.minimum(a[:, None, :3] + a[:, None, 3:] / 2, b[None, :, :3] + b[None, :, 3:] / 2)
+    inter = (hi - lo).clamp(min=0).prod(-1)
+    return inter / (a[:, None, 3] ** 3 + b[None, :, 3] ** 3 - inter).clamp(min=1e-6)
+
+
+def nms_cubes(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int) -> torch.Tensor:
+    """Greedy non-maximum suppression of cubes; indices kept, highest score first (at most ``max_keep``)."""
+    order = scores.argsort(descending=True)
+    keep: list[int] = []
+    while order.numel() and len(keep) < max_keep:
+        i = int(order[0])
+        keep.append(i)
+        if order.numel() == 1:
+            break
+        iou = box_iou_cubes(boxes[i:i + 1], boxes[order[1:]])[0]
+        order = order[1:][iou <= iou_threshold]
+    return torch.as_tensor(keep, dtype=torch.long)
+
+
+def encode(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Regression targets of ``boxes`` w.r.t. ``anchors`` (both ``(N, 4)`` z, y, x, d)."""
+    return torch.cat([(boxes[:, :3] - anchors[:, :3]) / anchors[:, 3:], torch.log(boxes[:, 3:] / anchors[:, 3:])], 1)
+
+
+def decode(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode` (the size term clamped to avoid overflow)."""
+    return torch.cat([anchors[:, :3] + deltas[:, :3] * anchors[:, 3:],
+                      anchors[:, 3:] * torch.exp(deltas[:, 3:].clamp(-4, 4))], 1)
+
+
+def _roi_grid(boxes: torch.Tensor, size: int, shape: Sequence[int], scale: float, expand: float) -> torch.Tensor:
+    """``grid_sample`` grids ``(N, size, size, size, 3)`` covering each box (input voxels) expanded by ``expand``
+    on a feature map of ``shape`` whose voxels are ``scale`` input voxels."""
+    t = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size - 0.5  # (-0.5, 0.5)
+    side = boxes[:, 3:] * expand
+    grids = []
+    for axis in range(3):
+        centre_f = (boxes[:, axis:axis + 1] + 0.5) / scale - 0.5        # centre in feature voxels
+        coords = centre_f + t[None] * side / scale                        # (N, size) feature voxels
+        grids.append(2 * (coords + 0.5) / shape[axis] - 1)                # align_corners=False normalisation
+    gz, gy, gx = grids
+    n = boxes.shape[0]
+    z = gz[:, :, None, None].expand(n, size, size, size)
+    y = gy[:, None, :, None].expand(n, size, size, size)
+    x = gx[:, None, None, :].expand(n, size, size, size)
+    return torch.stack([x, y, z], -1)
+
+
+def roi_sample(feature: torch.Tensor, batch_index: torch.Tensor, boxes: torch.Tensor, size: int, scale: float,
+               expand: float = 1.5, mode: str = "bilinear") -> torch.Tensor:
+    """Trilinear ROI sampling: ``(N, C, size, size, size)`` from ``feature (B, C, D, H, W)`` for boxes in input
+    voxels (``scale`` = input voxels per feature voxel); zeros outside the map."""
+    if boxes.numel() == 0:
+        return feature.new_zeros((0, feature.shape[1], size, size, size))
+    grid = _roi_grid(boxes.float(), size, feature.shape[2:], scale, expand).to(feature.dtype)
+    return F.grid_sample(feature[batch_index], grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+class NoduleNet3d(nn.Module):
+    """The multi-task network (see the module docstring).
+
+    Args:
+        channels: widths of the stride-2, -4 and -8 stages.
+        anchors: cube sides of the anchors in input voxels.
+        roi_size: side of the FPR head's ROI grid. mask_size: side of the mask head's ROI grid.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
+                 anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24):
+        super().__init__()
+        c2, c4, c8 = channels
+        self.anchor_sizes = tuple(float(a) for a in anchors)
+        self.roi_size, self.mask_size = roi_size, mask_size
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, 16, 3, 2, 1, bias=False), nn.BatchNorm3d(16), nn.ReLU(inplace=True))
+        self.stage2 = ResBlock3d(16, c2)
+        self.stage4 = nn.Sequential(ResBlock3d(c2, c4, 2), ResBlock3d(c4, c4))
+        self.stage8 = nn.Sequential(ResBlock3d(c4, c8, 2), ResBlock3d(c8, c8))
+        self.up = nn.Sequential(nn.ConvTranspose3d(c8, c4, 2, 2), nn.BatchNorm3d(c4), nn.ReLU(inplace=True))
+        self.fuse = ResBlock3d(2 * c4 + 3, c4)
+        a = len(self.anchor_sizes)
+        self.rpn = nn.Sequential(nn.Conv3d(c4, c4, 3, 1, 1), nn.ReLU(inplace=True))
+        self.rpn_cls = nn.Conv3d(c4, a, 1)
+        self.rpn_reg = nn.Conv3d(c4, 4 * a, 1)
+        nn.init.constant_(self.rpn_cls.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01 (RetinaNet)
+        nn.init.zeros_(self.rpn_reg.weight)
+        nn.init.zeros_(self.rpn_reg.bias)
+        self.fpr = nn.Sequential(nn.Conv3d(c2 + 1, 48, 3, 1, 1), nn.BatchNorm3d(48), nn.ReLU(inplace=True),
+                                 nn.MaxPool3d(2), nn.Conv3d(48, 64, 3, 1, 1), nn.BatchNorm3d(64),
+                                 nn.ReLU(inplace=True), nn.AdaptiveAvgPool3d(2), nn.Flatten(),
+                                 nn.Linear(64 * 8, 128), nn.ReLU(inplace=True))
+        self.fpr_cls = nn.Linear(128, 1)
+        self.fpr_reg = nn.Linear(128, 4)
+        nn.init.zeros_(self.fpr_reg.weight)
+        nn.init.zeros_(self.fpr_reg.bias)
+        self.mask_low = nn.Sequential(nn.Conv3d(c4, 32, 3, 1, 1), nn.BatchNorm3d(32), nn.ReLU(inplace=True))
+        self.mask_high = nn.Sequential(ResBlock3d(32 + c2 + 1, 32), nn.Conv3d(32, 1, 1))
+
+    # ------------------------------------------------------------------ features and RPN
+    def features(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{"f2": stride-2 map, "f4": fused stride-4 map, "cls": (B, A, D/4, H/4, W/4) logits,
+        "reg": (B, 4A, D/4, H/4, W/4)}``."""
+        if any(s % 8 for s in image.shape[2:]):
+            raise ValueError(f"input sides must be multiples of 8, got {tuple(image.shape[2:])}")
+        f2 = self.stage2(self.stem(image))
+        f4 = self.stage4(f2)
+        f8 = self.stage8(f4)
+        if coords is None:
+            coords = coordinate_channels(f4.shape[2:], image.device)[None].expand(image.shape[0], -1, -1, -1, -1)
+        f4 = self.fuse(torch.cat([f4, self.up(f8), coords.to(f4.dtype)], 1))
+        r = self.rpn(f4)
+        return {"f2": f2, "f4": f4, "cls": self.rpn_cls(r), "reg": self.rpn_reg(r)}
+
+    def anchors(self, feature_shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+        """All anchors ``(D4 * H4 * W4 * A, 4)`` in input voxels, in the order of the flattened RPN outputs."""
+        centres = [(torch.arange(n, device=device, dtype=torch.float32) + 0.5) * RPN_STRIDE - 0.5 for n in feature_shape]
+        zz, yy, xx = torch.meshgrid(*centres, indexing="ij")
+        pos = torch.stack([zz, yy, xx], -1).reshape(-1, 1, 3)
+        sizes = torch.tensor(self.anchor_sizes, device=device).reshape(1, -1, 1)
+        return torch.cat([pos.expand(-1, len(self.anchor_sizes), -1), sizes.expand(pos.shape[0], -1, -1)], -1).reshape(-1, 4)
+
+    def flat_rpn(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RPN outputs as ``(B, N_anchors)`` logits and ``(B, N_anchors, 4)`` deltas (anchor order)."""
+        b, a = out["cls"].shape[:2]
+        cls = out["cls"].permute(0, 2, 3, 4, 1).reshape(b, -1)
+        reg = out["reg"].reshape(b, a, 4, *out["reg"].shape[2:]).permute(0, 3, 4, 5, 1, 2).reshape(b, -1, 4)
+        return cls, reg
+
+    # ------------------------------------------------------------------ heads on ROIs
+    def fpr_head(self, f2: torch.Tensor, image: torch.Tensor, batch_index: torch.Tensor,
+                 boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nodule logits ``(N,)`` and box refinements ``(N, 4)`` of ROIs ``boxes`` (input voxels)."""
+        roi = torch.cat([roi_sample(f2, batch_index, boxes, self.roi_size, 2.0),
+                         roi_sample(image, batch_index, boxes, self.roi_size, 1.0)], 1)
+        h = self.fpr(roi)
+        return self.fpr_cls(h)[:, 0], self.fpr_reg(h)
+
+    def mask_head(self, f2: torch.Tensor, f4: torch.Tensor, image: torch.Tensor, batch_index: torch.Tensor,
+                  boxes: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(N, mask_size, mask_size, mask_size)`` on each box's ROI grid (box x 1.5)."""
+        m = self.mask_size
+        low = self.mask_low(roi_sample(f4, batch_index, boxes, m // 2, 4.0))
+        low = F.interpolate(low, scale_factor=2, mode="trilinear", align_corners=False)
+        high = torch.cat([low, roi_sample(f2, batch_index, boxes, m, 2.0), roi_sample(image, batch_index, boxes, m, 1.0)], 1)
+        return self.mask_high(high)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+def rpn_targets(anchors: torch.Tensor, gt: torch.Tensor, pos_iou: float = 0.3,
+                neg_iou: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor labels (1 positive, 0 negative, -1 ignored) and regression targets for one image.
+
+    Positives: IoU >= ``pos_iou`` with a nodule, plus the best anchor of each nodule; negatives: IoU < ``neg_iou``
+    with every nodule.
+    """
+    labels = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    targets = torch.zeros((len(anchors), 4), device=anchors.device)
+    if len(gt) == 0:
+        return labels, targets
+    iou = box_iou_cubes(anchors, gt)
+    best_iou, best_gt = iou.max(1)
+    labels[(best_iou >= neg_iou) & (best_iou < pos_iou)] = -1
+    labels[best_iou >= pos_iou] = 1
+    forced = iou.argmax(0)
+    labels[forced] = 1
+    best_gt[forced] = torch.arange(len(gt), device=anchors.device)
+    targets = encode(gt[best_gt], anchors)
+    return labels, targets
+
+
+def rpn_loss(cls: torch.Tensor, reg: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sigmoid focal loss (alpha 0.25, gamma 2) over non-ignored anchors, normalised by the positives, plus
+    smooth L1 on the positives' regression. Shapes: ``cls (N,)``, ``reg (N, 4)``, ``labels (N,)``, ``targets (N, 4)``."""
+    valid = labels >= 0
+    pos = labels == 1
+    n_pos = max(1, int(pos.sum()))
+    focal = sigmoid_focal_loss(cls[valid].float(), labels[valid].float(), alpha=0.25, gamma=2.0, reduction="sum") / n_pos
+    box = F.smooth_l1_loss(reg[pos].float(), targets[pos], reduction="sum", beta=1 / 9) / n_pos if pos.any() else cls.sum() * 0
+    return focal + box
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE-with-logits of mask logits and a {0, 1} target of the same shape."""
+    p = torch.sigmoid(logits.float())
+    dims = tuple(range(1, target.dim()))
+    dice = 1 - (2 * (p * target).sum(dims) + 1) / (p.sum(dims) + target.sum(dims) + 1)
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+@register_model("nodulenet-3d", task="nodule", description="NoduleNet-style 3D RPN + decoupled FPR + mask heads (CPU size)")
+def nodulenet_3d(in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
+                 anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24) -> NoduleNet3d:
+    return NoduleNet3d(in_channels, tuple(channels), tuple(anchors), roi_size, mask_size)

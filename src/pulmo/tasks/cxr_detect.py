@@ -1,0 +1,396 @@
+"""``cxr-detect``: lesion boxes on chest X-rays (SEEDS.md seeds 1 and 2).
+
+Two routes share the data, splits and metrics of this module:
+
+* **RetinaNet** (:mod:`pulmo.models.detection`; Lin et al. 2017): torchvision's detector with focal loss,
+  trained here with box-aware augmentation from ``torchvision.transforms.v2`` (flip, affine, contrast; boxes
+  follow the image and boxes pushed out of it are dropped by ``SanitizeBoundingBoxes``).
+* **The U-Net lesion route** of seed 1 (:mod:`pulmo.tasks.cxr_detect_unet`): boxes rasterised to masks, a
+  U-Net, masks turned back into scored boxes.
+
+Data: TBX11K (``--format tbx11k``: COCO JSON + ``imgs/``), ChestX-Det10, RSNA Pneumonia and NIH ChestX-ray14
+box lists (:mod:`pulmo.datasets.detection`). Every image is read through :func:`pulmo.io.read_image`,
+normalised with :func:`pulmo.transforms.normalize_cxr` and resized (squashed) to ``size`` x ``size``;
+boxes are scaled with it and mapped back to the original pixels at the end.
+
+Splits: by patient (TBX11K publishes none, so by image): a test hold-out (``test_fraction``) that training never
+sees, then a validation hold-out for model selection and the score threshold. The card lists the held-out
+images so ``pulmo evaluate cxr-detect --split test`` scores exactly them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from pulmo.datasets import split_by_patient
+from pulmo.datasets.detection import (chestx_det10_records, label_counts, nih_bbox_records, rsna_pneumonia_records,
+                                      tbx11k_records)
+from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.errors import ConfigError, InputError
+from pulmo.io import Image2D, read_image
+from pulmo.metrics.detection import detection_metrics, rsna_score
+from pulmo.models import create_model
+from pulmo.transforms import normalize_cxr, resize_image
+from pulmo.weights import resolve_card, save_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "cxr-detect"
+FORMATS = ("tbx11k", "chestx-det10", "rsna", "nih")
+SCORE_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
+
+
+@dataclasses.dataclass
+class DetectConfig(TrainConfig):
+    """Settings of ``pulmo train cxr-detect`` (adds to :class:`TrainConfig`).
+
+    Attributes:
+        data: dataset root. format: one of :data:`FORMATS`. annotations: the label file (relative to
+            ``data`` for TBX11K; required for the other formats).
+        architecture: ``retinanet-r18-fpn`` or ``retinanet-r34-fpn``.
+        size: working resolution (px, square). fpn_channels: FPN / head width.
+        test_fraction, val_fraction, split_seed: the patient-grouped hold-outs.
+        init_backbone: optional ``.safetensors`` of a torchvision ResNet classifier of the same depth (e.g. a
+            ``pulmo train cxr-classify --architecture resnet18`` run) to initialise the body from.
+        name: name of the weight file and card written to ``out_dir``.
+    """
+
+    data: str = ""
+    format: str = "tbx11k"
+    annotations: str = ""
+    architecture: str = "retinanet-r18-fpn"
+    size: int = 512
+    fpn_channels: int = 128
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    init_backbone: str = ""
+    name: str = DEFAULT_WEIGHTS
+    epochs: int = 16
+    batch_size: int = 4
+    lr: float = 5e-4
+    patience: int = 8
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def load_records(data: str | Path, format: str, annotations: str | Path | None = None,
+                 counts: dict | None = None) -> list[dict[str, Any]]:
+    """Box records (see :mod:`pulmo.datasets.detection`) of a dataset in one of :data:`FORMATS`.
+
+    Raises:
+        ConfigError: unknown format, or a format that needs ``annotations`` without it.
+        InputError: as the adapters (missing or malformed label files).
+    """
+    data = Path(data)
+    if format == "tbx11k":
+        return tbx11k_records(data, annotations or None, counts=counts)
+    if format not in FORMATS:
+        raise ConfigError(f"unknown cxr-detect format {format!r}; expected one of {FORMATS}")
+    if not annotations:
+        raise ConfigError(f"--format {format} needs --annotations (the label file: ChestX-Det10 JSON, RSNA "
+                          f"stage_2_train_labels.csv or NIH BBox_List_2017.csv)")
+    ann = Path(annotations)
+    if not ann.is_absolute() and (data / ann).is_file():
+        ann = data / ann
+    if format == "chestx-det10":
+        return chestx_det10_records(ann, data, counts=counts)
+    if format == "rsna":
+        return rsna_pneumonia_records(ann, data, counts=counts)
+    return nih_bbox_records(ann, data, counts=counts)
+
+
+def split_records(records: Sequence[dict], test_fraction: float, val_fraction: float,
+                  seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, validation, test), disjoint by ``patient_id``: the test share first, then validation out of
+    the rest (``val_fraction`` of the whole)."""
+    rest, test = split_by_patient(records, test_fraction, seed, exact=True)
+    train, val = split_by_patient(rest, val_fraction / max(1e-9, 1 - test_fraction), seed + 1, exact=True)
+    return train, val, test
+
+
+def prepare_image(image: Image2D, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """A chest X-ray as the detector's input: float32 ``(size, size)`` in [0, 1] and the (x, y) scale that maps
+    working px back to original px.
+
+    Raises:
+        InputError: a colour image (detection runs on greyscale radiographs).
+    """
+    pixels = image.pixels
+    if pixels.ndim != 2:
+        raise InputError(f"{image.source.get('path', 'image')}: expected a greyscale radiograph (H, W), got "
+                         f"shape {pixels.shape}")
+    h, w = pixels.shape
+    x = resize_image(normalize_cxr(pixels), (size, size)).astype(np.float32)
+    return x, (w / size, h / size)
+
+
+class DetectionDataset(Dataset):
+    """Images (uint8, working size, in memory) and their boxes in working px.
+
+    Item: ``{"image": float32 (1, size, size) in [0, 1], "boxes": float32 (N, 4) xyxy, "labels": int64 (N,)
+    in 1..K}``; with ``augment`` the image and boxes go through the same random flip / affine / contrast.
+    """
+
+    def __init__(self, records: Sequence[dict], classes: Sequence[str], size: int, augment: bool = False,
+                 progress: bool = True):
+        self.size, self.augment = size, augment
+        index = {c: i + 1 for i, c in enumerate(classes)}
+        self.images, self.boxes, self.labels = [], [], []
+        for r in tqdm(records, desc="load images", disable=not progress, leave=False):
+            x, (sx, sy) = prepare_image(read_image(r["image"]), size)
+            self.images.append(np.round(x * 255).astype(np.uint8))
+            b = np.asarray(r["boxes_xyxy"], np.float32).reshape(-1, 4) / np.array([sx, sy, sx, sy], np.float32)
+            self.boxes.append(b)
+            self.labels.append(np.array([index[c] for c in r["labels"]], np.int64))
+        self.transform = _augmentation() if augment else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = torch.from_numpy(self.images[i]).float()[None] / 255.0
+        boxes, labels = torch.from_numpy(self.boxes[i]), torch.from_numpy(self.labels[i])
+        if self.transform is not None:
+            from torchvision import tv_tensors
+
+            out = self.transform({"image": tv_tensors.Image(image),
+                                  "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY",
+                                                                    canvas_size=image.shape[-2:]),
+                                  "labels": labels})
+            image, boxes, labels = out["image"].as_subclass(torch.Tensor), out["boxes"].as_subclass(torch.Tensor), out["labels"]
+        return {"image": image.clamp(0, 1), "boxes": boxes.float().reshape(-1, 4), "labels": labels.long()}
+
+
+def _augmentation():
+    """Box-aware augmentation (torchvision.transforms.v2): horizontal flip, small affine, contrast /
+    brightness; boxes leaving the image or shrinking below 4 px are removed."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.85, 1.15))], p=0.7),
+        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.25)], p=0.6),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=4),
+    ])
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images ``(B, 1, H, W)``; keep the per-image ``targets`` as a list of dicts."""
+    return {"image": torch.stack([it["image"] for it in items]),
+            "targets": [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]}
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+def _to_numpy_predictions(outputs: list[dict[str, torch.Tensor]], classes: Sequence[str],
+                          scale: Sequence[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
+    preds = []
+    for i, o in enumerate(outputs):
+        boxes = o["boxes"].float().numpy().astype(np.float64)
+        if scale is not None:
+            sx, sy = scale[i]
+            boxes = boxes * np.array([sx, sy, sx, sy])
+        preds.append({"boxes": boxes.reshape(-1, 4), "scores": o["scores"].float().numpy().astype(np.float64),
+                      "labels": [classes[int(k) - 1] for k in o["labels"]]})
+    return preds
+
+
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, dataset: DetectionDataset, classes: Sequence[str],
+                    batch_size: int = 4) -> list[dict[str, Any]]:
+    """Predictions (working px) for every image of ``dataset``, in order."""
+    model.eval()
+    preds = []
+    for s in range(0, len(dataset), batch_size):
+        images = [dataset[i]["image"] for i in range(s, min(len(dataset), s + batch_size))]
+        preds += _to_numpy_predictions(model(images), classes)
+    return preds
+
+
+def dataset_ground_truth(dataset: DetectionDataset, classes: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"boxes": b.astype(np.float64), "labels": [classes[k - 1] for k in lab]}
+            for b, lab in zip(dataset.boxes, dataset.labels)]
+
+
+def above(preds: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """Predictions with score >= ``threshold``."""
+    out = []
+    for p in preds:
+        keep = p["scores"] >= threshold
+        out.append({"boxes": p["boxes"][keep], "scores": p["scores"][keep],
+                    "labels": [lab for lab, k in zip(p["labels"], keep) if k]})
+    return out
+
+
+def choose_score_threshold(preds: list[dict[str, Any]], gts: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
+    """The score threshold maximising the RSNA score (mean over IoU 0.40-0.75 of TP / (TP + FP + FN)) on
+    validation, over :data:`SCORE_GRID`. Returns ``(threshold, {threshold: score})``."""
+    grid = {t: rsna_score(above(preds, t), gts) for t in SCORE_GRID}
+    grid = {t: (0.0 if np.isnan(v) else v) for t, v in grid.items()}
+    return max(grid, key=lambda t: (grid[t], -abs(t - 0.5))), grid
+
+
+def _metrics(preds: list[dict], gts: list[dict], threshold: float) -> dict[str, Any]:
+    m = detection_metrics(preds, gts)
+    m["rsna_score"] = rsna_score(above(preds, threshold), gts)  # the RSNA score counts every box kept
+    m["score_threshold"] = threshold
+    return m
+
+
+def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
+    """Train RetinaNet, choose the score threshold on validation, score the test hold-out, and write
+    ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    out = Path(config.out_dir)
+    save_config(config, out / "config.yaml")
+    counts: dict[str, int] = {}
+    records = load_records(config.data, config.format, config.annotations or None, counts)
+    classes = sorted(label_counts(records))
+    if not classes:
+        raise InputError(f"{config.data}: no boxes in the {config.format} labels; nothing to train on")
+    train_r, val_r, test_r = split_records(records, config.test_fraction, config.val_fraction, config.split_seed)
+    logger.info("cxr-detect: classes %s; %d train / %d val / %d test images", classes, len(train_r), len(val_r),
+                len(test_r))
+    kwargs = {"num_classes": len(classes), "fpn_channels": config.fpn_channels, "min_size": config.size,
+              "max_size": config.size}
+    model = create_model(config.architecture, **kwargs)
+    if config.init_backbone:
+        from pulmo.models.detection import init_backbone
+
+        n = init_backbone(model, load_file(config.init_backbone))
+        logger.info("initialised %d backbone tensors from %s", n, config.init_backbone)
+    train_ds = DetectionDataset(train_r, classes, config.size, augment=True, progress=config.progress)
+    val_ds = DetectionDataset(val_r, classes, config.size, progress=config.progress)
+    val_gt = dataset_ground_truth(val_ds, classes)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        losses = m(list(batch["image"]), batch["targets"])
+        return sum(v.float() for v in losses.values())
+
+    def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+        preds = predict_dataset(m, val_ds, classes)
+        met = detection_metrics(preds, val_gt)
+        return {"ap_50_agnostic": met["ap_50_agnostic"], "map_50": met["map_50"]}
+
+    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic", collate_fn=collate)
+    if summary["rank"] != 0:
+        return {}
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model.eval()
+    val_preds = predict_dataset(model, val_ds, classes)
+    threshold, grid = choose_score_threshold(val_preds, val_gt)
+    val_metrics = _metrics(val_preds, val_gt, threshold)
+    test_ds = DetectionDataset(test_r, classes, config.size, progress=config.progress)
+    test_metrics = _metrics(predict_dataset(model, test_ds, classes), dataset_ground_truth(test_ds, classes), threshold)
+    card = {
+        "name": config.name,
+        "architecture": config.architecture,
+        "model_kwargs": kwargs,
+        "task": "cxr-detect",
+        "labels": classes,
+        "thresholds": {"score": threshold},
+        "threshold_grid_rsna_score": {str(t): round(v, 4) for t, v in grid.items()},
+        "input": {"size": [config.size, config.size], "channels": 1,
+                  "normalisation": "normalize_cxr (0.5-99.5 percentile -> [0, 1]), squashed to size x size"},
+        "training": {"data": config.data, "format": config.format, "annotations": config.annotations,
+                     "label_counts": dict(label_counts(train_r)), "n_train": len(train_r), "n_val": len(val_r),
+                     "n_test": len(test_r),
+                     "split": f"by patient (TBX11K: by image): test {config.test_fraction:.0%}, validation "
+                              f"{config.val_fraction:.0%}, split seed {config.split_seed}",
+                     "val_images": [Path(r["image"]).name for r in val_r],
+                     "test_images": [Path(r["image"]).name for r in test_r],
+                     "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
+                     "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
+                     "loss": "sigmoid focal loss (alpha 0.25, gamma 2) + L1 box regression (torchvision RetinaNet)",
+                     "pretraining": ("backbone initialised from " + config.init_backbone) if config.init_backbone
+                     else "none: ImageNet weights cannot be downloaded here; trained from scratch"},
+        "metrics": {"validation": _round(val_metrics), "test": _round(test_metrics)},
+        "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)",
+    }
+    return save_weights(model, out / f"{config.name}.safetensors", card)
+
+
+def _round(m: dict[str, Any]) -> dict[str, Any]:
+    r = {}
+    for k, v in m.items():
+        if isinstance(v, float):
+            r[k] = round(v, 4)
+        elif isinstance(v, dict):
+            r[k] = {kk: round(vv, 4) if isinstance(vv, float) else vv for kk, vv in v.items()}
+        else:
+            r[k] = v
+    return r
+
+
+class Detector:
+    """Lesion boxes on chest X-rays with a bundled or trained ``cxr-detect`` weight set (RetinaNet).
+
+    Raises:
+        WeightsError: missing or corrupted weights.
+    """
+
+    def __init__(self, weights: str = DEFAULT_WEIGHTS):
+        self.card = resolve_card(weights)
+        self.model = create_model(self.card["architecture"], weights=weights).eval()
+        self.size = int(self.card["input"]["size"][0])
+        self.labels = list(self.card["labels"])
+        self.threshold = float(self.card["thresholds"]["score"])
+
+    @torch.no_grad()
+    def predict_raw(self, images: Sequence[Image2D]) -> list[dict[str, Any]]:
+        """Every candidate (score >= the model's 0.05 floor) per image, boxes in original px."""
+        xs, scales = zip(*(prepare_image(im, self.size) for im in images))
+        outputs = self.model([torch.from_numpy(x)[None] for x in xs])
+        return _to_numpy_predictions(outputs, self.labels, scales)
+
+    def predict(self, image: Image2D) -> list[dict[str, Any]]:
+        """Detections above the card's score threshold, highest score first:
+        ``[{"label": str, "score": float in [0, 1], "box_xyxy": [x1, y1, x2, y2] original px}]``."""
+        p = above(self.predict_raw([image]), self.threshold)[0]
+        order = np.argsort(-p["scores"], kind="mergesort")
+        return [{"label": p["labels"][i], "score": round(float(p["scores"][i]), 4),
+                 "box_xyxy": [round(float(v), 1) for v in p["boxes"][i]]} for i in order]
+
+
+def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path | None = None,
+             weights: str = DEFAULT_WEIGHTS, split: str = "all", progress: bool = True) -> dict[str, Any]:
+    """Detection metrics of a weight set on a labelled dataset, in original pixels:
+    ``{"task": "cxr-detect", "n_images", "labels", "ap_50": {label: AP}, "map_50", "ap_50_agnostic",
+    "rsna_score"}`` (AP over every candidate; the RSNA score over the boxes above the card's threshold).
+
+    Args:
+        split: ``all`` (every image with its file present) or ``test`` (only the images the card lists as
+            held out from training, e.g. to re-score TBX11K on the images the model never saw).
+
+    Raises:
+        ConfigError: unknown format / split. InputError: unreadable labels or images.
+    """
+    if split not in ("all", "test"):
+        raise ConfigError(f"split must be 'all' or 'test', got {split!r}")
+    records = load_records(data, format, annotations)
+    det = Detector(weights)
+    if split == "test":
+        held = set(det.card["training"].get("test_images", []))
+        records = [r for r in records if Path(r["image"]).name in held]
+        if not records:
+            raise InputError(f"{data}: none of the {len(held)} held-out images of {det.card['name']!r} is here")
+    t0 = time.perf_counter()
+    preds, gts = [], []
+    for r in tqdm(records, desc="cxr-detect evaluate", disable=not progress):
+        preds += det.predict_raw([read_image(r["image"])])
+        gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
+    m = _metrics(preds, gts, det.threshold)
+    return {"task": "cxr-detect", **m, "split": split, "weights": det.card["name"],
+            "weights_sha256": det.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}

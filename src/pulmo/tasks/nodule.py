@@ -1,0 +1,598 @@
+"""``nodule``: lung nodule detection, false-positive reduction and segmentation on chest CT (seed 3, NoduleNet).
+
+Pipeline (:class:`NoduleDetector`):
+
+1. **pre-processing** (:func:`prepare_ct`): CT lung mask (:func:`pulmo.tasks.ct_lungs.lung_mask_ct`), crop to
+   the lungs' bounding box (+ 8 mm), trilinear resampling of HU to an isotropic ``spacing_mm`` grid
+   (``torch.nn.functional.interpolate``), HU window -1200..600 -> [0, 1], padding to a multiple of 8;
+2. **the network** (:class:`pulmo.models.nodulenet.NoduleNet3d`) on the whole crop: RPN proposals -> 3D NMS ->
+   decoupled FPR head (probability and refined box) -> NMS -> mask head on the kept nodules;
+3. **mapping back** to the input geometry: centres to voxel indices and world mm (LPS), masks resampled
+   (``scipy.ndimage.map_coordinates``) onto the original voxel grid.
+
+Training (:func:`train`) uses synthetic nodules (:mod:`pulmo.datasets.synthetic_nodules`) inserted into the
+lungs of real CT volumes, in random ``patch``^3 crops; real nodules and the region around them are excluded
+from the training crops and kept for evaluation (:func:`evaluate`: LUNA16 FROC / CPM on LIDC-IDRI series
+with their XML reads, or LUNA16 ``.mhd`` + ``annotations.csv``; Dice against the LIDC 50 % consensus masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from scipy import ndimage
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.errors import ConfigError, InputError
+from pulmo.io import Volume, read_image
+from pulmo.metrics.froc import FROC_FP_RATES, froc
+from pulmo.models import create_model
+from pulmo.models.nodulenet import (NoduleNet3d, box_iou_cubes, decode, dice_bce_loss, encode, nms_cubes,
+                                    roi_sample, rpn_loss, rpn_targets)
+from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.weights import resolve_card, save_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "nodule"
+HU_WINDOW = (-1200.0, 600.0)
+FORMATS = ("lidc", "luna16")
+
+
+# ---------------------------------------------------------------------------------------------- pre-processing
+
+@dataclasses.dataclass
+class PreparedCT:
+    """A CT on the network's isotropic grid.
+
+    Attributes:
+        image: float32 ``(D, H, W)`` in [0, 1] (HU window), D, H, W multiples of 8 (padded at the far end).
+        hu: float32 ``(D, H, W)`` HU on the same grid (padding -1000).
+        lungs: bool ``(D, H, W)`` lung mask on the grid.
+        offset: ``(z, y, x)`` original voxel index of the crop's first voxel.
+        step: ``(z, y, x)`` original voxels per grid voxel.
+        valid: ``(D, H, W)`` of the resampled crop before padding.
+        spacing_mm: the grid spacing.
+    """
+
+    image: np.ndarray
+    hu: np.ndarray
+    lungs: np.ndarray
+    offset: np.ndarray
+    step: np.ndarray
+    valid: tuple[int, int, int]
+    spacing_mm: float
+
+    def to_original(self, index_zyx: np.ndarray) -> np.ndarray:
+        """Grid voxel indices ``(N, 3)`` -> continuous original voxel indices ``(N, 3)``."""
+        return self.offset + (np.atleast_2d(index_zyx) + 0.5) * self.step - 0.5
+
+    def to_grid(self, index_zyx: np.ndarray) -> np.ndarray:
+        """Original voxel indices ``(N, 3)`` -> continuous grid voxel indices."""
+        return (np.atleast_2d(index_zyx) - self.offset + 0.5) / self.step - 0.5
+
+
+def window(hu: np.ndarray) -> np.ndarray:
+    """HU -> [0, 1] through the nodule window -1200..600 HU."""
+    lo, hi = HU_WINDOW
+    return np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _pad8(a: np.ndarray, value: float) -> np.ndarray:
+    pads = [(0, (-n) % 8) for n in a.shape]
+    return np.pad(a, pads, constant_values=value)
+
+
+def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None = None,
+               margin_mm: float = 8.0) -> PreparedCT:
+    """Crop a CT to its lungs and resample it to an isotropic grid (see the module docstring).
+
+    Raises:
+        InputError: not a CT in HU or no lungs found (from :func:`lung_mask_ct`).
+    """
+    lungs = lung_mask_ct(volume) if lungs is None else lungs
+    idx = np.argwhere(lungs.any(axis=2).any(axis=1))[:, 0], np.argwhere(lungs.any(axis=(0, 2)))[:, 0], \
+        np.argwhere(lungs.any(axis=(0, 1)))[:, 0]
+    spacing = np.asarray(volume.spacing, np.float64)
+    lo = np.array([max(0, int(i.min() - margin_mm / s)) for i, s in zip(idx, spacing)])
+    hi = np.array([min(n, int(i.max() + 1 + margin_mm / s)) for i, s, n in zip(idx, spacing, volume.shape)])
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    size = np.maximum(1, np.round((hi - lo) * spacing / spacing_mm)).astype(int)
+    hu = torch.from_numpy(np.ascontiguousarray(volume.hu[crop], dtype=np.float32))[None, None]
+    hu_iso = F.interpolate(hu, size=tuple(size), mode="trilinear", align_corners=False)[0, 0].numpy()
+    lung_iso = F.interpolate(torch.from_numpy(lungs[crop].astype(np.float32))[None, None], size=tuple(size),
+                             mode="trilinear", align_corners=False)[0, 0].numpy() >= 0.5
+    step = (hi - lo) / size
+    hu_iso = _pad8(hu_iso, -1000.0)
+    return PreparedCT(image=window(hu_iso), hu=hu_iso, lungs=_pad8(lung_iso, False), offset=lo.astype(np.float64),
+                      step=step, valid=tuple(int(s) for s in size), spacing_mm=spacing_mm)
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+@torch.no_grad()
+def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: int = 40, nms_iou: float = 0.1,
+                    min_probability: float = 0.02, max_detections: int = 20) -> dict[str, torch.Tensor]:
+    """Candidates on a prepared image ``(D, H, W)`` in [0, 1]: ``{"boxes": (N, 4) z, y, x, d grid voxels,
+    "probability": (N,) FPR probability, "rpn": (N,) RPN probability, "masks": (N, m, m, m) mask logits}``."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(prep_image))[None, None]
+    out = model.features(x)
+    cls, reg = model.flat_rpn(out)
+    anchors = model.anchors(out["cls"].shape[2:])
+    scores = torch.sigmoid(cls[0].float())
+    k = min(len(scores), 3000)
+    top = scores.topk(k).indices
+    boxes = decode(reg[0, top].float(), anchors[top])
+    boxes[:, 3] = boxes[:, 3].clamp(min=2.0)
+    keep = nms_cubes(boxes, scores[top], nms_iou, max_proposals)
+    boxes, rpn = boxes[keep], scores[top][keep]
+    bi = torch.zeros(len(boxes), dtype=torch.long)
+    logit, delta = model.fpr_head(out["f2"], x, bi, boxes)
+    refined = decode(delta.float(), boxes)
+    prob = torch.sigmoid(logit.float())
+    keep = nms_cubes(refined, prob, nms_iou, max_detections)
+    keep = keep[prob[keep] >= min_probability]
+    refined, prob, rpn = refined[keep], prob[keep], rpn[keep]
+    masks = model.mask_head(out["f2"], out["f4"], x, bi[:len(refined)], refined) if len(refined) else \
+        torch.zeros((0, model.mask_size, model.mask_size, model.mask_size))
+    return {"boxes": refined, "probability": prob, "rpn": rpn, "masks": masks}
+
+
+def _mask_to_original(mask_logits: np.ndarray, box: np.ndarray, prep: PreparedCT, shape: tuple[int, int, int],
+                      expand: float = 1.5) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A mask on a box's ROI grid (logits ``(m, m, m)``) -> bool crop on the original voxel grid and its offset."""
+    m = mask_logits.shape[0]
+    side = box[3] * expand
+    lo_g, hi_g = box[:3] - side / 2, box[:3] + side / 2
+    lo_o = np.floor(prep.to_original(lo_g)[0]).astype(int).clip(0, np.array(shape) - 1)
+    hi_o = np.ceil(prep.to_original(hi_g)[0]).astype(int).clip(0, np.array(shape) - 1) + 1
+    grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo_o, hi_o)], indexing="ij")
+    pts = np.stack([g.ravel() for g in grids], 1).astype(np.float64)
+    g = prep.to_grid(pts)
+    roi = (g - lo_g) / side * m - 0.5                                    # ROI-grid coordinates
+    vals = ndimage.map_coordinates(mask_logits, roi.T, order=1, mode="constant", cval=-10.0)
+    return (vals >= 0).reshape(grids[0].shape), tuple(int(v) for v in lo_o)
+
+
+class NoduleDetector:
+    """Nodules in a CT volume with a bundled or trained ``nodule`` weight set.
+
+    Raises:
+        WeightsError: missing or corrupted weights.
+    """
+
+    def __init__(self, weights: str = DEFAULT_WEIGHTS):
+        self.card = resolve_card(weights)
+        self.model = create_model(self.card["architecture"], weights=weights).eval()
+        self.spacing_mm = float(self.card["input"]["spacing_mm"])
+        self.threshold = float(self.card["thresholds"]["probability"])
+
+    def detect(self, volume: Volume, lungs: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Every candidate (probability >= 0.02, for FROC), most probable first::
+
+            {"center_xyz_mm": [x, y, z] world LPS, "center_zyx_index": [z, y, x] voxels, "diameter_mm",
+             "volume_ml", "probability", "slice_index", "mask": bool crop, "mask_offset": (z, y, x)}
+
+        The centre, diameter (equivalent sphere) and volume come from the mask when it is not empty, else
+        from the box.
+        """
+        prep = prepare_ct(volume, self.spacing_mm, lungs)
+        det = detect_prepared(self.model, prep.image)
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        found = []
+        for box, p, logits in zip(det["boxes"].numpy(), det["probability"].numpy(), det["masks"].float().numpy()):
+            mask, offset = _mask_to_original(logits, box, prep, volume.shape)
+            if mask.any():
+                centre = np.argwhere(mask).mean(0) + offset
+                vol_mm3 = mask.sum() * voxel_ml * 1000.0
+                diameter = (6 * vol_mm3 / math.pi) ** (1 / 3)
+            else:
+                centre = prep.to_original(box[:3])[0]
+                diameter = float(box[3] * prep.spacing_mm)
+                vol_mm3 = math.pi / 6 * diameter ** 3
+            world = volume.index_to_world(centre)[0]
+            found.append({"center_xyz_mm": [round(float(v), 2) for v in world],
+                          "center_zyx_index": [round(float(v), 2) for v in centre],
+                          "diameter_mm": round(float(diameter), 2), "volume_ml": round(float(vol_mm3) / 1000.0, 4),
+                          "probability": round(float(p), 4), "slice_index": int(round(centre[0])),
+                          "mask": mask, "mask_offset": offset})
+        return found
+
+    def findings(self, volume: Volume, lungs: np.ndarray | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Nodules at or above the card's probability threshold (``findings.json`` entries, no masks) and an
+        int16 label map ``(Z, Y, X)`` of them (1 = most probable)."""
+        labels = np.zeros(volume.shape, np.int16)
+        rows = []
+        for n in self.detect(volume, lungs):
+            if n["probability"] < self.threshold:
+                continue
+            m, (z, y, x) = n["mask"], n["mask_offset"]
+            region = labels[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]]
+            region[m & (region == 0)] = len(rows) + 1
+            rows.append({k: v for k, v in n.items() if k not in ("mask", "mask_offset")})
+        return rows, labels
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class NoduleConfig(TrainConfig):
+    """Settings of ``pulmo train nodule`` (adds to :class:`TrainConfig`).
+
+    Attributes:
+        backgrounds: CT volumes (DICOM series folders, NIfTI, mhd, NRRD) whose lungs receive the synthetic
+            nodules; comma-separated.
+        lidc_xml: for LIDC series: their real nodules (any reader) are excluded from the training crops.
+        exclude_labels: label volumes (e.g. ``lung1_label.nrrd``) whose labelled voxels are excluded the same way.
+        spacing_mm: isotropic grid. patch: training crop side (grid voxels, multiple of 8).
+        samples_per_epoch: random crops per epoch. max_nodules: synthetic nodules per crop (0..max).
+        name: weight-set name.
+    """
+
+    backgrounds: list[str] = dataclasses.field(default_factory=list)
+    exclude_labels: list[str] = dataclasses.field(default_factory=list)
+    spacing_mm: float = 1.5
+    patch: int = 64
+    samples_per_epoch: int = 240
+    max_nodules: int = 3
+    val_samples: int = 24
+    name: str = DEFAULT_WEIGHTS
+    epochs: int = 12
+    batch_size: int = 2
+    lr: float = 2e-3
+    patience: int = 6
+
+
+@dataclasses.dataclass
+class _Background:
+    name: str
+    prep: PreparedCT
+    allowed: np.ndarray          # grid voxels whose crop may be used (away from real nodules)
+    centres: np.ndarray          # candidate crop centres (lung voxels that are allowed)
+
+
+def _real_nodule_mask(volume: Volume, source: str, exclude_labels: dict[str, str]) -> np.ndarray:
+    """Bool original-grid mask of real nodules to keep out of training (LIDC reader marks / label volumes)."""
+    mask = np.zeros(volume.shape, bool)
+    src = Path(source)
+    if src.is_dir():
+        try:
+            from pulmo.datasets.lidc import load_lidc_scan
+
+            scan = load_lidc_scan(src, volume=volume)
+            for n in scan.nodules:
+                mask |= n.full_mask(volume.shape)
+            for p in scan.small_nodules + scan.non_nodules:
+                mask[p.index] = True
+        except InputError as exc:
+            logger.info("%s: no LIDC reads (%s); nothing excluded", src, exc)
+    if source in exclude_labels:
+        lab = read_image(exclude_labels[source])
+        if not isinstance(lab, Volume) or lab.shape != volume.shape:
+            raise InputError(f"{exclude_labels[source]}: label volume does not match {source} {volume.shape}")
+        mask |= lab.hu > 0
+    return mask
+
+
+def load_backgrounds(sources: list[str], exclude_labels: list[str], spacing_mm: float, patch: int) -> list[_Background]:
+    """Prepare the background CTs: lungs, isotropic grid, and the crop centres whose ``patch`` crop stays at
+    least 10 mm away from every real nodule."""
+    pairs = {s: e for s, e in zip(sources, exclude_labels) if e}
+    out = []
+    for s in sources:
+        volume = read_image(s)
+        if not isinstance(volume, Volume):
+            raise InputError(f"{s}: a background must be a CT volume")
+        prep = prepare_ct(volume, spacing_mm)
+        real = _real_nodule_mask(volume, s, pairs)
+        real_grid = np.zeros(prep.image.shape, bool)
+        if real.any():
+            pts = prep.to_grid(np.argwhere(real))
+            idx = np.clip(np.round(pts).astype(int), 0, np.array(prep.image.shape) - 1)
+            real_grid[tuple(idx.T)] = True
+        reach = patch // 2 + int(math.ceil(10.0 / spacing_mm))
+        allowed = ~ndimage.binary_dilation(real_grid, structure=np.ones((3, 3, 3), bool), iterations=reach) \
+            if real_grid.any() else np.ones(prep.image.shape, bool)
+        centres = np.argwhere(prep.lungs & allowed)
+        if len(centres) == 0:
+            raise InputError(f"{s}: no lung region far enough from its real nodules for training crops")
+        logger.info("background %s: grid %s, %d real-nodule voxels excluded, %d crop centres", s, prep.image.shape,
+                    int(real.sum()), len(centres))
+        out.append(_Background(str(s), prep, allowed, centres))
+    return out
+
+
+def _crop(a: np.ndarray, start: np.ndarray, size: int, value: float) -> np.ndarray:
+    pads = [(max(0, -s), max(0, s + size - n)) for s, n in zip(start, a.shape)]
+    a = np.pad(a, pads, constant_values=value)
+    s = start + np.array([p[0] for p in pads])
+    return a[s[0]:s[0] + size, s[1]:s[1] + size, s[2]:s[2] + size]
+
+
+def make_sample(bg: _Background, patch: int, max_nodules: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One training crop with synthetic nodules: ``{"image": (1, P, P, P) [0, 1], "boxes": (K, 4) z, y, x, d,
+    "masks": (K, P, P, P) bool, "coords": (3, P/4, P/4, P/4) in [-1, 1] (position in the lung crop)}``."""
+    from pulmo.datasets.synthetic_nodules import sample_nodules
+
+    c = bg.centres[rng.integers(len(bg.centres))]
+    start = c - patch // 2
+    hu = _crop(bg.prep.hu, start, patch, -1000.0)
+    lungs = _crop(bg.prep.lungs, start, patch, False)
+    allowed = _crop(bg.allowed, start, patch, False)
+    n = int(rng.integers(0, max_nodules + 1)) if rng.random() > 0.15 else 0
+    hu, labels, nodules = sample_nodules(hu, lungs, bg.prep.spacing_mm, n, rng, allowed=allowed,
+                                         diameter_range_mm=(3.0, 30.0))
+    boxes, masks = [], []
+    for i in range(1, len(nodules) + 1):
+        m = labels == i
+        idx = np.argwhere(m)
+        lo, hi = idx.min(0), idx.max(0) + 1
+        boxes.append([*((lo + hi - 1) / 2.0), float((hi - lo).max())])
+        masks.append(m)
+    shape = np.array(bg.prep.image.shape, np.float64)
+    f = patch // 4
+    axes = [((start[a] + (np.arange(f) + 0.5) * 4 - 0.5) / max(1.0, shape[a] - 1)) * 2 - 1 for a in range(3)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
+    return {"image": window(hu)[None], "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+            "masks": np.asarray(masks, bool).reshape(-1, patch, patch, patch), "coords": coords}
+
+
+class SyntheticNoduleDataset(Dataset):
+    """``length`` random crops with synthetic nodules from the backgrounds (new nodules at every access, or a
+    fixed set when ``seed`` is given)."""
+
+    def __init__(self, backgrounds: list[_Background], length: int, patch: int, max_nodules: int,
+                 seed: int | None = None):
+        self.backgrounds, self.length, self.patch, self.max_nodules, self.seed = backgrounds, length, patch, max_nodules, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = np.random.default_rng(None if self.seed is None else (self.seed, i))
+        bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+        return make_sample(bg, self.patch, self.max_nodules, rng)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"image": torch.from_numpy(np.stack([it["image"] for it in items])),
+            "coords": torch.from_numpy(np.stack([it["coords"] for it in items])),
+            "boxes": [torch.from_numpy(it["boxes"]) for it in items],
+            "masks": [torch.from_numpy(it["masks"]) for it in items]}
+
+
+def nodule_loss(model: NoduleNet3d, batch: dict[str, Any], rng: torch.Generator | None = None) -> torch.Tensor:
+    """RPN focal + box loss, FPR head loss on proposals and jittered ground truth (BCE + smooth L1), mask
+    Dice + BCE on jittered ground-truth boxes."""
+    image = batch["image"]
+    out = model.features(image, batch["coords"])
+    cls, reg = model.flat_rpn(out)
+    anchors = model.anchors(out["cls"].shape[2:])
+    loss = image.new_zeros(())
+    roi_b, roi_boxes, roi_lab, roi_tgt = [], [], [], []
+    mask_b, mask_boxes, mask_tgt = [], [], []
+    for b, gt in enumerate(batch["boxes"]):
+        labels, targets = rpn_targets(anchors, gt)
+        loss = loss + rpn_loss(cls[b], reg[b], labels, targets) / len(batch["boxes"])
+        with torch.no_grad():
+            scores = torch.sigmoid(cls[b].float())
+            top = scores.topk(min(len(scores), 500)).indices
+            props = decode(reg[b, top].float(), anchors[top])
+            props[:, 3] = props[:, 3].clamp(min=2.0)
+            props = props[nms_cubes(props, scores[top], 0.1, 12)]
+            if len(gt):
+                jit = gt.repeat(2, 1)
+                jit[:, :3] += torch.randn(jit[:, :3].shape, generator=rng) * 0.1 * jit[:, 3:]
+                jit[:, 3:] *= torch.exp(torch.randn(jit[:, 3:].shape, generator=rng) * 0.1)
+                props = torch.cat([props, jit])
+                iou = box_iou_cubes(props, gt)
+                best, arg = iou.max(1)
+                lab = torch.where(best >= 0.4, 1.0, torch.where(best < 0.2, 0.0, -1.0))
+                tgt = encode(gt[arg], props)
+                mb = gt.clone()
+                mb[:, :3] += torch.randn(mb[:, :3].shape, generator=rng) * 0.05 * mb[:, 3:]
+                mb[:, 3:] *= torch.exp(torch.randn(mb[:, 3:].shape, generator=rng) * 0.05)
+                mask_b.append(torch.full((len(gt),), b))
+                mask_boxes.append(mb)
+                mask_tgt.append((b, batch["masks"][b]))
+            else:
+                lab, tgt = torch.zeros(len(props)), torch.zeros((len(props), 4))
+        roi_b.append(torch.full((len(props),), b))
+        roi_boxes.append(props)
+        roi_lab.append(lab)
+        roi_tgt.append(tgt)
+    bi, boxes, lab, tgt = torch.cat(roi_b), torch.cat(roi_boxes), torch.cat(roi_lab), torch.cat(roi_tgt)
+    keep = lab >= 0
+    if keep.any():
+        logit, delta = model.fpr_head(out["f2"], image, bi[keep], boxes[keep])
+        loss = loss + F.binary_cross_entropy_with_logits(logit.float(), lab[keep])
+        pos = lab[keep] == 1
+        if pos.any():
+            loss = loss + F.smooth_l1_loss(delta[pos].float(), tgt[keep][pos], beta=1 / 9)
+    if mask_boxes:
+        mb, mbi = torch.cat(mask_boxes), torch.cat(mask_b)
+        logits = model.mask_head(out["f2"], out["f4"], image, mbi, mb)
+        targets = []
+        for b, masks in mask_tgt:
+            sel = mb[mbi == b]
+            for j in range(len(sel)):
+                t = roi_sample(masks[j][None, None].float(), torch.zeros(1, dtype=torch.long), sel[j:j + 1],
+                               model.mask_size, 1.0, mode="nearest")
+                targets.append(t[0, 0])
+        loss = loss + dice_bce_loss(logits, torch.stack(targets))
+    return loss
+
+
+def _patch_froc(model: NoduleNet3d, dataset: SyntheticNoduleDataset, spacing_mm: float) -> dict[str, float]:
+    """FROC / CPM over a fixed set of synthetic validation crops (each crop counted as a scan)."""
+    cands, refs = {}, {}
+    for i in range(len(dataset)):
+        s = dataset[i]
+        det = detect_prepared(model, s["image"][0])
+        cands[str(i)] = (det["boxes"][:, [2, 1, 0]].numpy() * spacing_mm, det["probability"].numpy())
+        refs[str(i)] = (s["boxes"][:, [2, 1, 0]] * spacing_mm, s["boxes"][:, 3] * spacing_mm)
+    try:
+        r = froc(cands, refs, seriesuids=list(refs))
+    except ValueError:
+        return {"cpm": 0.0}
+    return {"cpm": r.cpm, **{f"sens@{k:g}": v for k, v in zip(r.fp_rates, r.sensitivities)}}
+
+
+def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
+    """Train on synthetic nodules, write ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    if config.patch % 8:
+        raise ConfigError(f"patch must be a multiple of 8, got {config.patch}")
+    if not config.backgrounds:
+        raise ConfigError("train nodule needs --backgrounds (CT volumes to insert synthetic nodules into)")
+    out = Path(config.out_dir)
+    save_config(config, out / "config.yaml")
+    backgrounds = load_backgrounds(config.backgrounds, config.exclude_labels, config.spacing_mm, config.patch)
+    anchors_mm = (5.0, 10.0, 20.0, 30.0)
+    kwargs = {"anchors": [round(a / config.spacing_mm, 3) for a in anchors_mm]}
+    model = create_model("nodulenet-3d", **kwargs)
+    train_ds = SyntheticNoduleDataset(backgrounds, config.samples_per_epoch, config.patch, config.max_nodules)
+    val_ds = SyntheticNoduleDataset(backgrounds, config.val_samples, config.patch, config.max_nodules, seed=10_000 + config.seed)
+
+    summary = fit(model, train_ds, lambda m, b: nodule_loss(m, b), lambda m: _patch_froc(m, val_ds, config.spacing_mm),
+                  config, monitor="cpm", collate_fn=collate)
+    if summary["rank"] != 0:
+        return {}
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model.eval()
+    val = _patch_froc(model, val_ds, config.spacing_mm)
+    card = {
+        "name": config.name,
+        "architecture": "nodulenet-3d",
+        "model_kwargs": kwargs,
+        "task": "nodule",
+        "labels": ["nodule"],
+        "thresholds": {"probability": 0.5},
+        "input": {"spacing_mm": config.spacing_mm, "hu_window": list(HU_WINDOW), "anchors_mm": list(anchors_mm),
+                  "crop": "lung bounding box + 8 mm (HU threshold lung mask)"},
+        "training": {"data": "SYNTHETIC nodules (3-30 mm; solid / part-solid / ground-glass; 25 % juxta-pleural) "
+                             "inserted into the lungs of these real CTs, away from their real nodules: "
+                             + ", ".join(Path(b).name for b in config.backgrounds),
+                     "real_nodules": "none used for training; every real nodule is kept for evaluation",
+                     "backgrounds": config.backgrounds, "patch": config.patch,
+                     "samples_per_epoch": config.samples_per_epoch, "command": command, "seed": config.seed,
+                     "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+                     "seconds": summary["seconds"],
+                     "full_luna16_command": "torchrun --nproc_per_node=N -m pulmo train nodule --backgrounds "
+                                            "<LUNA16 subset*/ *.mhd, comma-separated> --out-dir runs/nodule-luna16 "
+                                            "(real LUNA16 nodules as training targets are not wired in yet: the "
+                                            "command trains on synthetic nodules in all LUNA16 lungs)"},
+        "metrics": {"validation_synthetic_crops": {k: round(v, 4) for k, v in val.items()},
+                    "n_val_crops": config.val_samples},
+        "license": "Apache-2.0 (weights); backgrounds: LIDC-IDRI CC BY 3.0, pyradiomics lung1 BSD-3",
+    }
+    return save_weights(model, out / f"{config.name}.safetensors", card)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else 1.0
+
+
+def _lidc_series(root: Path) -> list[Path]:
+    from pulmo.io.dicom import folder_is_dicom_series
+
+    return sorted({p.parent for p in root.rglob("*.xml")} & {p for p in root.rglob("*") if p.is_dir()
+                                                            and folder_is_dicom_series(p)})
+
+
+def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIGHTS, annotations: str | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """LUNA16 FROC / CPM and mask Dice of a weight set:
+    ``{"task": "nodule", "n_scans", "n_nodules", "cpm", "froc": {"0.125": ..., "8": ...}, "dice_mean"}``.
+
+    ``lidc``: every series folder under ``data`` holding an LIDC XML; the reference is the LUNA16 one (nodules
+    >= 3 mm marked by >= 3 readers), hits on the other reader marks are ignored (LUNA16's excluded findings),
+    Dice against the 50 % consensus mask of each reference nodule (0 when it is missed). ``luna16``: ``*.mhd``
+    under ``data`` with ``annotations.csv`` (``--annotations`` or ``data/annotations.csv``) and
+    ``annotations_excluded.csv`` when present; no masks, so ``dice_mean`` is null.
+
+    Raises:
+        ConfigError: unknown format. InputError: no scans or no reference nodules found.
+    """
+    root = Path(data)
+    det = NoduleDetector(weights)
+    cands, refs, excl, dices, per_scan = {}, {}, {}, [], []
+    t0 = time.perf_counter()
+    if format == "lidc":
+        from pulmo.datasets.lidc import load_lidc_scan
+
+        series = _lidc_series(root)
+        if not series:
+            raise InputError(f"{root}: no LIDC series folder (DICOM slices + XML read) found")
+        for s in tqdm(series, desc="nodule evaluate", disable=not progress):
+            scan = load_lidc_scan(s)
+            uid = scan.seriesuid
+            found = det.detect(scan.volume)
+            cands[uid] = (np.array([n["center_xyz_mm"] for n in found]).reshape(-1, 3),
+                          np.array([n["probability"] for n in found]))
+            ref = [c for c in scan.clusters if c.n_readers >= 3]
+            refs[uid] = (np.array([c.centre_world for c in ref]).reshape(-1, 3), np.array([c.diameter_mm for c in ref]))
+            others = [c for c in scan.clusters if c.n_readers < 3]
+            pts = [c.centre_world for c in others] + [p.world for p in scan.small_nodules + scan.non_nodules]
+            excl[uid] = (np.array(pts).reshape(-1, 3), np.array([c.diameter_mm for c in others]
+                                                                + [3.0] * (len(pts) - len(others))))
+            for c in ref:
+                truth = paste_consensus(c, scan.volume.shape)
+                best = 0.0
+                for n in found:
+                    if np.linalg.norm(np.array(n["center_xyz_mm"]) - c.centre_world) <= c.diameter_mm / 2:
+                        pred = np.zeros(scan.volume.shape, bool)
+                        (z, y, x), m = n["mask_offset"], n["mask"]
+                        pred[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]] = m
+                        best = max(best, _dice(pred, truth))
+                dices.append(best)
+            per_scan.append({"seriesuid": uid, "n_reference": len(ref), "n_candidates": len(found),
+                             "top_candidates": [{k: v for k, v in n.items() if k not in ("mask", "mask_offset")}
+                                                for n in found[:5]]})
+    elif format == "luna16":
+        from pulmo.datasets.luna16 import annotations_by_series, find_scans, read_annotations, read_scan
+
+        ann_path = Path(annotations) if annotations else root / "annotations.csv"
+        by_series = annotations_by_series(read_annotations(ann_path))
+        exc_path = ann_path.with_name("annotations_excluded.csv")
+        excluded = annotations_by_series(read_annotations(exc_path)) if exc_path.is_file() else {}
+        scans = find_scans(root)
+        if not scans:
+            raise InputError(f"{root}: no LUNA16 .mhd scans found")
+        for uid in tqdm(sorted(scans), desc="nodule evaluate", disable=not progress):
+            found = det.detect(read_scan(root, uid))
+            cands[uid] = (np.array([n["center_xyz_mm"] for n in found]).reshape(-1, 3),
+                          np.array([n["probability"] for n in found]))
+            refs[uid] = by_series.get(uid, (np.zeros((0, 3)), np.zeros(0)))
+            if uid in excluded:
+                excl[uid] = excluded[uid]
+            per_scan.append({"seriesuid": uid, "n_reference": len(refs[uid][1]), "n_candidates": len(found)})
+    else:
+        raise ConfigError(f"unknown nodule format {format!r}; expected one of {FORMATS}")
+    result = froc(cands, refs, excluded=excl, seriesuids=list(refs))
+    return {"task": "nodule", "n_scans": result.n_scans, "n_nodules": result.n_nodules, "cpm": result.cpm,
+            "froc": {f"{r:g}": s for r, s in zip(FROC_FP_RATES, result.sensitivities)},
+            "dice_mean": float(np.mean(dices)) if dices else None, "format": format,
+            "weights": det.card["name"], "weights_sha256": det.card.get("sha256"), "scans": per_scan,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def paste_consensus(cluster: Any, shape: tuple[int, int, int], level: float = 0.5) -> np.ndarray:
+    """The 50 % consensus mask of an LIDC nodule cluster on the full volume grid."""
+    from pulmo.datasets.lidc import paste_mask
+
+    return paste_mask(*cluster.consensus_mask(level), shape)
