@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pulmo.io import Volume
+from pulmo.io import Volume, read_image
 from pulmo.models import create_model
 from pulmo.tasks import nodule as nod
 from pulmo.weights import WEIGHTS_DIR
@@ -73,3 +73,16 @@ def test_bundled_model_finds_the_lidc_consensus_nodule():
     (z, y, x), m = n["mask_offset"], n["mask"]
     pred[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]] = m
     assert nod._dice(pred, truth) > 0.5
+
+
+def test_bundled_model_finds_the_labelled_nrrd_nodule():
+    """pyradiomics lung1 (5 mm slices): the 14 mm labelled nodule is the top candidate and nothing else passes."""
+    det = _bundled()
+    volume = read_image(data_path("ct", "pyradiomics_lung", "lung1_image.nrrd"))
+    label = read_image(data_path("ct", "pyradiomics_lung", "lung1_label.nrrd")).hu > 0
+    rows, labels = det.findings(volume)
+    assert len(rows) >= 1
+    centre = np.argwhere(label).mean(0)
+    assert np.linalg.norm((np.array(rows[0]["center_zyx_index"]) - centre) * volume.spacing) < 5.0
+    assert len(rows) <= 2
+    assert nod._dice(labels == 1, label) > 0.6

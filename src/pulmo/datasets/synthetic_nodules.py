@@ -74,7 +74,7 @@ def nodule_field(diameter_mm: float, spacing_mm: float, kind: str, rng: np.rando
         ggo = rng.uniform(-650, -350)
         hu, opacity = ggo + texture, rng.uniform(0.8, 0.95)
         if kind == "part-solid":
-            core = 1.0 / (1.0 + np.exp(-((rng.uniform(0.3, 0.6) * r - dist) / edge)))
+            core = special.expit((rng.uniform(0.3, 0.6) * r - dist) / edge)
             hu = hu * (1 - core) + (rng.uniform(0, 50) + texture) * core
             opacity = opacity * (1 - core) + core
     return w.astype(np.float32), np.asarray(hu, np.float32), opacity

@@ -185,7 +185,10 @@ def _summary_values(findings: dict[str, Any]) -> dict[str, Any]:
     return {"modality": findings.get("modality", ""), "lung_area_px": lungs.get("area_px", ""),
             "lung_area_cm2": lungs.get("area_cm2") or "", "lung_volume_ml": lungs.get("volume_ml", ""),
             "infection_volume_ml": infection.get("volume_ml", ""),
-            "infection_percent_of_lung": infection.get("percent_of_lung", "")}
+            "infection_percent_of_lung": infection.get("percent_of_lung", ""),
+            "predicted_class": (findings.get("classification") or {}).get("predicted", ""),
+            "n_detections": "" if findings.get("detections") is None else len(findings["detections"]),
+            "n_nodules": "" if findings.get("nodules") is None else len(findings["nodules"])}
 
 
 def _summary_line(path: Path, findings: dict[str, Any], out_dir: Path, seconds: float) -> str:
@@ -199,4 +202,10 @@ def _summary_line(path: Path, findings: dict[str, Any], out_dir: Path, seconds: 
     if infection:
         amount = (f"{infection['volume_ml']} mL" if "volume_ml" in infection else f"{infection['area_px']} px")
         text += f", infection {amount} ({infection.get('percent_of_lung')} % of lung)"
+    if findings.get("classification"):
+        text += f", class {findings['classification'].get('predicted')}"
+    if findings.get("detections") is not None:
+        text += f", {len(findings['detections'])} lesion box(es)"
+    if findings.get("nodules") is not None:
+        text += f", {len(findings['nodules'])} nodule(s)"
     return f"{path}: {findings['modality']}: {text} ({seconds:.2f} s) -> {out_dir / 'report.html'}"

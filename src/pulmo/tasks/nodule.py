@@ -121,11 +121,23 @@ def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None
 
 # ---------------------------------------------------------------------------------------------- inference
 
+def lung_distance(lungs: np.ndarray) -> np.ndarray:
+    """Euclidean distance (grid voxels) of every voxel to the nearest lung voxel, float32 ``(D, H, W)``."""
+    return ndimage.distance_transform_edt(~lungs).astype(np.float32)
+
+
 @torch.no_grad()
 def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: int = 40, nms_iou: float = 0.1,
-                    min_probability: float = 0.02, max_detections: int = 20) -> dict[str, torch.Tensor]:
+                    min_probability: float = 0.02, max_detections: int = 20,
+                    lung_dist: np.ndarray | None = None, lung_margin: float = 1.5) -> dict[str, torch.Tensor]:
     """Candidates on a prepared image ``(D, H, W)`` in [0, 1]: ``{"boxes": (N, 4) z, y, x, d grid voxels,
-    "probability": (N,) FPR probability, "rpn": (N,) RPN probability, "masks": (N, m, m, m) mask logits}``."""
+    "probability": (N,) FPR probability, "rpn": (N,) RPN probability, "masks": (N, m, m, m) mask logits}``.
+
+    With ``lung_dist`` (:func:`lung_distance` of the grid's lung mask), proposals whose centre is farther from
+    the lungs than their radius + ``lung_margin`` voxels are dropped before false-positive reduction: a lung
+    nodule touches the lung (juxta-pleural ones included), while the body wall, the diaphragm dome at the
+    scan's end and the mediastinum do not.
+    """
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(prep_image))[None, None]
     out = model.features(x)
@@ -136,8 +148,20 @@ def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: i
     top = scores.topk(k).indices
     boxes = decode(reg[0, top].float(), anchors[top])
     boxes[:, 3] = boxes[:, 3].clamp(min=2.0)
-    keep = nms_cubes(boxes, scores[top], nms_iou, max_proposals)
-    boxes, rpn = boxes[keep], scores[top][keep]
+    top_scores = scores[top]
+    if lung_dist is not None:
+        c = boxes[:, :3].round().long()
+        for a, n in enumerate(lung_dist.shape):
+            c[:, a] = c[:, a].clamp(0, n - 1)
+        d = torch.from_numpy(lung_dist)[c[:, 0], c[:, 1], c[:, 2]]
+        near = d <= boxes[:, 3] / 2 + lung_margin
+        boxes, top_scores = boxes[near], top_scores[near]
+    if not len(boxes):
+        empty = torch.zeros(0)
+        return {"boxes": torch.zeros((0, 4)), "probability": empty, "rpn": empty,
+                "masks": torch.zeros((0, model.mask_size, model.mask_size, model.mask_size))}
+    keep = nms_cubes(boxes, top_scores, nms_iou, max_proposals)
+    boxes, rpn = boxes[keep], top_scores[keep]
     bi = torch.zeros(len(boxes), dtype=torch.long)
     logit, delta = model.fpr_head(out["f2"], x, bi, boxes)
     refined = decode(delta.float(), boxes)
@@ -180,7 +204,7 @@ class NoduleDetector:
         self.threshold = float(self.card["thresholds"]["probability"])
 
     def detect(self, volume: Volume, lungs: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """Every candidate (probability >= 0.02, for FROC), most probable first::
+        """Every candidate (probability >= 0.02, for FROC) that touches the lungs, most probable first::
 
             {"center_xyz_mm": [x, y, z] world LPS, "center_zyx_index": [z, y, x] voxels, "diameter_mm",
              "volume_ml", "probability", "slice_index", "mask": bool crop, "mask_offset": (z, y, x)}
@@ -189,7 +213,7 @@ class NoduleDetector:
         from the box.
         """
         prep = prepare_ct(volume, self.spacing_mm, lungs)
-        det = detect_prepared(self.model, prep.image)
+        det = detect_prepared(self.model, prep.image, lung_dist=lung_distance(prep.lungs))
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         found = []
         for box, p, logits in zip(det["boxes"].numpy(), det["probability"].numpy(), det["masks"].float().numpy()):
