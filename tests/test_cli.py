@@ -55,7 +55,12 @@ def test_analyze_one_xray(tmp_path, capsys):
     for method, name in cls["heatmaps"].items():
         assert (out / name).is_file() and name in html
         assert 0.0 <= cls["heatmap_energy_in_lungs"][method] <= 1.0
-    assert [m["task"] for m in findings["models"]] == ["lung-seg", "cxr-classify"]
+    assert [m["task"] for m in findings["models"]] == ["lung-seg", "cxr-classify", "cxr-detect"]
+    for box in findings["detections"]:  # the bundled TB detector: boxes in original pixels, above its threshold
+        assert box["score"] >= findings["models"][2]["score_threshold"]
+        x1, y1, x2, y2 = box["box_xyxy"]
+        assert 0 <= x1 < x2 <= 1024 and 0 <= y1 < y2 <= 1024
+    assert (out / "detections.png").is_file() and "detections.png" in html
 
 
 def test_analyze_mixed_folder_cxr_and_ct_series(tmp_path):
@@ -70,6 +75,7 @@ def test_analyze_mixed_folder_cxr_and_ct_series(tmp_path):
     assert [(Path(r["input"]).name, r["status"], r["modality"]) for r in rows] == [
         ("a.png", "ok", "cxr"), ("series1", "ok", "ct")]
     assert (out / "ct__series1" / "infection_mask.nii.gz").is_file()
+    assert (out / "ct__series1" / "nodule_mask.nii.gz").is_file() and rows[1]["n_nodules"] != ""
 
 
 def test_analyze_dicom_monochrome1_matches_png(tmp_path):

@@ -45,7 +45,7 @@ from pulmo.weights import resolve_card, save_weights
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "cxr-detect-unet"
-MASK_GRID = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
+MASK_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.81, 0.05))
 MIN_COMPONENT_PX = 16
 
 
@@ -74,7 +74,7 @@ class UnetDetectConfig(TrainConfig):
     epochs: int = 40
     batch_size: int = 8
     lr: float = 1e-3
-    patience: int = 12
+    patience: int = 15
 
 
 def boxes_to_masks(boxes: np.ndarray, labels: np.ndarray, n_classes: int, size: int) -> np.ndarray:
@@ -185,9 +185,12 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
         return criterion(m(batch["image"]).float(), batch["label"])
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
-        preds = [masks_to_boxes(p, 0.5, classes) for p in _probabilities(m, val_ds, config.patch)]
-        met = detection_metrics(preds, val_gt)
-        return {"ap_50_agnostic": met["ap_50_agnostic"], "map_50": met["map_50"]}
+        # the best AP50 over the mask-threshold grid: plain BCE on small lesions gives low probabilities early
+        # on, so a fixed 0.5 would read 0 for many epochs and stop training before it learned anything
+        prob = _probabilities(m, val_ds, config.patch)
+        grid = {t: detection_metrics([masks_to_boxes(p, t, classes) for p in prob], val_gt) for t in MASK_GRID}
+        t = max(grid, key=lambda k: grid[k]["ap_50_agnostic"])
+        return {"ap_50_agnostic": grid[t]["ap_50_agnostic"], "map_50": grid[t]["map_50"], "mask_threshold": t}
 
     summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic")
     if summary["rank"] != 0:

@@ -4,7 +4,8 @@ Pipeline (:class:`NoduleDetector`):
 
 1. **pre-processing** (:func:`prepare_ct`): CT lung mask (:func:`pulmo.tasks.ct_lungs.lung_mask_ct`), crop to
    the lungs' bounding box (+ 8 mm), trilinear resampling of HU to an isotropic ``spacing_mm`` grid
-   (``torch.nn.functional.interpolate``), HU window -1200..600 -> [0, 1], padding to a multiple of 8;
+   (``torch.nn.functional.interpolate``), HU window -1200..600 -> [0, 1], padding to a multiple of 8
+   (mirrored along z at inference);
 2. **the network** (:class:`pulmo.models.nodulenet.NoduleNet3d`) on the whole crop: RPN proposals -> 3D NMS ->
    decoupled FPR head (probability and refined box) -> NMS -> mask head on the kept nodules;
 3. **mapping back** to the input geometry: centres to voxel indices and world mm (LPS), masks resampled
@@ -89,14 +90,20 @@ def window(hu: np.ndarray) -> np.ndarray:
     return np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _pad8(a: np.ndarray, value: float) -> np.ndarray:
-    pads = [(0, (-n) % 8) for n in a.shape]
-    return np.pad(a, pads, constant_values=value)
+def _pad8(a: np.ndarray, value: float, mirror_z: bool = False) -> np.ndarray:
+    """Pad each axis at its far end to a multiple of 8: with ``value``, or along z (``mirror_z``) with the
+    mirrored last slices, so a scan cut through the lungs does not end in an artificial air/tissue edge (the
+    network reads such edges as nodule borders)."""
+    if mirror_z:
+        pz = (-a.shape[0]) % 8
+        a = np.pad(a, [(0, pz), (0, 0), (0, 0)], mode="reflect" if a.shape[0] > pz else "edge")
+    return np.pad(a, [(0, (-n) % 8) for n in a.shape], constant_values=value)
 
 
 def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None = None,
-               margin_mm: float = 8.0) -> PreparedCT:
-    """Crop a CT to its lungs and resample it to an isotropic grid (see the module docstring).
+               margin_mm: float = 8.0, mirror_z: bool = False) -> PreparedCT:
+    """Crop a CT to its lungs and resample it to an isotropic grid (see the module docstring). ``mirror_z``:
+    pad z by mirroring (inference; see :func:`_pad8`) instead of with -1000 HU (training).
 
     Raises:
         InputError: not a CT in HU or no lungs found (from :func:`lung_mask_ct`).
@@ -114,7 +121,7 @@ def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None
     lung_iso = F.interpolate(torch.from_numpy(lungs[crop].astype(np.float32))[None, None], size=tuple(size),
                              mode="trilinear", align_corners=False)[0, 0].numpy() >= 0.5
     step = (hi - lo) / size
-    hu_iso = _pad8(hu_iso, -1000.0)
+    hu_iso = _pad8(hu_iso, -1000.0, mirror_z=mirror_z)
     return PreparedCT(image=window(hu_iso), hu=hu_iso, lungs=_pad8(lung_iso, False), offset=lo.astype(np.float64),
                       step=step, valid=tuple(int(s) for s in size), spacing_mm=spacing_mm)
 
@@ -212,7 +219,7 @@ class NoduleDetector:
         The centre, diameter (equivalent sphere) and volume come from the mask when it is not empty, else
         from the box.
         """
-        prep = prepare_ct(volume, self.spacing_mm, lungs)
+        prep = prepare_ct(volume, self.spacing_mm, lungs, mirror_z=True)
         det = detect_prepared(self.model, prep.image, lung_dist=lung_distance(prep.lungs))
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         found = []
