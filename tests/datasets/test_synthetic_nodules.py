@@ -20,7 +20,7 @@ def _phantom(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_nodule_field_profile(kind):
     rng = np.random.default_rng(1)
-    w, hu, opacity = nodule_field(10.0, 1.0, kind, rng)
+    w, hu, _opacity = nodule_field(10.0, 1.0, kind, rng)
     assert w.shape == hu.shape and w.shape[0] % 2 == 1
     c = w.shape[0] // 2
     assert w[c, c, c] > 0.95 and w[0, 0, 0] < 0.01

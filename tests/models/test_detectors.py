@@ -7,8 +7,7 @@ import torch
 
 from pulmo.models import create_model, list_models
 from pulmo.models.detection import init_backbone
-from pulmo.models.nodulenet import (box_iou_cubes, decode, encode, nms_cubes, roi_sample, rpn_loss,
-                                    rpn_targets)
+from pulmo.models.nodulenet import box_iou_cubes, decode, encode, nms_cubes, roi_sample, rpn_loss, rpn_targets
 from pulmo.weights import save_weights
 
 

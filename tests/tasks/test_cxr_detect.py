@@ -98,15 +98,13 @@ def test_bundled_detector_on_held_out_tbx11k(tmp_path):
     assert all(0 <= d["box_xyxy"][0] < d["box_xyxy"][2] <= 512 for d in out)
 
 
-def test_evaluate_cli_writes_the_schema(tmp_path):
-    if not (WEIGHTS_DIR / f"{cd.DEFAULT_WEIGHTS}.json").is_file():
-        pytest.skip("no bundled cxr-detect weights")
+def _tbx_copy(tmp_path, n: int):
+    """A TBX11K-layout copy of the first ``n`` held-out images of the bundled card."""
     from PIL import Image
 
     root = data_path(*TBX)
-    # a small TBX11K-layout copy: 3 images of the held-out split
     card = json.loads((WEIGHTS_DIR / f"{cd.DEFAULT_WEIGHTS}.json").read_text())
-    names = card["training"]["test_images"][:3]
+    names = card["training"]["test_images"][:n]
     src = json.loads((root / TBX_JSON).read_text())
     ids = {im["id"] for im in src["images"] if im["file_name"].split("/")[-1] in names}
     sub = {**src, "images": [im for im in src["images"] if im["id"] in ids],
@@ -116,6 +114,13 @@ def test_evaluate_cli_writes_the_schema(tmp_path):
     (tmp_path / "imgs" / "tb").mkdir(parents=True)
     for im in sub["images"]:
         Image.open(root / "imgs" / im["file_name"]).save(tmp_path / "imgs" / im["file_name"])
+    return tmp_path
+
+
+def test_evaluate_cli_writes_the_schema(tmp_path):
+    if not (WEIGHTS_DIR / f"{cd.DEFAULT_WEIGHTS}.json").is_file():
+        pytest.skip("no bundled cxr-detect weights")
+    _tbx_copy(tmp_path, 3)
     out = tmp_path / "m.json"
     assert main(["--no-progress", "evaluate", "cxr-detect", "--data", str(tmp_path), "--format", "tbx11k",
                  "--annotations", "annotations/json/sub.json", "--out", str(out)]) == 0
@@ -124,3 +129,26 @@ def test_evaluate_cli_writes_the_schema(tmp_path):
     assert set(m) >= {"labels", "ap_50", "map_50", "ap_50_agnostic", "rsna_score"}
     assert set(m["ap_50"]) == set(m["labels"])
     assert main(["evaluate", "cxr-detect", "--data", str(tmp_path), "--out", str(out)]) == 2  # no --format
+
+
+def test_evaluate_scores_a_unet_route_weight_set(tmp_path):
+    """`evaluate cxr-detect --weights X.safetensors` runs the U-Net route for a cxr-detect-unet card, and the
+    RetinaNet Detector refuses such weights with one clear error."""
+    if not (WEIGHTS_DIR / f"{cd.DEFAULT_WEIGHTS}.json").is_file():
+        pytest.skip("no bundled cxr-detect weights")
+    from pulmo.errors import WeightsError
+    from pulmo.models import create_model
+    from pulmo.weights import save_weights
+
+    data = _tbx_copy(tmp_path / "tbx", 2)
+    kwargs = {"in_channels": 1, "out_channels": 2, "features": 4}
+    card = {"name": "tiny-unet", "architecture": "monai-unet", "model_kwargs": kwargs, "task": "cxr-detect-unet",
+            "labels": ["ActiveTuberculosis", "ObsoletePulmonaryTuberculosis"],
+            "thresholds": {"mask": 0.5, "score": 0.0}, "input": {"size": [96, 96], "patch": 64, "channels": 1}}
+    weights = tmp_path / "tiny-unet.safetensors"
+    save_weights(create_model("monai-unet", **kwargs), weights, card)
+    with pytest.raises(WeightsError, match="cxr-detect-unet"):
+        cd.Detector(str(weights))
+    m = cd.evaluate(data, "tbx11k", "annotations/json/sub.json", weights=str(weights), progress=False)
+    assert m["weights"] == "tiny-unet" and m["n_images"] == 2
+    assert 0.0 <= m["ap_50_agnostic"] <= 1.0 and 0.0 <= m["rsna_score"] <= 1.0

@@ -55,7 +55,7 @@ def nodule_field(diameter_mm: float, spacing_mm: float, kind: str, rng: np.rando
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     r = diameter_mm / 2 / spacing_mm                                  # radius in voxels
-    half = int(math.ceil(1.6 * r + 3))
+    half = math.ceil(1.6 * r + 3)
     ax = np.arange(-half, half + 1, dtype=np.float32)
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
     p = np.stack([zz, yy, xx], -1) @ _rotation(rng).T.astype(np.float32)

@@ -11,7 +11,16 @@ import numpy as np
 from pulmo.io import Image2D, Volume, write_mask_png, write_nifti
 from pulmo.pipeline.findings import Findings
 from pulmo.report.html import render_report
-from pulmo.report.overlay import LUNG_COLOUR, NODULE_COLOUR, detection_overlay, grey_rgb, heatmap_overlay, label_layers, mask_overlay, overlay
+from pulmo.report.overlay import (
+    LUNG_COLOUR,
+    NODULE_COLOUR,
+    detection_overlay,
+    grey_rgb,
+    heatmap_overlay,
+    label_layers,
+    mask_overlay,
+    overlay,
+)
 from pulmo.transforms import window_hu
 
 __all__ = ["grey_rgb", "mask_overlay", "overlay", "render_report", "write_ct_outputs", "write_cxr_outputs"]

@@ -34,10 +34,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from pulmo.datasets import split_by_patient
-from pulmo.datasets.detection import (chestx_det10_records, label_counts, nih_bbox_records, rsna_pneumonia_records,
-                                      tbx11k_records)
+from pulmo.datasets.detection import (
+    chestx_det10_records,
+    label_counts,
+    nih_bbox_records,
+    rsna_pneumonia_records,
+    tbx11k_records,
+)
 from pulmo.engine import TrainConfig, fit, save_config
-from pulmo.errors import ConfigError, InputError
+from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics.detection import detection_metrics, rsna_score
 from pulmo.models import create_model
@@ -343,6 +348,9 @@ class Detector:
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS):
         self.card = resolve_card(weights)
+        if self.card.get("task") != "cxr-detect":
+            raise WeightsError(f"{weights}: a {self.card.get('task')!r} weight set, expected a 'cxr-detect' one "
+                               "(a RetinaNet trained by `pulmo train cxr-detect`)")
         self.model = create_model(self.card["architecture"], weights=weights).eval()
         self.size = int(self.card["input"]["size"][0])
         self.labels = list(self.card["labels"])
@@ -366,7 +374,8 @@ class Detector:
 
 def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path | None = None,
              weights: str = DEFAULT_WEIGHTS, split: str = "all", progress: bool = True) -> dict[str, Any]:
-    """Detection metrics of a weight set on a labelled dataset, in original pixels:
+    """Detection metrics of a weight set (RetinaNet ``cxr-detect`` or U-Net route ``cxr-detect-unet``) on a
+    labelled dataset, in original pixels:
     ``{"task": "cxr-detect", "n_images", "labels", "ap_50": {label: AP}, "map_50", "ap_50_agnostic",
     "rsna_score"}`` (AP over every candidate; the RSNA score over the boxes above the card's threshold).
 
@@ -380,7 +389,12 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     if split not in ("all", "test"):
         raise ConfigError(f"split must be 'all' or 'test', got {split!r}")
     records = load_records(data, format, annotations)
-    det = Detector(weights)
+    if resolve_card(weights).get("task") == "cxr-detect-unet":  # the seed-1 route, scored the same way
+        from pulmo.tasks.cxr_detect_unet import UnetBoxDetector
+
+        det = UnetBoxDetector(weights)
+    else:
+        det = Detector(weights)
     if split == "test":
         held = set(det.card["training"].get("test_images", []))
         records = [r for r in records if Path(r["image"]).name in held]
@@ -391,6 +405,6 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     for r in tqdm(records, desc="cxr-detect evaluate", disable=not progress):
         preds += det.predict_raw([read_image(r["image"])])
         gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
-    m = _metrics(preds, gts, det.threshold)
+    m = _metrics(preds, gts, float(det.card["thresholds"]["score"]))
     return {"task": "cxr-detect", **m, "split": split, "weights": det.card["name"],
             "weights_sha256": det.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}

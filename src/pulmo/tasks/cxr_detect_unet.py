@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,16 +29,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from pulmo.datasets.detection import label_counts
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError
-from pulmo.io import Image2D, read_image
+from pulmo.io import Image2D
 from pulmo.metrics.detection import detection_metrics
 from pulmo.models import create_model
-from pulmo.tasks.cxr_detect import (DetectionDataset, _metrics, _round, dataset_ground_truth, load_records,
-                                    prepare_image, split_records)
+from pulmo.tasks.cxr_detect import (
+    DetectionDataset,
+    _metrics,
+    _round,
+    dataset_ground_truth,
+    load_records,
+    prepare_image,
+    split_records,
+)
 from pulmo.weights import resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
@@ -252,15 +257,3 @@ class UnetBoxDetector:
             p["boxes"] = p["boxes"] * np.array([sx, sy, sx, sy])
             preds.append(p)
         return preds
-
-
-def evaluate_records(records: Sequence[dict], weights: str = DEFAULT_WEIGHTS, progress: bool = True) -> dict[str, Any]:
-    """Detection metrics of the U-Net route on box records, in original pixels (as ``cxr_detect.evaluate``)."""
-    det = UnetBoxDetector(weights)
-    t0 = time.perf_counter()
-    preds, gts = [], []
-    for r in tqdm(records, desc="cxr-detect-unet evaluate", disable=not progress):
-        preds += det.predict_raw([read_image(r["image"])])
-        gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
-    return {"task": "cxr-detect", **_metrics(preds, gts, 0.0), "weights": det.card["name"],
-            "seconds": round(time.perf_counter() - t0, 2)}

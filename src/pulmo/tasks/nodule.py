@@ -39,8 +39,17 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Volume, read_image
 from pulmo.metrics.froc import FROC_FP_RATES, froc
 from pulmo.models import create_model
-from pulmo.models.nodulenet import (NoduleNet3d, box_iou_cubes, decode, dice_bce_loss, encode, nms_cubes,
-                                    roi_sample, rpn_loss, rpn_targets)
+from pulmo.models.nodulenet import (
+    NoduleNet3d,
+    box_iou_cubes,
+    decode,
+    dice_bce_loss,
+    encode,
+    nms_cubes,
+    roi_sample,
+    rpn_loss,
+    rpn_targets,
+)
 from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.weights import resolve_card, save_weights
 
@@ -333,7 +342,7 @@ def load_backgrounds(sources: list[str], exclude_labels: list[str], spacing_mm: 
             pts = prep.to_grid(np.argwhere(real))
             idx = np.clip(np.round(pts).astype(int), 0, np.array(prep.image.shape) - 1)
             real_grid[tuple(idx.T)] = True
-        reach = patch // 2 + int(math.ceil(10.0 / spacing_mm))
+        reach = patch // 2 + math.ceil(10.0 / spacing_mm)
         allowed = ~ndimage.binary_dilation(real_grid, structure=np.ones((3, 3, 3), bool), iterations=reach) \
             if real_grid.any() else np.ones(prep.image.shape, bool)
         centres = np.argwhere(prep.lungs & allowed)
