@@ -5,6 +5,7 @@ with the same split seed). Metrics at the original resolution with each card's t
 formulas (SEEDS.md notes seed 5's Sp and F1 formulas are wrong).
 
     python benchmarks/lesion_compare.py --data DATA/ct/COVID-SemiSeg runs/lesion-unet runs/lesion-res-unet ...
+    python benchmarks/lesion_compare.py --data DATA/ct/COVID-SemiSeg --append runs/lesion-new   # add one run
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", default="benchmarks/results/lesion_compare.json")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in --out (a row of the same run is replaced)")
     args = ap.parse_args()
 
     from pulmo.datasets import covid_semiseg_records
@@ -40,12 +43,15 @@ def main() -> None:
         rows.append({"run": run, "architecture": card["architecture"], "classes": classes,
                      "threshold": card["thresholds"]["infection"],
                      "epochs_run": card["training"]["epochs_run"], "train_seconds": card["training"]["seconds"], **s})
+    if args.append and Path(args.out).is_file():
+        new = {r["run"] for r in rows}
+        rows = [r for r in json.loads(Path(args.out).read_text()) if r["run"] not in new] + rows
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     print("| method | classes | Acc | Pc | Sen | Sp | F1 (Dice, pixels) | Dice mean/slice | seed-5 F1 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        seed = SEED5.get(r["architecture"])
+        seed = SEED5.get(r["architecture"]) if r["classes"] == "binary" else None
         print(f"| {r['architecture']} | {r['classes']} | {r['accuracy']:.3f} | {r['precision']:.3f} | {r['sensitivity']:.3f} | "
               f"{r['specificity']:.3f} | {r['f1']:.3f} | {r['dice_mean']:.3f} | {seed[4] if seed else '-'} |")
 
