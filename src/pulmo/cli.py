@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--architecture", help="unet, res-unet, attention-unet or res-attention-unet")
     le.add_argument("--features", type=int)
     le.add_argument("--size", type=int)
+    le.add_argument("--negatives", action="append",
+                    help="a CT volume with no infection (DICOM series folder, NIfTI, mhd, NRRD) whose lung slices "
+                    "train with empty masks; repeatable")
     le.add_argument("--name", help="weight-set name")
     _add_train_flags(le)
     cl = tsub.add_parser("cxr-classify", help="chest X-ray classifier (normal / bacterial / viral / COVID-19)")

@@ -67,3 +67,42 @@ def test_evaluate_cli_writes_the_documented_keys(tmp_path):
     for k in ("dice_mean", "dice_global", "accuracy", "precision", "sensitivity", "specificity", "f1"):
         assert 0.0 <= m[k] <= 1.0
     assert m["dice_global"] == m["f1"]
+
+
+def test_lung_crop_box_grows_and_clips():
+    from pulmo.transforms import lung_crop_box
+
+    m = np.zeros((100, 80), bool)
+    m[20:70, 10:60] = True
+    rows, cols = lung_crop_box(m)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (20 - 5, 70 + 5, 10 - 5, 60 + 5)  # 8 % of 49 + 2
+    m[:, :] = False
+    m[0:5, 75:80] = True
+    rows, cols = lung_crop_box(m)
+    assert rows.start == 0 and cols.stop == 80
+    with pytest.raises(ValueError, match="empty"):
+        lung_crop_box(np.zeros((4, 4), bool))
+
+
+def test_negative_volumes_give_empty_masks_framed_like_the_pipeline(tmp_path):
+    """Infection-free training slices (``--negatives``) from the real NRRD: every third lung slice, cropped to
+    the lung box and lung-windowed exactly as ``analyze`` feeds the model, with empty labels."""
+    from pulmo.datasets.covid_ct import LesionSliceDataset, negative_slices, negative_volume_records
+    from pulmo.io import read_image
+    from pulmo.tasks.ct_lungs import lung_mask_ct
+    from pulmo.transforms import lung_crop_box, window_hu
+
+    path = data_path("ct", "pyradiomics_lung", "lung1_image.nrrd")
+    (rec,) = negative_volume_records([str(path)])
+    pairs = negative_slices(rec)
+    vol = read_image(path)
+    lungs = lung_mask_ct(vol)
+    zs = np.flatnonzero(lungs.any(axis=(1, 2)))[::3]
+    rows, cols = lung_crop_box(lungs.any(axis=0))
+    assert len(pairs) == len(zs) > 5
+    np.testing.assert_allclose(pairs[1][0], window_hu(vol.hu[zs[1], rows, cols]), atol=1e-6)
+    assert all(lab.shape == img.shape and not lab.any() for img, lab in pairs)
+    ds = LesionSliceDataset([rec], 64)
+    assert len(ds) == len(pairs) and float(ds[0]["label"].max()) == 0.0
+    with pytest.raises(InputError, match="not found"):
+        negative_volume_records([str(tmp_path / "missing.nii.gz")])

@@ -21,7 +21,7 @@ from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
-from pulmo.transforms import window_hu
+from pulmo.transforms import lung_crop_box, window_hu
 from pulmo.weights import WEIGHTS_DIR
 
 logger = logging.getLogger(__name__)
@@ -50,13 +50,6 @@ def _model_entry(seg: LesionSegmenter) -> dict[str, Any]:
             "sha256": seg.card.get("sha256")}
 
 
-def _bbox(mask2d: np.ndarray, margin: float = 0.08) -> tuple[slice, slice]:
-    ys, xs = np.nonzero(mask2d)
-    h, w = mask2d.shape
-    my, mx = int((ys.max() - ys.min()) * margin) + 2, int((xs.max() - xs.min()) * margin) + 2
-    return slice(max(0, ys.min() - my), min(h, ys.max() + my + 1)), slice(max(0, xs.min() - mx), min(w, xs.max() + mx + 1))
-
-
 def _class_volumes(labels: np.ndarray, seg: LesionSegmenter, unit: float) -> dict[str, float]:
     if len(seg.labels) < 3:
         return {}
@@ -78,7 +71,7 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     seg = lesion_segmenter()
     infection = np.zeros(volume.shape, np.uint8)
     zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-    rows, cols = _bbox(lungs.any(axis=0))
+    rows, cols = lung_crop_box(lungs.any(axis=0))
     slices01 = [window_hu(volume.hu[z, rows, cols]) for z in zs]
     for z, labels in zip(zs, seg.predict(slices01)):
         infection[z, rows, cols] = labels

@@ -21,7 +21,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from pulmo.datasets import LesionSliceDataset, covid_semiseg_records, ct_volume_records, split_by_patient
+from pulmo.datasets import (
+    LesionSliceDataset,
+    covid_semiseg_records,
+    ct_volume_records,
+    negative_volume_records,
+    split_by_patient,
+)
 from pulmo.datasets.covid_ct import CLASS_NAMES, read_mask
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError
@@ -48,6 +54,9 @@ class LesionSegConfig(TrainConfig):
         architecture: ``unet``, ``res-unet``, ``attention-unet`` or ``res-attention-unet``.
         features: first-scale channels of the plain/residual encoders.
         size: working resolution (px, square). val_fraction / split_seed: the grouped hold-out.
+        negatives: CT volumes with no infection (DICOM series folders or volume files, HU) whose lung slices
+            (every third one, framed as the CT pipeline frames them) join the training split with empty
+            masks, so the model learns normal dense lung; never used for validation.
     """
 
     data: str = ""
@@ -59,6 +68,7 @@ class LesionSegConfig(TrainConfig):
     val_fraction: float = 0.2
     split_seed: int = 0
     elastic_prob: float = 0.3
+    negatives: list[str] = dataclasses.field(default_factory=list)
     name: str = DEFAULT_WEIGHTS
     epochs: int = 120
     batch_size: int = 4
@@ -116,7 +126,9 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
     save_config(config, out / "config.yaml")
     records = load_records(config.data, config.format, "train", config.classes)
     train_records, val_records = split_by_patient(records, config.val_fraction, config.split_seed, exact=True)
-    logger.info("lesion-seg: %d train / %d val records (grouped hold-out)", len(train_records), len(val_records))
+    train_records = train_records + negative_volume_records(config.negatives)
+    logger.info("lesion-seg: %d train / %d val records (grouped hold-out; %d negative volumes in train)",
+                len(train_records), len(val_records), len(config.negatives))
     model = create_model(config.architecture, **_model_kwargs(config))
     train_ds = LesionSliceDataset(train_records, config.size, transform=ct_slice_augmentation(config.size, config.elastic_prob))
     val_ds = LesionSliceDataset(val_records, config.size)
@@ -154,6 +166,7 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
         "training": {"data": config.data, "format": config.format, "classes": config.classes,
                      "split": f"grouped hold-out: the {config.val_fraction:.0%} of groups (MedSeg slice index // 5) with the smallest sha1(seed {config.split_seed}, group)",
                      "n_train_slices": len(train_ds), "n_val_slices": len(val_ds),
+                     "negatives": config.negatives,
                      "val_images": [Path(r.get("image", r.get("volume", ""))).name for r in val_records],
                      "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
                      "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],

@@ -27,3 +27,19 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_probability(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Up-sample probabilities ``(B, K, h, w)`` to ``(B, K, H, W)`` (bilinear) before thresholding."""
     return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+
+
+def lung_crop_box(mask2d: np.ndarray, margin: float = 0.08) -> tuple[slice, slice]:
+    """Row and column slices of the bounding box of a 2D mask (e.g. the lungs projected over all slices),
+    grown by ``margin`` of its size + 2 px on each side and clipped to the image: the framing of
+    COVID-SemiSeg slices, used for every CT slice the lesion model sees (training and inference).
+
+    Raises:
+        ValueError: the mask is empty.
+    """
+    ys, xs = np.nonzero(mask2d)
+    if not len(ys):
+        raise ValueError("lung_crop_box: empty mask")
+    h, w = mask2d.shape
+    my, mx = int((ys.max() - ys.min()) * margin) + 2, int((xs.max() - xs.min()) * margin) + 2
+    return slice(max(0, ys.min() - my), min(h, ys.max() + my + 1)), slice(max(0, xs.min() - mx), min(w, xs.max() + mx + 1))
