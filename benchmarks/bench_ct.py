@@ -68,7 +68,6 @@ def main() -> None:
         "model_load_s": round(load_s, 3), "read_series_s": round(read_s, 3), "lung_mask_s": round(lungs_s, 3),
         "infection_segmentation_s": round(lesion_s, 3),
         "infection_ms_per_slice": round(1000 * lesion_s / max(1, len(zs)), 1),
-        "read_lungs_infection_s": round(read_s + lungs_s + lesion_s, 3),
         "nodule_detection_s": None if nodule_s is None else round(nodule_s, 3),
         "nodule_weights": None if nod is None else nod.card.get("name"),
         "analyze_total_s": round(total_s, 3), "repeats": args.repeats,

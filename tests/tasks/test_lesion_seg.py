@@ -87,14 +87,15 @@ def test_lung_crop_box_grows_and_clips():
 def test_negative_volumes_give_empty_masks_framed_like_the_pipeline(tmp_path):
     """Infection-free training slices (``--negatives``) from the real NRRD: every third lung slice, cropped to
     the lung box and lung-windowed exactly as ``analyze`` feeds the model, with empty labels."""
-    from pulmo.datasets.covid_ct import LesionSliceDataset, negative_slices, negative_volume_records
+    from pulmo.datasets.covid_ct import LesionSliceDataset
     from pulmo.io import read_image
     from pulmo.tasks.ct_lungs import lung_mask_ct
+    from pulmo.tasks.lesion_seg import negative_records
     from pulmo.transforms import lung_crop_box, window_hu
 
     path = data_path("ct", "pyradiomics_lung", "lung1_image.nrrd")
-    (rec,) = negative_volume_records([str(path)])
-    pairs = negative_slices(rec)
+    (rec,) = negative_records([str(path)])
+    pairs = rec["pairs"]
     vol = read_image(path)
     lungs = lung_mask_ct(vol)
     zs = np.flatnonzero(lungs.any(axis=(1, 2)))[::3]
@@ -105,4 +106,4 @@ def test_negative_volumes_give_empty_masks_framed_like_the_pipeline(tmp_path):
     ds = LesionSliceDataset([rec], 64)
     assert len(ds) == len(pairs) and float(ds[0]["label"].max()) == 0.0
     with pytest.raises(InputError, match="not found"):
-        negative_volume_records([str(tmp_path / "missing.nii.gz")])
+        negative_records([str(tmp_path / "missing.nii.gz")])

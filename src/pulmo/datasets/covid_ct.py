@@ -12,8 +12,6 @@
   Segmentation Dataset", Zenodo 3757476): ``COVID-19-CT-Seg_20cases/<case>.nii.gz`` + ``Infection_Mask/
   <case>.nii.gz`` (+ optional ``Lung_Mask/``). Volumes are in HU (the Radiopaedia cases are 0-255 already
   windowed; those are detected and used as windowed slices).
-* :func:`negative_volume_records`: CT volumes with no infection (any format :func:`pulmo.io.read_image`
-  reads, in HU), whose lung slices are used as infection-free training examples.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pulmo.errors import InputError
-from pulmo.transforms import lung_crop_box, resize_image, window_hu
+from pulmo.transforms import resize_image, window_hu
 
 logger = logging.getLogger(__name__)
 
@@ -111,47 +109,12 @@ def slices_from_volume(record: dict[str, Any], every_other: int = 4) -> list[tup
     return out
 
 
-def negative_volume_records(paths: list[str]) -> list[dict[str, Any]]:
-    """Records ``{"volume", "patient_id", "source": "negative", "input": "negative"}`` of CT volumes known to
-    have no infection (a DICOM series folder, NIfTI, mhd or NRRD file each).
-
-    Raises:
-        InputError: a path does not exist.
-    """
-    records = []
-    for p in paths:
-        if not Path(p).exists():
-            raise InputError(f"{p}: negative CT volume not found (expected a DICOM series folder or a volume file)")
-        records.append({"volume": str(p), "patient_id": f"negative:{Path(p).name}", "source": "negative",
-                        "input": "negative"})
-    return records
-
-
-def negative_slices(record: dict[str, Any], every: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every ``every``-th lung slice of an infection-free HU volume, framed and windowed exactly as the CT
-    pipeline frames slices for the lesion model (lung bounding box, lung window), with an empty label map.
-
-    Raises:
-        InputError: not an HU volume, or no lungs found.
-    """
-    from pulmo.io import Volume, read_image
-    from pulmo.tasks.ct_lungs import lung_mask_ct
-
-    vol = read_image(record["volume"])
-    if not isinstance(vol, Volume):
-        raise InputError(f"{record['volume']}: a negative example must be a CT volume, got a 2D image")
-    lungs = lung_mask_ct(vol)
-    rows, cols = lung_crop_box(lungs.any(axis=0))
-    zs = np.flatnonzero(lungs.any(axis=(1, 2)))[::every]
-    return [(window_hu(vol.hu[z, rows, cols]).astype(np.float32), np.zeros(vol.hu[z, rows, cols].shape, np.uint8))
-            for z in zs]
-
-
 class LesionSliceDataset(Dataset):
     """2D infection-segmentation samples at a square working size (cached).
 
     Items: ``image`` float32 ``(1, S, S)`` in [0, 1]; ``label`` float32 ``(1, S, S)`` (binary 0/1, or class
-    indices 0/1/2 for ``classes="multiclass"``).
+    indices 0/1/2 for ``classes="multiclass"``). Records are those of this module (``input`` ``windowed`` or
+    ``hu``) or ``{"input": "slices", "pairs": [(image01 (H, W), labels (H, W)), ...]}`` prepared elsewhere.
     """
 
     def __init__(self, records: list[dict[str, Any]], size: int = 256, transform=None):
@@ -161,8 +124,8 @@ class LesionSliceDataset(Dataset):
         for r in records:
             if r["input"] == "hu":
                 pairs = slices_from_volume(r)
-            elif r["input"] == "negative":
-                pairs = negative_slices(r)
+            elif r["input"] == "slices":  # prepared by the task, e.g. infection-free CT slices
+                pairs = r["pairs"]
             else:
                 image = np.asarray(Image.open(r["image"]).convert("L"), dtype=np.float32) / 255.0
                 mask = read_mask(r["mask"])

@@ -1,5 +1,5 @@
 """Synthetic lung nodules inserted into real lung parenchyma, to train nodule models where labelled nodule CTs
-are scarce (one scan in ../shared/data).
+are scarce (a single labelled scan is all this project's development data holds).
 
 The simulation follows the lesion-insertion literature (e.g. Li et al., "A hybrid approach to pulmonary nodule
 insertion", Med. Phys. 2009; Pezeshk et al., "Seamless lesion insertion for data augmentation in CAD

@@ -18,10 +18,10 @@ from pulmo.errors import InputError
 from pulmo.io import Image2D, Volume
 from pulmo.pipeline.findings import Findings
 from pulmo.tasks.ct_lungs import lung_mask_ct
-from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter
+from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
-from pulmo.transforms import lung_crop_box, window_hu
+from pulmo.transforms import window_hu
 from pulmo.weights import WEIGHTS_DIR
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     lungs = lung_mask_ct(volume)
     seg = lesion_segmenter()
     infection = np.zeros(volume.shape, np.uint8)
-    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-    rows, cols = lung_crop_box(lungs.any(axis=0))
-    slices01 = [window_hu(volume.hu[z, rows, cols]) for z in zs]
+    zs, (rows, cols), slices01 = frame_ct_slices(volume, lungs)
     for z, labels in zip(zs, seg.predict(slices01)):
         infection[z, rows, cols] = labels
     infection[~lungs] = 0

@@ -389,7 +389,7 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     if split not in ("all", "test"):
         raise ConfigError(f"split must be 'all' or 'test', got {split!r}")
     records = load_records(data, format, annotations)
-    if resolve_card(weights).get("task") == "cxr-detect-unet":  # the seed-1 route, scored the same way
+    if resolve_card(weights).get("task") == "cxr-detect-unet":  # the seed-1 route, same outputs and scoring
         from pulmo.tasks.cxr_detect_unet import UnetBoxDetector
 
         det = UnetBoxDetector(weights)
@@ -405,6 +405,6 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     for r in tqdm(records, desc="cxr-detect evaluate", disable=not progress):
         preds += det.predict_raw([read_image(r["image"])])
         gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
-    m = _metrics(preds, gts, float(det.card["thresholds"]["score"]))
+    m = _metrics(preds, gts, det.threshold)
     return {"task": "cxr-detect", **m, "split": split, "weights": det.card["name"],
             "weights_sha256": det.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}

@@ -246,14 +246,15 @@ class UnetBoxDetector:
         self.size = int(self.card["input"]["size"][0])
         self.patch = int(self.card["input"]["patch"])
         self.labels = list(self.card["labels"])
-        self.threshold = float(self.card["thresholds"]["mask"])
+        self.mask_threshold = float(self.card["thresholds"]["mask"])
+        self.threshold = float(self.card["thresholds"]["score"])  # box score, as Detector.threshold
 
     def predict_raw(self, images: Sequence[Image2D]) -> list[dict[str, Any]]:
         """Scored boxes per image, in original px."""
         preds = []
         for image in images:
             x, (sx, sy) = prepare_image(image, self.size)
-            p = masks_to_boxes(overlap_tile_probability(self.model, x, self.patch), self.threshold, self.labels)
+            p = masks_to_boxes(overlap_tile_probability(self.model, x, self.patch), self.mask_threshold, self.labels)
             p["boxes"] = p["boxes"] * np.array([sx, sy, sx, sy])
             preds.append(p)
         return preds

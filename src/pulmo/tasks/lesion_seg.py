@@ -21,19 +21,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from pulmo.datasets import (
-    LesionSliceDataset,
-    covid_semiseg_records,
-    ct_volume_records,
-    negative_volume_records,
-    split_by_patient,
-)
+from pulmo.datasets import LesionSliceDataset, covid_semiseg_records, ct_volume_records, split_by_patient
 from pulmo.datasets.covid_ct import CLASS_NAMES, read_mask
 from pulmo.engine import TrainConfig, fit, save_config
-from pulmo.errors import ConfigError
+from pulmo.errors import ConfigError, InputError
+from pulmo.io import Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
 from pulmo.models import create_model
-from pulmo.transforms import resize_image, resize_probability
+from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.transforms import lung_crop_box, resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
 from pulmo.weights import resolve_card, save_weights
 
@@ -85,6 +81,42 @@ def load_records(data: str | Path, format: str, split: str = "train", classes: s
     raise ConfigError(f"unknown lesion-seg format {format!r}; expected one of {FORMATS}")
 
 
+def frame_ct_slices(volume: Volume, lungs: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice], list[np.ndarray]]:
+    """The lung slices of a CT volume as the lesion model sees them (COVID-SemiSeg framing): every axial slice
+    with lung, cropped to the bounding box of the lungs over all slices (+8 %) and mapped through the lung
+    window.
+
+    Args:
+        volume: CT in HU, ``(Z, Y, X)``. lungs: bool ``(Z, Y, X)`` lung mask (not empty).
+
+    Returns:
+        ``(zs, (rows, cols), slices01)``: the slice indices, the in-plane crop, float32 ``[0, 1]`` images.
+    """
+    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
+    rows, cols = lung_crop_box(lungs.any(axis=0))
+    return zs, (rows, cols), [window_hu(volume.hu[z, rows, cols]) for z in zs]
+
+
+def negative_records(paths: list[str], every: int = 3) -> list[dict[str, Any]]:
+    """Infection-free training records from CT volumes with no infection (DICOM series folders, NIfTI, mhd,
+    NRRD; HU): every ``every``-th slice of :func:`frame_ct_slices`, with an empty label map.
+
+    Raises:
+        InputError: a path missing, not a CT volume, not in HU, or without lungs.
+    """
+    records = []
+    for p in paths:
+        if not Path(p).exists():
+            raise InputError(f"{p}: negative CT volume not found (expected a DICOM series folder or a volume file)")
+        vol = read_image(p)
+        if not isinstance(vol, Volume):
+            raise InputError(f"{p}: a negative example must be a CT volume, got a 2D image")
+        _, _, slices = frame_ct_slices(vol, lung_mask_ct(vol))
+        records.append({"volume": str(p), "patient_id": f"negative:{Path(p).name}", "source": "negative",
+                        "input": "slices", "pairs": [(im, np.zeros(im.shape, np.uint8)) for im in slices[::every]]})
+    return records
+
+
 def _n_out(classes: str) -> int:
     if classes not in CLASS_NAMES:
         raise ConfigError(f"classes must be 'binary' or 'multiclass', got {classes!r}")
@@ -126,7 +158,7 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
     save_config(config, out / "config.yaml")
     records = load_records(config.data, config.format, "train", config.classes)
     train_records, val_records = split_by_patient(records, config.val_fraction, config.split_seed, exact=True)
-    train_records = train_records + negative_volume_records(config.negatives)
+    train_records = train_records + negative_records(config.negatives)
     logger.info("lesion-seg: %d train / %d val records (grouped hold-out; %d negative volumes in train)",
                 len(train_records), len(val_records), len(config.negatives))
     model = create_model(config.architecture, **_model_kwargs(config))
