@@ -36,7 +36,9 @@ def test_analyze_one_xray(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--no-progress", "analyze", str(EXAMPLE), "--out", str(out)]) == 0
     findings = json.loads((out / "findings.json").read_text())
-    assert findings["schema_version"] == "1.0" and findings["modality"] == "cxr"
+    assert findings["schema_version"] == "1.1" and findings["modality"] == "cxr"
+    assert findings["input"]["gate"]["decision"] == "accepted" and findings["input"]["gate"]["as"] == "cxr"
+    assert "Input gate" in (out / "report.html").read_text()
     assert findings["input"]["image_size"] == {"height": 1024, "width": 1024}
     assert findings["lungs"]["area_cm2"] is None  # PNG: spacing unknown
     assert 0.10 < findings["lungs"]["area_px"] / 1024**2 < 0.5
@@ -82,7 +84,9 @@ def test_analyze_dicom_monochrome1_matches_png(tmp_path):
     """The same radiograph as DICOM MONOCHROME1 (inverted, 12-bit, with spacing) gives the same lungs."""
     grey = np.asarray(Image.open(EXAMPLE).convert("L")).astype(np.uint16)
     stored = (255 - grey) * 16  # MONOCHROME1: high stored value = dark
-    dcm = write_dicom(tmp_path / "cxr.dcm", stored, photometric="MONOCHROME1", bits_stored=12, spacing=(0.143, 0.143))
+    (tmp_path / "in").mkdir()
+    dcm = write_dicom(tmp_path / "in" / "cxr.dcm", stored, photometric="MONOCHROME1", bits_stored=12,
+                      spacing=(0.143, 0.143))
     assert main(["--no-progress", "analyze", str(dcm), "--out", str(tmp_path / "dcm")]) == 0
     assert main(["--no-progress", "analyze", str(EXAMPLE), "--out", str(tmp_path / "png")]) == 0
     f = json.loads((tmp_path / "dcm" / "findings.json").read_text())
@@ -121,7 +125,8 @@ def test_analyze_folder_batch_survives_bad_files(tmp_path):
      np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8)])).save(p / "photo.jpg"))[0], 3, "colour"),
 ])
 def test_bad_input_one_line_exit_3(tmp_path, capsys, make, code, needle):
-    target = make(tmp_path)
+    (tmp_path / "in").mkdir()
+    target = make(tmp_path / "in")
     assert main(["--no-progress", "analyze", str(target), "--out", str(tmp_path / "o")]) == code
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -3,11 +3,20 @@
 Public API: :func:`read_image`, :func:`analyze`, :func:`create_model`, :func:`list_models`.
 """
 
-from pulmo.errors import ConfigError, InputError, NotAvailableError, PulmoError, WeightsError
+from pulmo.errors import ConfigError, InputError, NotAvailableError, OutOfScopeError, PulmoError, WeightsError
 from pulmo.io import Image2D, Volume, read_image
-from pulmo.models import create_model, list_models
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``create_model`` and ``list_models`` import torch on first use, so ``import pulmo`` (and reading or
+    refusing an input) stays cheap."""
+    if name in ("create_model", "list_models"):
+        from pulmo import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'pulmo' has no attribute {name!r}")
 
 
 def analyze(path, out_dir, modality=None, progress=True):
@@ -23,6 +32,7 @@ __all__ = [
     "Image2D",
     "InputError",
     "NotAvailableError",
+    "OutOfScopeError",
     "PulmoError",
     "Volume",
     "WeightsError",

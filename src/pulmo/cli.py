@@ -1,7 +1,8 @@
 """The ``pulmo`` command line: a thin client of the library (parses, calls the API, prints).
 
-Exit codes: 0 success, 1 failure of some items in a batch, 2 usage/config error, 3 bad input,
-4 weights error, 5 capability not available yet.
+Exit codes: 0 success, 1 failure of some items in a batch, 2 usage/config error, 3 bad input (unreadable,
+or refused by the input gate as outside pulmo's scope; also MemoryError), 4 weights error, 5 capability not
+available yet.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulmo", description="Chest X-ray and CT computer-aided detection.")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -49,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("input", help="an image file, a DICOM series folder or a folder of images")
     a.add_argument("--out", required=True, help="output folder (created; existing results are replaced)")
     a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
+    a.add_argument("--max-pixels", dest="max_pixels", type=_positive_int, default=50_000_000,
+                   help="largest 2D image read, pixels, checked from the header before decoding (default 50000000)")
+    a.add_argument("--max-voxels", dest="max_voxels", type=_positive_int, default=1_500_000_000,
+                   help="largest volume read, voxels, checked from the header before decoding (default 1500000000)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
     e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule"])
@@ -127,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--name", help="weight-set name")
     _add_train_flags(no)
 
+    ig = tsub.add_parser("input-gate", help="the input gate's 'chest radiograph / CT slice / other' model")
+    ig.add_argument("--data", help="data root holding cxr/ and ct/ (the shared data layout; default ../shared/data)")
+    ig.add_argument("--corpus", help="cached rendered corpus .npz (built from --data when missing)")
+    ig.add_argument("--exclude-sources", dest="exclude_sources", action="append",
+                    help="a source left out of training (e.g. tbx11k); repeatable")
+    ig.add_argument("--max-false-refusal", dest="max_false_refusal", type=float,
+                    help="largest validation false-refusal rate of real X-rays the threshold may cost (default 0.005)")
+    ig.add_argument("--leave-one-source-out", dest="leave_one_source_out", action="store_true",
+                    help="retrain once per chest X-ray source with it held out and report its refusals")
+    ig.add_argument("--name", help="weight-set name")
+    _add_train_flags(ig)
+
     sub.add_parser("models", help="list registered architectures and bundled weights")
 
     sv = sub.add_parser("serve", help="run the web service and viewer (needs the 'serve' extra)")
@@ -138,24 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bearer token the API requires (default: $PULMO_TOKEN; none = no authentication)")
     sv.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=512.0,
                     help="largest upload accepted, MiB (default 512)")
+    sv.add_argument("--job-timeout-s", dest="job_timeout_s", type=float, default=900.0,
+                    help="wall-time limit of one job, s; the worker is killed and the job failed past it "
+                    "(default 900; 0 = none)")
+    sv.add_argument("--job-memory-gb", dest="job_memory_gb", type=float, default=8.0,
+                    help="memory limit of each worker process (RLIMIT_DATA), GiB (default 8; 0 = none; else >= 2)")
     return parser
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from pulmo.engine import load_config
-    from pulmo.tasks import cxr_classify, cxr_detect, cxr_detect_unet, lesion_seg, lung_seg, nodule
+    from pulmo.tasks import cxr_classify, cxr_detect, cxr_detect_unet, input_gate, lesion_seg, lung_seg, nodule
 
     task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig),
+            "input-gate": (input_gate, input_gate.InputGateConfig),
             "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig),
             "cxr-detect": (cxr_detect, cxr_detect.DetectConfig),
             "cxr-detect-unet": (cxr_detect_unet, cxr_detect_unet.UnetDetectConfig),
             "nodule": (nodule, nodule.NoduleConfig)}
     module, config_cls = task[args.task]
-    skip = {"command", "task", "verbose", "no_progress", "config"}
+    skip = {"command", "task", "verbose", "no_progress", "config", "leave_one_source_out"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     overrides["progress"] = False if args.no_progress else None
     config = load_config(config_cls, args.config, overrides)
     launcher = "torchrun --nproc_per_node=N -m pulmo " if os.environ.get("WORLD_SIZE", "1") != "1" else "pulmo "
+    if getattr(args, "leave_one_source_out", False):
+        print(json.dumps(module.leave_one_source_out(config), indent=2))
+        return 0
     card = module.train(config, command=launcher + shlex.join(argv))
     if card:
         print(json.dumps({"weights": str(Path(config.out_dir) / card["file"]), "metrics": card["metrics"]}, indent=2))
@@ -228,9 +264,11 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from pulmo.io import InputLimits
     from pulmo.pipeline import analyze_path
 
-    result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress)
+    limits = InputLimits(max_pixels=args.max_pixels, max_voxels=args.max_voxels)
+    result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress, limits=limits)
     for line in result.lines:
         print(line)
     return result.exit_code
@@ -240,7 +278,8 @@ def _serve(args: argparse.Namespace) -> int:
     from pulmo.service import serve
 
     return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
-                 max_upload_mb=args.max_upload_mb, log_level=logging.DEBUG if args.verbose else logging.INFO)
+                 max_upload_mb=args.max_upload_mb, job_timeout_s=args.job_timeout_s,
+                 job_memory_gb=args.job_memory_gb, log_level=logging.DEBUG if args.verbose else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    if os.environ.get("OMP_NUM_THREADS") is None:
-        import torch
-
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+    if os.environ.get("OMP_NUM_THREADS") is None and "torch" not in sys.modules:
+        # at most 2 intra-op threads; set before torch is imported, which happens only when a model is needed
+        os.environ["OMP_NUM_THREADS"] = str(min(2, os.cpu_count() or 1))
     handlers = {"analyze": _analyze, "evaluate": _evaluate, "models": _models, "serve": _serve,
                 "train": lambda a: _train(a, sys.argv[1:] if argv is None else argv)}
     try:
@@ -259,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     except PulmoError as exc:
         print(f"pulmo {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except MemoryError:
+        print(f"pulmo {args.command}: error: out of memory (MemoryError); for analyze, lower --max-pixels / "
+              "--max-voxels or free memory", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("pulmo: interrupted", file=sys.stderr)
         return 130

@@ -37,3 +37,11 @@ class NotAvailableError(PulmoError):
     """The input is valid but the capability it needs is not available in this version."""
 
     exit_code = 5
+
+
+class OutOfScopeError(InputError):
+    """The input is readable but outside what pulmo's models can judge (an MR image, a lateral view, a
+    photograph, a constant picture, a volume that is not a chest CT, an image over the size limits).
+
+    The message says what is wrong and what pulmo accepts. Exit code 3, like every bad input.
+    """

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from pulmo.cli import main
 from pulmo.io import read_image
-from tests.conftest import ROOT, data_path
+from tests.conftest import LIDC_SERIES, ROOT, data_path
 from tests.dicom_helpers import write_dicom
 
 EXAMPLE_CT = ROOT / "examples" / "ct" / "LIDC-IDRI-0001"
@@ -56,7 +57,21 @@ def test_analyze_single_windowed_ct_slice(tmp_path):
     assert (out / "infection_mask.png").is_file()
 
 
+def test_single_dicom_ct_slice_gets_lungs_and_infection_figures(tmp_path):
+    """One LIDC slice as a file: a 2D lung mask (the one-slice closing used to empty it) and real figures."""
+    files = sorted(data_path(*LIDC_SERIES).glob("*.dcm"))
+    (tmp_path / "in").mkdir()
+    one = tmp_path / "in" / "slice.dcm"
+    shutil.copy(files[70], one)
+    out = tmp_path / "out"
+    assert main(["--no-progress", "analyze", str(one), "--out", str(out)]) == 0
+    f = json.loads((out / "findings.json").read_text())
+    assert f["modality"] == "ct" and f["input"]["gate"]["as"] == "ct_slice"
+    assert f["lungs"]["area_px"] > 20_000 and f["infection"]["percent_of_lung"] is not None
+
+
 def test_radiograph_dicom_refused_as_ct(tmp_path, capsys):
-    dcm = write_dicom(tmp_path / "dx.dcm", np.full((64, 64), 100, np.uint16), modality="DX")
+    (tmp_path / "in").mkdir()
+    dcm = write_dicom(tmp_path / "in" / "dx.dcm", np.full((64, 64), 100, np.uint16), modality="DX")
     assert main(["--no-progress", "analyze", str(dcm), "--modality", "ct", "--out", str(tmp_path / "o")]) == 3
     assert "radiograph" in capsys.readouterr().err

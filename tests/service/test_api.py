@@ -300,7 +300,7 @@ def test_job_interrupted_too_often_fails_instead_of_looping(tmp_path):
         requeued, failed = store.requeue_running(max_attempts=3)
     assert (requeued, failed) == (0, 1)
     job = store.get("a" * 32)
-    assert job["status"] == "failed" and "interrupted 3 times" in job["error"]
+    assert job["status"] == "failed" and "interrupted 3 times" in job["error"] and job["error_code"] == "interrupted"
 
 
 @pytest.mark.skipif(not (ROOT / "src" / "pulmo" / "weights" / "lesion-seg.json").exists(),

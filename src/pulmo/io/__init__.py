@@ -6,6 +6,7 @@ for NIfTI / MetaImage / NRRD, its name, and returns an :class:`Image2D` or a :cl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,12 @@ from pulmo.io.dicom import folder_is_dicom_series, is_dicom_file, read_dicom_fil
 from pulmo.io.image import Image2D, Volume
 from pulmo.io.itk import has_itk_suffix, read_itk, write_nifti
 from pulmo.io.raster import read_raster
+from pulmo.io.scope import DEFAULT_LIMITS, InputLimits
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "Image2D",
+    "InputLimits",
     "Volume",
     "folder_is_dicom_series",
     "is_supported_file",
@@ -45,35 +49,47 @@ def is_supported_file(path: str | Path) -> bool:
     return path.is_file() and (is_dicom_file(path) or has_itk_suffix(path) or _has_raster_magic(path))
 
 
-def read_image(path: str | Path) -> Image2D | Volume:
+def read_image(path: str | Path, limits: InputLimits | None = None) -> Image2D | Volume:
     """Read a chest X-ray or CT from a file or a DICOM series folder.
 
     Supported: PNG / JPEG (8/16-bit greyscale, grey RGB), a DICOM file (2D), a folder holding a DICOM
     series, NIfTI (.nii, .nii.gz), MetaImage (.mhd + .raw, .mha), NRRD (.nrrd, .nhdr). The modality
     is read, not guessed: a 3D volume is CT, a 2D DICOM's Modality tag decides, a PNG/JPEG is a CXR.
 
+    The header is checked before any pixel is decoded: DICOM tags (:func:`pulmo.io.scope.dicom_scope`) and
+    the size limits (``limits``, default :data:`pulmo.io.scope.DEFAULT_LIMITS`: 50 Mpx, 1.5 G voxels).
+
     Args:
         path: a file or a folder.
+        limits: size limits.
 
     Returns:
         :class:`Image2D` or :class:`Volume` (see :mod:`pulmo.io.image` for axes and units).
 
     Raises:
-        InputError: the path does not exist, is empty, or is not a supported or readable image.
+        OutOfScopeError: the tags or the size put the input outside pulmo's scope.
+        InputError: the path does not exist, is not a regular file or folder (a device, a FIFO), is empty
+            or unreadable, or is not a supported or readable image.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        return read_dicom_series(path)
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"{path}: permission denied; cannot read the folder")
+        return read_dicom_series(path, limits=limits)
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a device, FIFO or socket); expected an image file or folder")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied; cannot read the file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     if is_dicom_file(path):
-        return read_dicom_file(path)
+        return read_dicom_file(path, limits)
     if has_itk_suffix(path):
-        return read_itk(path)
+        return read_itk(path, limits)
     if _has_raster_magic(path):
-        return read_raster(path)
+        return read_raster(path, limits)
     raise InputError(
         f"{path}: unsupported or unrecognised format; expected PNG, JPEG, DICOM, NIfTI, mhd/raw or NRRD"
     )

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from pulmo.errors import InputError
+from pulmo.errors import InputError, OutOfScopeError
 from pulmo.io.image import Image2D, Volume
+from pulmo.io.scope import InputLimits, check_voxels, dicom_scope
 
 logger = logging.getLogger(__name__)
 
@@ -56,51 +57,88 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
 
 
 def _spacing_2d(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """``((row, column) mm, tag)`` from PixelSpacing or ImagerPixelSpacing; ``(None, None)`` when neither
+    holds two positive finite numbers (a malformed value is treated as unknown spacing, not guessed)."""
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(tag)
-        if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
-            return (float(value[0]), float(value[1])), tag
+        try:
+            value = ds.get(tag)
+            if value is None or isinstance(value, (str, bytes)) or len(value) != 2:
+                continue
+            row, col = float(value[0]), float(value[1])
+        except (TypeError, ValueError, OverflowError):
+            logger.warning("ignoring malformed %s %r", tag, ds.get(tag, ""))
+            continue
+        if 0 < row < 1e4 and 0 < col < 1e4:
+            return (row, col), tag
     return None, None
 
 
-def read_dicom_file(path: str | Path) -> Image2D:
-    """Read one 2D DICOM image (a chest X-ray: CR / DX / DR, or a single CT slice).
+#: Largest mean / 99th-percentile channel difference (grey levels of 255) of a colour-encoded grey image.
+_GREY_MEAN_DIFF, _GREY_P99_DIFF = 1.5, 12.0
 
+
+def _grey_from_colour(arr: np.ndarray, ds: pydicom.Dataset, path: Path, photometric: str) -> np.ndarray:
+    """The grey plane of a PALETTE COLOR / RGB / YBR image that is grey in disguise; refuses true colour."""
+    if photometric == "PALETTE COLOR":
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError/KeyError on a bad palette
+            raise InputError(f"{path}: PALETTE COLOR image with an unreadable palette ({exc})") from None
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise OutOfScopeError(f"{path}: {photometric} data of shape {arr.shape}; pulmo accepts greyscale images")
+    rgb = arr.astype(np.float32)
+    scale = 255.0 / max(1.0, float(rgb.max()))
+    diff = np.maximum(np.abs(rgb[..., 0] - rgb[..., 1]), np.abs(rgb[..., 1] - rgb[..., 2])) * scale
+    mean_diff, p99 = float(diff.mean()), float(np.percentile(diff, 99))
+    if mean_diff > _GREY_MEAN_DIFF or p99 > _GREY_P99_DIFF:
+        raise OutOfScopeError(f"{path}: a {photometric} colour image (mean channel difference {mean_diff:.1f} of 255, "
+                              f"99th percentile {p99:.0f}); pulmo accepts greyscale radiographs and CT")
+    return rgb.mean(axis=-1)
+
+
+def read_dicom_file(path: str | Path, limits: InputLimits | None = None) -> Image2D:
+    """Read one 2D DICOM image (a chest X-ray: CR / DX, a single CT slice, or a chest secondary capture).
+
+    The tags are checked first (:func:`pulmo.io.scope.dicom_scope`: SOP class, Modality, body part, view,
+    frames, RescaleSlope, window, size limit) from the header alone, before the pixels are decoded.
     Chest X-ray: the modality LUT (rescale slope/intercept) and the first VOI LUT or window are applied,
     then MONOCHROME1 is inverted so that higher values mean more attenuation. A CT slice is returned in HU
-    (modality LUT only). Bits beyond BitsStored are masked by pydicom.
+    (modality LUT only). Bits beyond BitsStored are masked by pydicom. PALETTE COLOR, RGB and YBR images
+    are accepted only when their channels are equal (grey in disguise).
 
     Args:
         path: a DICOM Part 10 file.
+        limits: size limits (default :data:`pulmo.io.scope.DEFAULT_LIMITS`).
 
     Returns:
         :class:`Image2D`, pixels float32 ``(H, W)``, spacing from PixelSpacing or ImagerPixelSpacing (mm),
-        modality ``"ct"`` for Modality CT, else ``"cxr"``.
+        modality ``"ct"`` for a CT image, else ``"cxr"``; ``source["dicom_scope"]`` holds the tag decision.
 
     Raises:
-        InputError: not DICOM, no or truncated pixel data, colour or multi-frame data.
+        OutOfScopeError: the tags put the image outside pulmo's scope, or it is true colour.
+        InputError: not DICOM, no or truncated pixel data.
     """
     path = Path(path)
+    scope = dicom_scope(_dcmread(path, header_only=True), path, limits)
     ds = _dcmread(path)
     arr = _pixels(ds, path)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if samples != 1:
-        raise InputError(f"{path}: DICOM with {samples} samples per pixel (colour); expected a greyscale image")
-    if frames != 1 or arr.ndim != 2:
-        raise InputError(
-            f"{path}: multi-frame DICOM with {frames} frames; expected a single 2D image "
-            "(give a CT as a folder of single-slice files)"
-        )
-    dicom_modality = str(ds.get("Modality", ""))
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    out = apply_modality_lut(arr, ds).astype(np.float32)
-    applied = ["modality_lut"]
-    if dicom_modality == "CT":
+    photometric = scope["photometric"]
+    if photometric in ("PALETTE COLOR", "RGB") or photometric.startswith("YBR") or arr.ndim == 3:
+        arr = _grey_from_colour(arr, ds, path, photometric)
+        grey_from = photometric
+        photometric = "MONOCHROME2"
+    else:
+        grey_from = None
+    if arr.ndim != 2:
+        raise OutOfScopeError(f"{path}: pixel data of shape {arr.shape}; pulmo accepts single-frame 2D images")
+    dicom_modality = scope["modality"]
+    out = apply_modality_lut(arr, ds).astype(np.float32) if grey_from is None else arr.astype(np.float32)
+    applied = ["modality_lut"] if grey_from is None else [f"grey_from_{grey_from.lower().replace(' ', '_')}"]
+    if scope["kind"] == "ct":
         modality = "ct"
     else:
         modality = "cxr"
-        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        if grey_from is None and ("VOILUTSequence" in ds or "WindowCenter" in ds):
             out = apply_voi_lut(out, ds, index=0).astype(np.float32)
             applied.append("voi_lut")
         if photometric == "MONOCHROME1":
@@ -115,13 +153,22 @@ def read_dicom_file(path: str | Path) -> Image2D:
             "path": str(path),
             "format": "DICOM",
             "dicom_modality": dicom_modality,
-            "photometric": photometric,
+            "dicom_scope": scope,
+            "photometric": scope["photometric"],
             "bit_depth": int(ds.get("BitsStored", 8)),
             "transforms": applied,
             "spacing_tag": spacing_tag,
             "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
         },
     )
+
+
+def _valid_slope(ds: pydicom.Dataset) -> bool:
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0))
+    except (TypeError, ValueError):
+        return False
+    return slope != 0 and np.isfinite(slope)
 
 
 def _list_files(folder: Path) -> list[Path]:
@@ -137,7 +184,7 @@ def _is_localizer(ds: pydicom.Dataset) -> bool:
     return "LOCALIZER" in image_type
 
 
-def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
+def read_dicom_series(folder: str | Path, series_uid: str | None = None, limits: InputLimits | None = None) -> Volume:
     """Read a CT series from a folder (searched recursively) into a :class:`Volume` in HU.
 
     Files that are not DICOM (an LIDC XML, say) are skipped. Localisers and images without
@@ -149,11 +196,14 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     Args:
         folder: a folder holding the series' files.
         series_uid: the SeriesInstanceUID to read, when the folder holds several.
+        limits: size limits (default :data:`pulmo.io.scope.DEFAULT_LIMITS`), checked before the pixels are read.
 
     Returns:
         :class:`Volume`: hu float32 ``(Z, Y, X)``, spacing ``(z, y, x)`` mm, LPS origin and direction.
 
     Raises:
+        OutOfScopeError: the chosen series is not a chest CT by its tags (:func:`pulmo.io.scope.dicom_scope` of
+            its first file), or is over the voxel limit.
         InputError: empty folder, no DICOM series with geometry, ``series_uid`` not found, fewer than 2
             slices, differing orientation or size, duplicate positions, or a gap or uneven spacing
             (a missing slice) beyond 10 % of the median slice spacing.
@@ -222,12 +272,21 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         )
 
     first = items[0][1]
+    scope = dicom_scope(first, items[0][0], limits)
+    if scope["kind"] != "ct":
+        raise OutOfScopeError(f"{folder}: series {chosen} is Modality {scope['modality'] or '(none)'} "
+                              f"({scope['sop_class']}), not CT; pulmo reads a folder as a chest CT series")
     rows, cols = int(first.Rows), int(first.Columns)
+    check_voxels(folder, (cols, rows, len(items)), 4, None, False, limits)
     hu = np.empty((len(items), rows, cols), dtype=np.float32)
     for k, (f, _) in enumerate(items):
         ds = _dcmread(f)
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
             raise InputError(f"{f}: slice size {ds.Rows}x{ds.Columns} differs from {rows}x{cols} in the series")
+        if str(ds.get("Modality", "")).upper() != "CT" or not _valid_slope(ds):
+            raise OutOfScopeError(f"{f}: slice of series {chosen} with Modality {ds.get('Modality', '(none)')!r} "
+                                  f"and RescaleSlope {ds.get('RescaleSlope', '(none)')!r}; pulmo accepts CT slices "
+                                  "with a non-zero RescaleSlope")
         hu[k] = apply_modality_lut(_pixels(ds, f), ds)
     spacing_rc, _ = _spacing_2d(first)
     if spacing_rc is None:
@@ -238,6 +297,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         "path": str(folder),
         "format": "DICOM series",
         "dicom_modality": dicom_modality,
+        "dicom_scope": scope,
         "series_uid": chosen,
         "n_slices": len(items),
         "excluded_series": excluded,
@@ -254,7 +314,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
 
 
 def folder_is_dicom_series(folder: str | Path, recursive: bool = False) -> bool:
-    """True when a folder holds at least two DICOM CT slices with positions (a volume, not a batch of X-rays).
+    """True when a folder holds at least two DICOM slices with positions (a volume, not a batch of X-rays); the
+    series reader then refuses a series that is not CT.
 
     Only the folder's own files are looked at unless ``recursive``.
     """
@@ -269,7 +330,8 @@ def folder_is_dicom_series(folder: str | Path, recursive: bool = False) -> bool:
         except Exception:  # noqa: BLE001 - an unreadable file is reported when the batch reaches it
             logger.debug("%s: unreadable DICOM header while probing for a series", f)
             continue
-        if str(ds.get("Modality", "")) == "CT" and "ImagePositionPatient" in ds:
+        # any modality with slice geometry: a folder of MR or PET slices is one (refused) series, not a batch
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
             count += 1
             if count >= 2:
                 return True

@@ -3,13 +3,16 @@ conventions (NIfTI RAS is converted to LPS) and keeps spacing, origin and direct
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from pulmo.errors import InputError
+from pulmo.errors import InputError, OutOfScopeError
 from pulmo.io.image import Image2D, Volume
+from pulmo.io.scope import InputLimits, check_pixels, check_voxels
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".nhdr")
 
@@ -20,8 +23,98 @@ def has_itk_suffix(path: str | Path) -> bool:
     return name.endswith(ITK_SUFFIXES)
 
 
-def read_itk(path: str | Path) -> Image2D | Volume:
-    """Read a NIfTI, mhd/raw or NRRD image.
+def _bytes_per_voxel(pixel_id_text: str) -> int:
+    bits = [int(t) for t in pixel_id_text.replace("-", " ").split() if t.isdigit()]
+    return max(1, bits[0] // 8) if bits else 8
+
+
+def _is_compressed(path: Path) -> bool:
+    """gzip-compressed data: a ``.gz`` name, NRRD ``encoding: gzip`` or MetaImage ``CompressedData = True``."""
+    if path.name.lower().endswith(".gz"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("latin-1").lower()
+    except OSError:
+        return False
+    return "encoding: gz" in head or "compresseddata = true" in head
+
+
+def check_itk_header(path: str | Path, limits: InputLimits | None = None) -> tuple[int, ...]:
+    """Read only the header of a NIfTI / MetaImage / NRRD file and apply the size limits.
+
+    Returns:
+        The image size ``(x, y[, z])`` in voxels.
+
+    Raises:
+        InputError: the header cannot be read.
+        OutOfScopeError: over the pixel / voxel limit, or a gzip bomb (see :func:`pulmo.io.scope.check_voxels`).
+    """
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: SimpleITK cannot read the image header ({_itk_reason(exc)})") from None
+    size = tuple(int(s) for s in reader.GetSize())
+    per_voxel = _bytes_per_voxel(sitk.GetPixelIDValueAsString(reader.GetPixelID())) * reader.GetNumberOfComponents()
+    data = path.with_suffix(".raw") if path.suffix.lower() == ".mhd" and path.with_suffix(".raw").is_file() else path
+    if len(size) == 2 or (len(size) == 3 and size[2] == 1):
+        check_pixels(path, size[1], size[0], 1, limits)
+    check_voxels(path, size, per_voxel, data.stat().st_size, _is_compressed(path), limits)
+    return size
+
+
+#: NIfTI-1/2 float datatypes (code -> numpy type), whose NaN / Inf ITK's NIfTI reader silently turns into 0.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def nifti_nonfinite_count(path: str | Path) -> int:
+    """Count NaN / Inf voxels of a float NIfTI-1 file by streaming its data (0 for other types and formats).
+
+    ITK's NIfTI reader replaces non-finite values by 0, which would turn a NaN block into a 0 HU "soft
+    tissue" block inside the lungs (a nodule to the detector): the file is checked before ITK reads it.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return 0
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            hdr = fh.read(348)
+            if len(hdr) < 348:
+                return 0
+            endian = "<" if struct.unpack("<i", hdr[:4])[0] == 348 else ">"
+            if struct.unpack(f"{endian}i", hdr[:4])[0] != 348:
+                return 0  # NIfTI-2 or not NIfTI: left to ITK
+            datatype = struct.unpack(f"{endian}h", hdr[70:72])[0]
+            if datatype not in _NIFTI_FLOATS:
+                return 0
+            offset = int(struct.unpack(f"{endian}f", hdr[108:112])[0])
+            fh.read(max(0, offset - 348))
+            dtype = np.dtype(endian + _NIFTI_FLOATS[datatype])
+            bad, rest = 0, b""
+            while chunk := fh.read(1 << 24):
+                data = rest + chunk
+                usable = len(data) - len(data) % dtype.itemsize
+                values = np.frombuffer(data[:usable], dtype=dtype)
+                bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                rest = data[usable:]
+            return bad
+    except (OSError, EOFError, struct.error, gzip.BadGzipFile):
+        return 0  # unreadable: ITK reports it
+
+
+def _itk_reason(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()
+    reason = next((ln for ln in first if "ERROR" in ln or "error" in ln), first[-1] if first else "")
+    return reason.strip()[:200]
+
+
+def read_itk(path: str | Path, limits: InputLimits | None = None) -> Image2D | Volume:
+    """Read a NIfTI, mhd/raw or NRRD image; the header is checked against ``limits`` before the data is read.
 
     Returns:
         A 3D image as :class:`Volume` (values taken as HU; ``source["hu_plausible"]`` says whether the
@@ -31,14 +124,19 @@ def read_itk(path: str | Path) -> Image2D | Volume:
     Raises:
         InputError: SimpleITK cannot read the file (missing .raw, truncated data, bad header), or the
             image has more than one component or more than 3 dimensions.
+        OutOfScopeError: over the size limits or a decompression bomb (:func:`check_itk_header`), or a float
+            NIfTI with NaN / Inf voxels (:func:`nifti_nonfinite_count`).
     """
     path = Path(path)
+    check_itk_header(path, limits)
+    bad = nifti_nonfinite_count(path)
+    if bad:
+        raise OutOfScopeError(f"{path}: {bad} voxel values are not finite (NaN or Inf); pulmo accepts images with "
+                              "finite values")
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((ln for ln in first if "ERROR" in ln or "error" in ln), first[-1] if first else "")
-        raise InputError(f"{path}: SimpleITK cannot read the image ({reason.strip()[:200]})") from None
+        raise InputError(f"{path}: SimpleITK cannot read the image ({_itk_reason(exc)})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
     dim = img.GetDimension()

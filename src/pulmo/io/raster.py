@@ -7,13 +7,15 @@ photograph is rejected: a CAD model fed a photo returns a confident, meaningless
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pulmo.errors import InputError
+from pulmo.errors import InputError, OutOfScopeError
 from pulmo.io.image import Image2D
+from pulmo.io.scope import InputLimits, check_pixels
 
 # A greyscale radiograph saved as JPEG RGB differs between channels by a few grey levels at most.
 # Colour photographs differ by tens of levels over large areas.
@@ -21,30 +23,43 @@ _MAX_MEAN_CHANNEL_DIFF = 3.0
 _MAX_P99_CHANNEL_DIFF = 24.0
 
 
-def read_raster(path: str | Path) -> Image2D:
-    """Read a PNG/JPEG chest X-ray.
+def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
+    """Read a PNG/JPEG chest X-ray. The size in the header is checked against ``limits`` before decoding
+    (Pillow opens lazily), so a decompression bomb costs milliseconds and no memory.
 
     Args:
         path: the image file.
+        limits: size limits (default :data:`pulmo.io.scope.DEFAULT_LIMITS`).
 
     Returns:
         :class:`Image2D` with float32 pixels ``(H, W)`` in the file's grey levels (0..255 for 8-bit,
         0..65535 for 16-bit), ``spacing=None``, modality ``"cxr"``.
 
     Raises:
+        OutOfScopeError: over the pixel limit.
         InputError: the file cannot be decoded or is truncated, has a mode that is not greyscale, or is
             a colour image whose channels differ.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # pulmo applies its own, lower pixel limit from the header below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im_ctx = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise OutOfScopeError(f"{path}: {exc}; over pulmo's pixel limit") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: cannot decode the image ({exc}); expected a complete PNG or JPEG file") from None
+    try:
+        with im_ctx as im:
+            check_pixels(path, im.size[1], im.size[0], int(getattr(im, "n_frames", 1) or 1), limits)
             im.load()
             fmt, mode = im.format, im.mode
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 mode = im.mode
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot decode the image ({exc}); expected a complete PNG or JPEG file") from None
 
     if mode in ("L", "LA"):

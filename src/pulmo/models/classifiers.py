@@ -39,3 +39,22 @@ def densenet121(in_channels: int = 1, num_classes: int = 4) -> nn.Module:
     m = tvm.densenet121(weights=None, num_classes=num_classes)
     m.features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return m
+
+
+@register_model("mobilenet_v3_small", task="classification",
+                description="torchvision MobileNetV3-Small, 1-channel input (the input gate)")
+def mobilenet_v3_small(in_channels: int = 1, num_classes: int = 3) -> nn.Module:
+    """torchvision MobileNetV3-Small (Howard et al., ICCV 2019) with a ``in_channels`` first convolution.
+
+    Used by the input gate (:mod:`pulmo.gate`): 1.5 M parameters, about 6 MFLOPs at 128 x 128.
+    torchvision builds its BatchNorm layers with momentum 0.01 (tuned for ImageNet-length training); they
+    are set to PyTorch's default 0.1 here so the running statistics follow a short CPU training.
+    Input ``(B, in_channels, H, W)``, output ``(B, num_classes)`` logits.
+    """
+    m = tvm.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    first = m.features[0][0]
+    m.features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=2, padding=1, bias=False)
+    for module in m.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+    return m

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from pulmo.errors import ConfigError, InputError, PulmoError
-from pulmo.io import Volume, folder_is_dicom_series, is_supported_file, read_image
+from pulmo.io import InputLimits, Volume, folder_is_dicom_series, is_supported_file
 
 logger = logging.getLogger(__name__)
 
+#: Marker file pulmo writes in every output folder of ``analyze``; a re-used output folder that holds it is
+#: cleared before the new run, one without it (and not empty) is refused.
+OUTPUT_MARKER = ".pulmo-output"
 
 
 @dataclasses.dataclass
@@ -31,14 +35,48 @@ class AnalyzeResult:
 
 
 def _check_out_dir(input_path: Path, out_dir: Path) -> None:
+    """Refuse an output folder that would write into the inputs or over something pulmo did not write.
+
+    Raises:
+        ConfigError: ``out_dir`` is an existing file, is not writable, is the input or lies inside the input
+            folder, or inside the folder of an input file (outputs there would be read as inputs by the next
+            batch over that folder); or it exists, is not empty and is not a previous pulmo output.
+    """
     src = input_path.resolve()
     out = out_dir.resolve()
-    if out == src or (src.is_dir() and src in out.parents):
-        raise ConfigError(f"--out {out_dir} is inside the input {input_path}; choose a folder outside the input "
+    folder = src if src.is_dir() else src.parent
+    if out == src or out == folder or folder in out.parents:
+        where = "the input folder" if src.is_dir() else "the folder of the input file"
+        raise ConfigError(f"--out {out_dir} is inside {where} {folder}; choose a folder outside it "
                           "(pulmo never writes into its inputs)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file; expected a folder (new, empty, or a previous "
+                          "pulmo output)")
+    if out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file():
+        raise ConfigError(f"--out {out_dir} exists and holds files pulmo did not write; choose a new or empty folder "
+                          "(a previous pulmo output folder is cleared and re-used)")
+    parent = next((p for p in (out, *out.parents) if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir}: {parent} is not writable; choose a folder you can write to")
 
 
-def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = None) -> dict[str, Any]:
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``, clearing the outputs of a previous pulmo run in it (it holds the marker)."""
+    try:
+        if (out_dir / OUTPUT_MARKER).is_file():
+            for child in out_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / OUTPUT_MARKER).write_text("written by pulmo analyze; the folder is cleared when re-used\n")
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
+
+
+def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = None,
+                  limits: InputLimits | None = None) -> dict[str, Any]:
     """Analyse one input and write ``findings.json``, masks, overlays, ``report.html`` and ``config.yaml``
     into ``out_dir``.
 
@@ -51,34 +89,26 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         out_dir: output folder (created).
         modality: ``"cxr"`` or ``"ct"`` to set the modality of a 2D image whose file does not say, or to
             treat a PNG/JPEG as a CT slice. A 3D volume is always CT.
+        limits: size limits checked from the header before decoding (default 50 Mpx, 1.5 G voxels).
+
+    Every input passes the input gate first (:mod:`pulmo.io.scope` on the header, :mod:`pulmo.gate` on the
+    content); its decision is ``findings["input"]["gate"]``. Nothing is written for a refused input.
 
     Returns:
         The findings dict (as written to ``findings.json``).
 
     Raises:
+        OutOfScopeError: the gate refuses the input (a non-chest DICOM, a lateral view, a picture that is not
+            a chest radiograph, a volume that is not a chest CT, an image over the size limits, ...).
         InputError: unreadable or unsupported input, modality unknown, an X-ray declared as CT volume, or a
             CT given as an X-ray.
     """
+    from pulmo.gate import screen
+
+    image, effective, decision = screen(path, modality, limits)
     from pulmo.pipeline.ct import analyze_ct_slice, analyze_ct_volume
     from pulmo.pipeline.cxr import analyze_cxr
     from pulmo.report import write_ct_outputs, write_cxr_outputs
-
-    image = read_image(path)
-    if isinstance(image, Volume):
-        if modality == "cxr":
-            raise InputError(f"{path}: a 3D volume {image.shape[::-1]} (x, y, z) cannot be a chest X-ray")
-        effective = "ct"
-    else:
-        effective = modality or image.modality
-        if effective is None:
-            raise InputError(f"{path}: a 2D image whose file does not tell the modality; pass --modality cxr or ct")
-        if effective == "cxr" and image.modality == "ct":
-            raise InputError(f"{path}: the DICOM Modality is CT; a CT slice cannot be analysed as a chest X-ray")
-        if effective == "ct" and image.modality == "cxr" and image.source.get("format") == "DICOM":
-            raise InputError(f"{path}: the DICOM Modality is {image.source.get('dicom_modality')!r}, a radiograph; "
-                             "it cannot be analysed as a CT slice")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if effective == "ct":
         findings, masks = analyze_ct_volume(image) if isinstance(image, Volume) else analyze_ct_slice(image)
         writer = write_ct_outputs
@@ -86,6 +116,9 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         image.modality = "cxr"
         findings, masks = analyze_cxr(image)
         writer = write_cxr_outputs
+    findings.input["gate"] = decision
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(
         {"input": str(path), "modality": effective, "models": findings.models}, sort_keys=False))
     return writer(image, findings, masks, out_dir)
@@ -126,33 +159,61 @@ def _unique_name(path: Path, folder: Path, used: set[str]) -> str:
 
 
 def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = None,
-                 progress: bool = True) -> AnalyzeResult:
+                 progress: bool = True, limits: InputLimits | None = None) -> AnalyzeResult:
     """Analyse a file, a DICOM series folder, or every image of a folder (one sub-folder each, plus
-    ``summary.csv``). A failing file in a batch is reported in the summary and does not stop the batch.
+    ``summary.csv``).
+
+    In a batch, every per-input failure, of any exception type (a refusal by the gate, an unreadable file,
+    a ``MemoryError``), becomes a ``failed`` row of ``summary.csv`` with a one-line reason and the batch goes
+    on; ``exit_code`` is then 1. A re-used output folder (one pulmo wrote before) is cleared first.
+
+    Args:
+        path: a file, a DICOM series folder, or a folder of inputs.
+        out_dir: the output folder (new, empty, or a previous pulmo output).
+        modality: ``"cxr"`` / ``"ct"`` for 2D images whose file does not tell.
+        progress: a tqdm bar over a batch.
+        limits: size limits (see :func:`analyze_image`).
 
     Raises:
-        InputError: the path does not exist, or a folder holds no supported image.
-        ConfigError: ``out_dir`` lies inside the input folder.
-        InputError: for a single input that cannot be analysed.
+        InputError: the path does not exist, is not a regular file or folder, or a folder holds no supported
+            image; for a single input, anything :func:`analyze_image` raises.
+        ConfigError: ``out_dir`` is not a usable output folder (see :func:`_check_out_dir`).
     """
     path, out_dir = Path(path), Path(out_dir)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{path}: not a regular file or folder (a device, FIFO or socket); expected an image file "
+                         "or a folder")
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise InputError(f"{path}: permission denied; cannot read the folder")
     _check_out_dir(path, out_dir)
     if path.is_file() or _single_series_folder(path):
         t0 = time.perf_counter()
-        findings = analyze_image(path, out_dir, modality)
+        existed = out_dir.exists()
+        _prepare_out_dir(out_dir)
+        try:
+            findings = analyze_image(path, out_dir, modality, limits)
+        except BaseException:
+            # a refused or failed input leaves no output behind (a new folder is removed, a re-used one stays empty)
+            if existed:
+                for child in out_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            else:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         return AnalyzeResult(lines=[_summary_line(path, findings, out_dir, time.perf_counter() - t0)],
                              rows=[{"input": str(path), "status": "ok"}])
 
     files = _batch_inputs(path)
     if not files:
         raise InputError(f"{path}: the folder is empty; expected chest X-rays or CT (PNG, JPEG, DICOM, NIfTI, mhd, NRRD)")
-    candidates = [f for f in files if f.is_dir() or is_supported_file(f)]
+    unreadable = {f for f in files if f.is_file() and not os.access(f, os.R_OK)}
+    candidates = [f for f in files if f.is_dir() or f in unreadable or is_supported_file(f)]
     if not candidates:
         raise InputError(f"{path}: none of its {len(files)} files is a supported image (PNG, JPEG, DICOM, NIfTI, "
                          "mhd, NRRD)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir)
     rows, used = [], set()
     for f in tqdm(files, desc="analyze", unit="image", disable=not progress):
         if f not in candidates:
@@ -162,12 +223,16 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         name = _unique_name(f, path, used)
         t0 = time.perf_counter()
         try:
-            findings = analyze_image(f, out_dir / name, modality)
+            if f in unreadable:
+                raise InputError(f"{f}: permission denied; cannot read the file")
+            findings = analyze_image(f, out_dir / name, modality, limits)
             rows.append({"input": str(f), "status": "ok", "error": "", "output": name, **_summary_values(findings),
                          "seconds": round(time.perf_counter() - t0, 3)})
-        except PulmoError as exc:
-            logger.warning("%s", exc)
-            rows.append({"input": str(f), "status": "failed", "error": str(exc), "output": "", **_summary_values({}),
+        except Exception as exc:  # noqa: BLE001 - one input's failure, whatever it is, must not abort the batch
+            reason = _one_line(exc)
+            logger.warning("%s", reason)
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+            rows.append({"input": str(f), "status": "failed", "error": reason, "output": "", **_summary_values({}),
                          "seconds": round(time.perf_counter() - t0, 3)})
     with open(out_dir / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -178,6 +243,17 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     lines = [f"analysed {ok} of {len(candidates)} images in {path} -> {out_dir / 'summary.csv'}"]
     lines += [f"  failed: {r['error']}" for r in failed]
     return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A one-line reason for a failed input: the message of a pulmo error, else the exception type and text."""
+    if isinstance(exc, PulmoError):
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = "out of memory while analysing the input (MemoryError); lower --max-pixels / --max-voxels"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:1000]
 
 
 def _summary_values(findings: dict[str, Any]) -> dict[str, Any]:

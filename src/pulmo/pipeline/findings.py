@@ -1,10 +1,14 @@
 """The result of ``pulmo analyze`` for one input, in original image coordinates.
 
-``findings.json`` schema (``schema_version`` "1.0"):
+``findings.json`` schema (``schema_version`` "1.1"; 1.1 added ``input.gate``):
 
 * ``schema_version``, ``pulmo_version``, ``created`` (UTC ISO 8601)
 * ``input``: ``path``, ``format``, ``image_size`` ``{"height", "width"}`` (px), ``spacing_mm``
-  ``[row, column]`` or null, ``photometric``, ``bit_depth``
+  ``[row, column]`` or null, ``photometric``, ``bit_depth``; ``gate``: the input gate's decision
+  (:mod:`pulmo.gate`): ``decision`` ("accepted"), ``as`` ("cxr" | "ct_slice" | "ct_volume"), ``checks``
+  ``[{"check", "passed", ...values}]``, for 2D inputs ``scores`` {cxr, ct_slice, other: calibrated p} and
+  ``model`` {name, sha256, thresholds}, for DICOM ``dicom`` (the tag decision: kind, modality, SOP class,
+  body part, view position, photometric)
 * ``modality``: ``"cxr"`` or ``"ct"``
 * ``lungs``: ``mask`` (CXR: PNG 0/255 at the original size; CT: NIfTI in the input geometry); CXR:
   ``area_px``, ``area_cm2`` (null when the spacing is unknown), ``n_components``, ``convention``;
@@ -31,7 +35,7 @@ import dataclasses
 import datetime as _dt
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclasses.dataclass

@@ -50,7 +50,15 @@ def _table(section: dict[str, Any]) -> str:
 def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
     """HTML text of the report for ``findings`` (the findings.json dict) and ``images`` {caption: file}."""
     inp = findings["input"]
-    sections = [("Input", {"modality": findings.get("modality"), **inp})]
+    sections = [("Input", {"modality": findings.get("modality"), **{k: v for k, v in inp.items() if k != "gate"}})]
+    gate = inp.get("gate")
+    if gate:
+        rows = {"decision": f"{gate.get('decision')} as {str(gate.get('as', '')).replace('_', ' ')}"}
+        rows.update({f"gate p({k})": v for k, v in (gate.get("scores") or {}).items()})
+        rows.update({f"check: {c['check'].replace('_', ' ')}": "passed" for c in gate.get("checks", [])})
+        if gate.get("dicom"):
+            rows["DICOM tags"] = ", ".join(f"{k} {v}" for k, v in gate["dicom"].items() if v)
+        sections.append(("Input gate (is this an input pulmo may judge?)", rows))
     for key, title in (("lungs", "Lungs"), ("infection", "Infection (CT)")):
         if findings.get(key):
             sections.append((title, findings[key]))

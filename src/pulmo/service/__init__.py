@@ -43,8 +43,12 @@ def create_app(config: ServiceConfig, **kwargs: Any) -> Any:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pulmo-data", workers: int = 1,
-          token: str | None = None, max_upload_mb: float = 512.0, **kwargs: Any) -> int:
+          token: str | None = None, max_upload_mb: float = 512.0, job_timeout_s: float = 900.0,
+          job_memory_gb: float = 8.0, **kwargs: Any) -> int:
     """Run ``pulmo serve`` until interrupted (see :func:`pulmo.service.app.serve`); returns the exit code.
+
+    ``job_timeout_s`` (wall time of one job, s) and ``job_memory_gb`` (memory of each worker process, GiB)
+    are the per-job limits; 0 turns one off (see :class:`ServiceConfig`).
 
     Raises:
         ConfigError: the ``serve`` extra is missing, a setting is invalid, or the data folder is in use.
@@ -53,4 +57,4 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
     from pulmo.service.app import serve as _serve
 
     return _serve(host=host, port=port, data_dir=data_dir, workers=workers, token=token,
-                  max_upload_mb=max_upload_mb, **kwargs)
+                  max_upload_mb=max_upload_mb, job_timeout_s=job_timeout_s, job_memory_gb=job_memory_gb, **kwargs)

@@ -10,18 +10,23 @@ Routes (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 * ``DELETE /api/v1/jobs/{id}``; ``GET /api/v1/health`` (no auth)
 * ``GET /viewer/{id}`` -> the viewer page; ``/static/`` its files; ``/static/niivue/`` NiiVue from npm
 
-Errors are JSON ``{"detail": message, "code": key}`` with a 4xx status. With a token configured every
-``/api/v1`` route but ``health`` needs ``Authorization: Bearer <token>`` (or the ``pulmo_token``
-cookie the viewer page sets, so that images and volumes load in the browser).
+Errors are JSON ``{"detail": message, "code": key}`` with a 4xx status; an unexpected exception is a 500
+of the same shape naming only the exception type and a reference (its traceback, which may quote a
+client's file name, goes to ``<data_dir>/internal-errors.log``, not to the log). With a token configured
+every ``/api/v1`` route but ``health`` needs ``Authorization: Bearer <token>`` (or the ``pulmo_token``
+cookie the viewer page sets, so that images and volumes load in the browser); an address that keeps
+failing the check is refused with 429 for a while (see :mod:`pulmo.service.throttle`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hmac
 import logging
 import re
 import shutil
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,10 +50,12 @@ from pulmo.service.errors import (
     EmptyUploadError,
     JobNotReadyError,
     ServiceError,
+    TooManyFilesError,
     UnknownJobError,
     UploadTooLargeError,
 )
 from pulmo.service.store import STATUSES, JobStore
+from pulmo.service.throttle import AuthThrottle
 from pulmo.service.uploads import SavedFile, client_basename, mib, prepare_upload, remove_tree, stored_name
 from pulmo.service.worker import WithholdLibraryDetails, WorkerPool
 
@@ -149,19 +156,69 @@ class _UploadLimitMiddleware:
             await _error_response(exc)(scope, receive, send)
 
 
+class _InternalErrorMiddleware:
+    """Answer an unexpected exception with a JSON 500 ``{"detail", "code": "internal_error"}`` naming only the
+    exception type and a reference, and keep its traceback out of the log and the response: an exception
+    message can quote a client's file name (``OSError: ... 'DOE^JOHN.dcm'``). The traceback is appended to
+    ``log_path`` (inside the data folder, which holds the uploads anyway); the log line names the reference.
+    Nothing is re-raised, so uvicorn does not print the traceback either."""
+
+    def __init__(self, app: Any, log_path: Path) -> None:
+        self.app = app
+        self.log_path = log_path
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback leaves the server
+            if isinstance(exc, ServiceError) and started:
+                return
+            ref = uuid.uuid4().hex[:12]
+            text = (f"--- {ref} {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} {scope.get('method')} "
+                    f"{scope.get('path', '')[:200]}\n{traceback.format_exc()}\n")
+            await run_in_threadpool(self._append, text)
+            logger.error("internal error %s in %s %s: %s (traceback in %s)", ref, scope.get("method"),
+                         scope.get("path", "")[:200], type(exc).__name__, self.log_path.name)
+            if started:
+                return
+            await JSONResponse({"detail": f"internal error ({type(exc).__name__}, reference {ref}); the server "
+                                          "keeps the details", "code": "internal_error"}, status_code=500)(
+                scope, receive, send)
+
+    def _append(self, text: str) -> None:
+        with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+
+
 def _too_large(max_bytes: int) -> str:
     return f"the upload exceeds the limit of {mib(max_bytes)} MiB (--max-upload-mb); send a smaller study"
 
 
+def _too_many_files(max_files: int) -> str:
+    return f"more than {max_files} files in one upload; zip a large DICOM series and upload the .zip"
+
+
 def _error_response(exc: ServiceError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
-    return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status_code, headers=headers)
+    headers = dict(exc.headers)
+    if isinstance(exc, AuthError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status_code, headers=headers or None)
 
 
 def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     job_id = job["id"]
-    view = {k: job[k] for k in ("id", "status", "error", "created", "started", "finished", "kind", "modality",
-                                "n_files", "upload_bytes", "attempts")}
+    view = {k: job[k] for k in ("id", "status", "error", "error_code", "created", "started", "finished", "kind",
+                                "modality", "n_files", "upload_bytes", "attempts")}
     view["links"] = {"self": f"{API}/jobs/{job_id}", "findings": f"{API}/jobs/{job_id}/findings",
                      "files": f"{API}/jobs/{job_id}/files", "viewer": f"/viewer/{job_id}"}
     return view
@@ -172,7 +229,8 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
 
     Start-up (the ASGI lifespan) locks the data folder, creates the job store's schema, re-queues jobs left
     ``queued`` or ``running`` by a previous server (nothing accepted is lost), removes job folders without a
-    row (an upload interrupted before it was accepted) and starts the worker processes; shutdown stops them.
+    row (an upload interrupted before it was accepted) and starts the worker processes (``app.state.pool``,
+    which a test may replace before start-up); shutdown stops them.
 
     Args:
         config: the service settings.
@@ -187,8 +245,11 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
     """
     store = JobStore(config.db_path)
     pool = WorkerPool(config.data_dir, store, config.workers, max_attempts=config.max_attempts,
-                      poll_interval=config.poll_interval, log_level=log_level)
+                      poll_interval=config.poll_interval, log_level=log_level, job_timeout_s=config.job_timeout_s,
+                      job_memory_bytes=config.job_memory_bytes)
     lock = _DataDirLock(config.data_dir)
+    throttle = AuthThrottle(config.auth_max_failures, config.auth_window_s, config.auth_backoff_s,
+                            config.auth_backoff_max_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -205,10 +266,10 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
                         "%d done, %d failed; %d orphan folder(s) removed; starting %d worker(s)",
                         config.db_path, counts["queued"], requeued, failed, counts["done"], counts["failed"],
                         len(orphans), config.workers)
-            pool.start()
+            app.state.pool.start()
             yield
         finally:
-            await run_in_threadpool(pool.stop, config.shutdown_grace)
+            await run_in_threadpool(app.state.pool.stop, config.shutdown_grace)
             lock.release()
 
     app = FastAPI(title="pulmo", version=__version__, lifespan=lifespan,
@@ -216,7 +277,9 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
                               "findings, masks, overlays and report, and look at them in the viewer. Research "
                               "software, not a medical device.")
     app.state.config, app.state.store, app.state.pool, app.state.lock = config, store, pool, lock
+    app.state.auth_throttle = throttle
     app.add_middleware(_UploadLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(_InternalErrorMiddleware, log_path=config.data_dir / "internal-errors.log")  # outermost
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -236,13 +299,27 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
         return JSONResponse({"detail": f"invalid request: {problems}", "code": "invalid_request"}, status_code=422)
 
     def require_token(request: Request, credentials: _BearerCredentials) -> None:
+        """The token check of every API route but ``health``, with the per-address back-off.
+
+        Raises:
+            AuthBackoffError: the client's address is in back-off (429, ``Retry-After``).
+            AuthError: the token is missing or wrong (401).
+        """
         if config.token is None:
             return
+        client = request.client.host if request.client is not None else "unknown"
+        throttle.check(client)
         supplied = credentials.credentials if credentials is not None else request.cookies.get(TOKEN_COOKIE)
+        if supplied and hmac.compare_digest(supplied.encode(), config.token.encode()):
+            throttle.success(client)
+            return
+        delay = throttle.failure(client)
+        if delay:
+            logger.warning("auth back-off: address %s failed the token check too often; refused for %.0f s",
+                           client, delay)
         if not supplied:
             raise AuthError("authentication required: send the header 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(supplied.encode(), config.token.encode()):
-            raise AuthError("invalid token")
+        raise AuthError("invalid token")
 
     auth = [Depends(require_token)]
 
@@ -255,7 +332,7 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
     @app.get(f"{API}/health", tags=["service"], summary="liveness, workers and queue counts (no auth)")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "workers": {"configured": config.workers,
-                                                                    "alive": pool.alive()},
+                                                                    "alive": app.state.pool.alive()},
                 "jobs": store.counts()}
 
     @app.post(f"{API}/jobs", tags=["jobs"], status_code=202, dependencies=auth, openapi_extra={"requestBody": _UPLOAD_BODY},
@@ -269,16 +346,20 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
             raise EmptyUploadError(f"expected a multipart/form-data body with the files in the field 'files'; got "
                                    f"Content-Type {ctype[:60]!r}")
         try:
-            form = await request.form(max_files=config.max_files, max_fields=20)
+            # one file over pulmo's limit, so that pulmo's own count answers; Starlette's limit still stops a
+            # body of endless tiny parts early (its error arrives as an HTTPException inside an app)
+            form = await request.form(max_files=config.max_files + 1, max_fields=20)
         except UploadTooLargeError:
             raise
-        except (MultiPartException, ValueError) as exc:
-            if "Too many files" in str(exc):
-                raise UploadTooLargeError(f"more than {config.max_files} files in one upload; zip a large DICOM "
-                                          "series and upload the .zip") from None
-            raise ServiceError(f"the multipart body cannot be parsed ({str(exc)[:200]})", code="bad_multipart") from None
+        except (MultiPartException, StarletteHTTPException, ValueError) as exc:
+            message = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
+            if "Too many files" in message:
+                raise TooManyFilesError(_too_many_files(config.max_files)) from None
+            raise ServiceError(f"the multipart body cannot be parsed ({message[:200]})", code="bad_multipart") from None
         try:
             items = form.getlist("files")
+            if len(items) > config.max_files:
+                raise TooManyFilesError(_too_many_files(config.max_files))
             uploads = [f for f in items if isinstance(f, UploadFile)]
             if len(uploads) != len(items):
                 raise ServiceError("the field 'files' must hold files, not text", code="bad_multipart")
@@ -406,7 +487,8 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pulmo-data", workers: int = 1,
-          token: str | None = None, max_upload_mb: float = 512.0, log_level: int = logging.INFO) -> int:
+          token: str | None = None, max_upload_mb: float = 512.0, log_level: int = logging.INFO,
+          job_timeout_s: float = 900.0, job_memory_gb: float = 8.0) -> int:
     """Run the service with uvicorn until interrupted (SIGINT / SIGTERM stop it in order).
 
     Args:
@@ -417,6 +499,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
         token: bearer token required by the API; ``None`` = no authentication.
         max_upload_mb: limit of one upload, MiB.
         log_level: logging level of the service and its workers.
+        job_timeout_s: wall-time limit of one job, s (0 = none); see :class:`ServiceConfig`.
+        job_memory_gb: memory limit of each worker process, GiB (0 = none); see :class:`ServiceConfig`.
 
     Returns:
         0 after a clean shutdown.
@@ -426,7 +510,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
     """
     import uvicorn
 
-    config = ServiceConfig(data_dir=Path(data_dir), workers=workers, token=token, max_upload_mb=max_upload_mb)
+    config = ServiceConfig(data_dir=Path(data_dir), workers=workers, token=token, max_upload_mb=max_upload_mb,
+                           job_timeout_s=job_timeout_s, job_memory_gb=job_memory_gb)
     app = create_app(config, log_level=log_level)
     for handler in logging.getLogger().handlers:  # the library may name input files: ids and sizes only
         handler.addFilter(WithholdLibraryDetails(only_pulmo=True))

@@ -8,6 +8,8 @@ from pathlib import Path
 from pulmo.errors import ConfigError
 
 MB = 1024 * 1024
+GB = 1024 * MB
+MIN_JOB_MEMORY_GB = 2.0
 SERVICE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = SERVICE_DIR / "static"
 VIEWER_PACKAGE_DIR = SERVICE_DIR / "viewer"
@@ -36,6 +38,20 @@ class ServiceConfig:
             workers (an interrupted job is queued again at the next start).
         niivue_dir: the NiiVue ``dist`` folder served at ``/static/niivue/``; default: the npm install
             in ``src/pulmo/service/viewer/node_modules``. The viewer works without it (2D only).
+        job_timeout_s: wall-time limit of one job, seconds; a job still running after it is failed
+            (error code ``timeout``) and its worker process terminated and restarted. 0 = no limit.
+        job_memory_gb: memory limit of each worker process, GiB, set with ``RLIMIT_DATA`` (the heap
+            and anonymous memory; not the shared libraries, which ``RLIMIT_AS`` would count: about
+            3.9 GB of address space for this torch build before any work). A job that runs out fails
+            with error code ``out_of_memory``. 0 = no limit; otherwise at least
+            ``MIN_JOB_MEMORY_GB`` (a worker holds about 1 GB once its libraries are loaded).
+        auth_max_failures: failed token checks (wrong or missing token) from one client address within
+            ``auth_window_s`` that start a back-off (429 with ``Retry-After``); only with a token.
+        auth_window_s: the window of ``auth_max_failures``, seconds; also how long an address must stay
+            quiet after a back-off before its count starts again.
+        auth_backoff_s: the first back-off, seconds; it doubles with every further failure during or
+            right after a back-off, up to ``auth_backoff_max_s``.
+        auth_backoff_max_s: the longest back-off, seconds.
     """
 
     data_dir: Path
@@ -49,6 +65,12 @@ class ServiceConfig:
     poll_interval: float = 0.2
     shutdown_grace: float = 10.0
     niivue_dir: Path | None = None
+    job_timeout_s: float = 900.0
+    job_memory_gb: float = 8.0
+    auth_max_failures: int = 5
+    auth_window_s: float = 60.0
+    auth_backoff_s: float = 10.0
+    auth_backoff_max_s: float = 900.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -59,9 +81,17 @@ class ServiceConfig:
         for name in ("max_upload_mb", "max_unzipped_mb"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive number of MiB")
-        for name in ("max_files", "max_zip_members", "max_attempts"):
+        for name in ("max_files", "max_zip_members", "max_attempts", "auth_max_failures"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)}: expected 1 or more")
+        if not self.job_timeout_s >= 0:
+            raise ConfigError(f"job_timeout_s = {self.job_timeout_s}: expected a number of seconds (0 = no limit)")
+        if not (self.job_memory_gb == 0 or self.job_memory_gb >= MIN_JOB_MEMORY_GB):
+            raise ConfigError(f"job_memory_gb = {self.job_memory_gb}: expected 0 (no limit) or at least "
+                              f"{MIN_JOB_MEMORY_GB} GiB (a worker holds about 1 GB once torch and the models are loaded)")
+        for name in ("auth_window_s", "auth_backoff_s", "auth_backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive number of seconds")
         if self.niivue_dir is None:
             self.niivue_dir = NIIVUE_DIST
         self.niivue_dir = Path(self.niivue_dir)
@@ -83,3 +113,8 @@ class ServiceConfig:
     @property
     def max_unzipped_bytes(self) -> int:
         return int(self.max_unzipped_mb * MB)
+
+    @property
+    def job_memory_bytes(self) -> int:
+        """The worker memory limit in bytes (0 = none)."""
+        return int(self.job_memory_gb * GB)

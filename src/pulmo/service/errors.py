@@ -2,7 +2,8 @@
 
 The app turns each into a JSON response ``{"detail": message, "code": code}`` with ``status_code``.
 Messages name the problem and what was expected; they never contain patient identifiers taken from
-DICOM tags (at most the client's own file names, returned only to that client, never logged).
+DICOM tags (at most the client's own file names, returned only to that client in a 4xx answer, never
+logged nor stored in the job store).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ class ServiceError(InputError):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         if status_code is not None:
             self.status_code = status_code
         if code is not None:
             self.code = code
+        self.headers = dict(headers or {})
 
 
 class UnknownJobError(ServiceError):
@@ -52,6 +55,12 @@ class UploadTooLargeError(ServiceError):
     code = "too_large"
 
 
+class TooManyFilesError(UploadTooLargeError):
+    """More files in one multipart upload than ``max_files`` (a large DICOM series is sent as one zip)."""
+
+    code = "too_many_files"
+
+
 class UnsupportedFileError(ServiceError):
     """A file is not one of the supported formats, or the files do not form one study."""
 
@@ -66,11 +75,36 @@ class BadZipError(ServiceError):
     code = "bad_zip"
 
 
+class ZipNameClashError(BadZipError):
+    """Two members of a zip claim the same path, or one member is a file where others need a folder
+    (``a`` and ``a/b.png``): the archive cannot be unpacked faithfully."""
+
+    code = "zip_name_clash"
+
+
+class ZipPathTooDeepError(BadZipError):
+    """A zip member lies more folders deep than the service unpacks (``MAX_ZIP_DEPTH``)."""
+
+    code = "zip_path_too_deep"
+
+
 class AuthError(ServiceError):
     """The bearer token is missing or wrong (only when the service runs with a token)."""
 
     status_code = 401
     code = "unauthorized"
+
+
+class AuthBackoffError(ServiceError):
+    """Too many failed authentication attempts from one client address: refused until the back-off
+    expires (``Retry-After`` says when), whatever token the request carries."""
+
+    status_code = 429
+    code = "auth_backoff"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class DataDirInUseError(ConfigError):

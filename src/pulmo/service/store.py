@@ -2,8 +2,15 @@
 
 A job row holds its state machine ``queued -> running -> done | failed`` and, once done, the findings
 JSON (the same content as ``jobs/<id>/output/findings.json``). Worker processes claim queued jobs with
-an immediate transaction, so each job runs once at a time. Rows hold no file names and no patient data:
-only the job id, counts, sizes, times and the analysis' own error message.
+an immediate transaction, so each job runs once at a time. Rows hold no client file names and no patient
+data: only the job id, the neutral stored input path (``input/upload_000.dcm``, ``input/unzipped/...``),
+counts, sizes, times, and for a failed job an error code and the analysis' message (with the server's
+paths taken out).
+
+A failed job's ``error_code`` says why: ``timeout``, ``out_of_memory``, ``interrupted`` (its worker died
+``max_attempts`` times), ``bad_input``, ``weights_error``, ``not_available``, ``analysis_error`` (another
+:class:`pulmo.errors.PulmoError`) or ``internal_error`` (a bug; the traceback is in the job's
+``error.log``).
 
 Every method opens its own short-lived connection (the API runs in a thread pool and the workers in
 other processes); the database is in WAL mode so readers never wait for the writer.
@@ -20,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "running", "done", "failed")
 
 _SCHEMA = """
@@ -40,12 +47,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts      INTEGER NOT NULL DEFAULT 0,
     worker        INTEGER,
     error         TEXT,
+    error_code    TEXT,
     findings      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created);
 """
 
-_PUBLIC = "id, status, created, started, finished, kind, modality, n_files, upload_bytes, attempts, error"
+_PUBLIC = ("id, status, created, started, finished, kind, modality, n_files, upload_bytes, attempts, error, "
+           "error_code")
+_MIGRATIONS = {"error_code": "ALTER TABLE jobs ADD COLUMN error_code TEXT"}  # columns added after version 1
 
 
 def _iso(t: float | None) -> str | None:
@@ -58,6 +68,8 @@ class JobStore:
     Args:
         path: the database file (its folder is created; the schema too).
 
+    A store of schema version 1 (no ``error_code`` column) is upgraded in place.
+
     Raises:
         sqlite3.DatabaseError: the file exists but is not a SQLite database of this schema.
     """
@@ -68,7 +80,12 @@ class JobStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
-            con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            columns = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in columns:
+                    con.execute(statement)
+            con.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -98,7 +115,8 @@ class JobStore:
 
         Args:
             job_id: 32 lowercase hex digits.
-            input_rel: the analysis input, relative to the job folder (``input/...``).
+            input_rel: the analysis input, relative to the job folder (``input/...``): a neutral name the
+                service chose, never a client's file name.
             kind: what was uploaded: ``image``, ``volume``, ``dicom-series``, ``zip``.
             n_files: number of files uploaded; upload_bytes: their total size in bytes.
             modality_hint: ``"cxr"`` / ``"ct"`` given by the client for a 2D image, else ``None``.
@@ -160,21 +178,48 @@ class JobStore:
             if row is None:
                 return None
             con.execute("UPDATE jobs SET status = 'running', started = ?, worker = ?, attempts = attempts + 1, "
-                        "error = NULL WHERE id = ?", (time.time(), worker, row[0]))
+                        "error = NULL, error_code = NULL WHERE id = ?", (time.time(), worker, row[0]))
             job = con.execute("SELECT * FROM jobs WHERE id = ?", (row[0],)).fetchone()
         return dict(job)
 
     def finish(self, job_id: str, status: str, *, error: str | None = None, findings: dict[str, Any] | None = None,
-               modality: str | None = None) -> bool:
-        """Record the end of a running job. Returns ``False`` when the row is gone (deleted meanwhile) or
-        no longer running (re-queued after the worker was presumed dead)."""
+               modality: str | None = None, error_code: str | None = None) -> bool:
+        """Record the end of a running job.
+
+        Args:
+            job_id: the job.
+            status: ``done`` or ``failed``.
+            error: the message of a failed job (no server paths, no client file names).
+            findings: the findings of a done job.
+            modality: ``cxr`` / ``ct`` as analysed.
+            error_code: why a job failed (see the module docstring).
+
+        Returns:
+            ``False`` when the row is gone (deleted meanwhile) or no longer running (re-queued after the
+            worker was presumed dead, or failed by the pool for exceeding its time limit).
+
+        Raises:
+            ValueError: ``status`` is neither ``done`` nor ``failed``.
+        """
         if status not in ("done", "failed"):
             raise ValueError(f"finish status {status!r}: expected 'done' or 'failed'")
         text = None if findings is None else json.dumps(findings)
         with self._connect() as con:
-            cur = con.execute("UPDATE jobs SET status = ?, finished = ?, error = ?, findings = ?, modality = ?, "
-                              "worker = NULL WHERE id = ? AND status = 'running'",
-                              (status, time.time(), error, text, modality, job_id))
+            cur = con.execute("UPDATE jobs SET status = ?, finished = ?, error = ?, error_code = ?, findings = ?, "
+                              "modality = ?, worker = NULL WHERE id = ? AND status = 'running'",
+                              (status, time.time(), error, error_code, text, modality, job_id))
+            return cur.rowcount == 1
+
+    def fail_running(self, job_id: str, worker: int, error: str, error_code: str) -> bool:
+        """Fail a job that ``worker`` is running (the pool stopped that worker: e.g. its time limit).
+
+        Returns:
+            ``False`` when the job is gone or no longer running on that worker (it ended meanwhile).
+        """
+        with self._connect() as con:
+            cur = con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ?, error_code = ?, "
+                              "worker = NULL WHERE id = ? AND status = 'running' AND worker = ?",
+                              (time.time(), error, error_code, job_id, worker))
             return cur.rowcount == 1
 
     def requeue_running(self, worker: int | None = None, max_attempts: int = 3) -> tuple[int, int]:
@@ -184,7 +229,7 @@ class JobStore:
         args: tuple[Any, ...] = () if worker is None else (worker,)
         with self._transaction() as con:
             failed = con.execute(
-                f"UPDATE jobs SET status = 'failed', finished = ?, worker = NULL, error = ? "
+                f"UPDATE jobs SET status = 'failed', finished = ?, worker = NULL, error = ?, error_code = 'interrupted' "
                 f"WHERE {where} AND attempts >= ?",
                 (time.time(), (f"the analysis was interrupted {max_attempts} times (worker crashed, was killed or "
                                "the server stopped); not retried"), *args, max_attempts)).rowcount

@@ -14,9 +14,14 @@ one ``.zip``                           extracted safely to ``input/unzipped/``; 
                                        folder, or the single image / volume it holds
 =====================================  =========================================================
 
-Zip extraction refuses absolute paths, ``..`` components, drive letters, symlinks and encrypted
-members, and caps the member count and the total uncompressed size (counted while extracting, so a
-lying header cannot get past it).
+Zip members are written under neutral names too: each folder becomes ``d0000``, ``d0001``, ... and each
+file ``m00000<suffix>`` (its position in the archive and its known suffix), so a member name never
+reaches the filesystem (no patient names on disk, in the job store or in ``OSError`` messages, and no
+name too long for the filesystem). A ``.mhd`` header's ``ElementDataFile`` is rewritten to its data
+file's neutral name. Extraction refuses absolute paths, ``..`` components, drive letters, symlinks,
+encrypted members, members more than ``MAX_ZIP_DEPTH`` folders deep and names that clash (the same
+path twice, or a file ``a`` beside members under ``a/``), and caps the member count and the total
+uncompressed size (counted while extracting, so a lying header cannot get past it).
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from pathlib import Path, PurePosixPath
 
 from pulmo.io import folder_is_dicom_series, is_supported_file
 from pulmo.io.dicom import is_dicom_file
-from pulmo.service.errors import BadZipError, UnsupportedFileError, UploadTooLargeError
+from pulmo.service.errors import (
+    BadZipError,
+    UnsupportedFileError,
+    UploadTooLargeError,
+    ZipNameClashError,
+    ZipPathTooDeepError,
+)
 
 SUPPORTED = ("PNG, JPEG, DICOM, NIfTI (.nii, .nii.gz), MetaImage (.mhd with its .raw, or .mha), NRRD (.nrrd), "
              "several DICOM files of one CT series, or a .zip of a DICOM series")
@@ -40,6 +51,7 @@ _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".raw", ".zraw", ".nrrd", 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _CHUNK = 1024 * 1024
+MAX_ZIP_DEPTH = 32  # folders above a member; DICOM exports nest 3 to 6 deep
 
 
 @dataclasses.dataclass
@@ -56,6 +68,16 @@ class SavedFile:
     def label(self) -> str:
         """How error messages name the file: its position and the client's name."""
         return f"file #{self.index + 1} ({self.original!r})" if self.original else f"file #{self.index + 1}"
+
+
+@dataclasses.dataclass
+class ExtractedZip:
+    """What :func:`safe_extract_zip` wrote: ``bytes_written`` in total, and ``names``, the client's member
+    name of each extracted file keyed by its neutral path relative to the extraction folder (posix), for
+    messages to that client only."""
+
+    bytes_written: int
+    names: dict[str, str]
 
 
 @dataclasses.dataclass
@@ -179,12 +201,16 @@ def _prepare_mhd_pair(files: list[SavedFile]) -> PreparedInput:
     if len(others) != 1:
         raise UnsupportedFileError(f"a MetaImage upload is the .mhd and its data file {data!r}; "
                                    f"{len(others) - 1} other files were sent too (one study per job)")
-    raw = matches[0]
-    lines = header.path.read_bytes().decode("latin-1").splitlines()
-    lines = [f"ElementDataFile = {raw.path.name}" if ln.partition("=")[0].strip() == "ElementDataFile" else ln
-             for ln in lines]
-    header.path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    _point_data_file(header.path, matches[0].path.name)
     return PreparedInput(f"input/{header.path.name}", "volume")
+
+
+def _point_data_file(header: Path, data_name: str) -> None:
+    """Rewrite a MetaImage header's ``ElementDataFile`` to ``data_name`` (a neutral name beside it)."""
+    lines = header.read_bytes().decode("latin-1").splitlines()
+    lines = [f"ElementDataFile = {data_name}" if ln.partition("=")[0].strip() == "ElementDataFile" else ln
+             for ln in lines]
+    header.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
 
 
 def prepare_upload(input_dir: Path, files: list[SavedFile], max_unzipped_bytes: int,
@@ -211,9 +237,9 @@ def prepare_upload(input_dir: Path, files: list[SavedFile], max_unzipped_bytes: 
             raise UnsupportedFileError(f"{zips[0].label} is a zip; a zip must be the only file of its upload "
                                        f"({len(files)} files were sent)")
         target = input_dir / "unzipped"
-        safe_extract_zip(zips[0].path, target, max_unzipped_bytes, max_zip_members, zips[0].label)
+        extracted = safe_extract_zip(zips[0].path, target, max_unzipped_bytes, max_zip_members, zips[0].label)
         zips[0].path.unlink()
-        return PreparedInput(resolve_folder(target, input_dir.parent, zips[0].label), "zip")
+        return PreparedInput(resolve_folder(target, input_dir.parent, zips[0].label, extracted.names), "zip")
     if len(files) == 1:
         _check_single(files[0])
         kind = "volume" if _suffix(files[0].path) in _VOLUME_SUFFIXES else "image"
@@ -231,19 +257,35 @@ def prepare_upload(input_dir: Path, files: list[SavedFile], max_unzipped_bytes: 
     return PreparedInput("input", "dicom-series")
 
 
-def resolve_folder(folder: Path, job_dir: Path, label: str) -> str:
+def resolve_folder(folder: Path, job_dir: Path, label: str, names: dict[str, str] | None = None) -> str:
     """The analysis input inside an extracted zip: the folder for a DICOM series, else its single image or
-    volume. Returns the path relative to ``job_dir``.
+    volume. A MetaImage header is pointed at its data file's neutral name.
+
+    Args:
+        folder: the extraction folder.
+        job_dir: the job folder; the result is relative to it.
+        label: how messages name the zip.
+        names: the client's member names by neutral path relative to ``folder`` (see
+            :class:`ExtractedZip`), for messages; without it messages name the stored files.
+
+    Returns:
+        The analysis input, relative to ``job_dir`` (neutral names only).
 
     Raises:
-        UnsupportedFileError: nothing supported, or several images / volumes (one study per job).
+        UnsupportedFileError: nothing supported, several images / volumes (one study per job), or a
+            MetaImage header whose data file is not beside it in the zip.
     """
+    names = names or {}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     dicom = [p for p in files if is_dicom_file(p)]
     volumes = [p for p in files if _suffix(p) in _VOLUME_SUFFIXES]
 
     def rel(p: Path) -> str:
         return p.relative_to(job_dir).as_posix()
+
+    def client_name(p: Path) -> str:
+        key = p.relative_to(folder).as_posix()
+        return names.get(key, key)
 
     if dicom and volumes:
         raise UnsupportedFileError(f"{label} holds both DICOM files and {len(volumes)} volume file(s); one study "
@@ -257,12 +299,15 @@ def resolve_folder(folder: Path, job_dir: Path, label: str) -> str:
         raise UnsupportedFileError(f"{label} holds {len(volumes)} volume files; one volume per job")
     if volumes:
         v = volumes[0]
-        member = f"{label}: member {v.relative_to(folder).as_posix()!r}"
+        member = f"{label}: member {client_name(v)[:200]!r}"
         if _suffix(v) in (".mhd", ".mha"):
             data = metaimage_data_file(v, member)
-            if data is not None and not (v.parent / data).is_file():
-                raise UnsupportedFileError(f"{member} refers to the data file {data!r}, which is not in the zip "
-                                           "beside it")
+            if data is not None:
+                beside = _sibling_by_client_name(v, data, folder, names)
+                if beside is None:
+                    raise UnsupportedFileError(f"{member} refers to the data file {data!r}, which is not in the zip "
+                                               "beside it")
+                _point_data_file(v, beside.name)
         elif _suffix(v) in (".nrrd", ".nhdr"):
             check_nrrd_attached(v, member)
         return rel(v)
@@ -274,6 +319,21 @@ def resolve_folder(folder: Path, job_dir: Path, label: str) -> str:
     if images:
         raise UnsupportedFileError(f"{label} holds {len(images)} images; one image per job")
     raise UnsupportedFileError(f"{label} holds no supported image ({len(files)} files); expected {SUPPORTED}")
+
+
+def _sibling_by_client_name(header: Path, data: str, folder: Path, names: dict[str, str]) -> Path | None:
+    """The extracted file beside ``header`` that the client called ``data`` (exact name first, then
+    ignoring case); without ``names`` (files not renamed), the file ``data`` itself."""
+    if not names:
+        candidate = header.parent / data
+        return candidate if candidate.is_file() else None
+    siblings = {}
+    for p in header.parent.iterdir():
+        if p.is_file() and p != header:
+            original = names.get(p.relative_to(folder).as_posix())
+            if original is not None:
+                siblings[PurePosixPath(original.replace("\\", "/")).name] = p
+    return siblings.get(data) or next((p for n, p in siblings.items() if n.lower() == data.lower()), None)
 
 
 def _member_path(name: str, k: int, label: str) -> PurePosixPath | None:
@@ -294,16 +354,65 @@ def _member_path(name: str, k: int, label: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
-def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_members: int, label: str = "the zip") -> int:
-    """Extract a zip archive into ``dest`` refusing anything unsafe; returns the bytes written.
+def _neutral_plan(members: list[tuple[int, zipfile.ZipInfo, PurePosixPath]], explicit_dirs: set[PurePosixPath],
+                  n_members: int, label: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Map member paths to neutral ones (``d0000/m00007.dcm``), refusing depth and name clashes first."""
+    files: dict[PurePosixPath, int] = {}
+    dirs: dict[PurePosixPath, int] = {}  # every folder some member needs -> the first member needing it
+    for k, info, rel in members:
+        if len(rel.parts) - 1 > MAX_ZIP_DEPTH:
+            raise ZipPathTooDeepError(f"{label}: member #{k + 1} lies {len(rel.parts) - 1} folders deep; the limit "
+                                      f"is {MAX_ZIP_DEPTH}. Zip the series folder itself")
+        if rel in files:
+            raise ZipNameClashError(f"{label}: member #{k + 1} ({info.filename[:120]!r}) appears twice (also member "
+                                    f"#{files[rel] + 1}); refused")
+        files[rel] = k
+        for parent in rel.parents:
+            if parent != PurePosixPath("."):
+                dirs.setdefault(parent, k)
+    for rel, k in files.items():
+        if rel in dirs or rel in explicit_dirs:
+            raise ZipNameClashError(f"{label}: member #{k + 1} ({str(rel)[:120]!r}) is a file, but other members "
+                                    "are inside a folder of the same name; refused (the archive cannot be unpacked)")
+    width = max(5, len(str(n_members)))
+    neutral_dirs: dict[PurePosixPath, PurePosixPath] = {PurePosixPath("."): PurePosixPath(".")}
+    plan = []
+    for k, info, rel in members:
+        parent = PurePosixPath(".")
+        for d in reversed(rel.parents[:-1]):  # a, a/b for a/b/c.dcm
+            if d not in neutral_dirs:
+                neutral_dirs[d] = neutral_dirs[parent] / f"d{len(neutral_dirs) - 1:04d}"
+            parent = d
+        plan.append((info, neutral_dirs[parent] / f"m{k:0{width}d}{known_suffix(rel.name)}"))
+    return plan
+
+
+def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_members: int,
+                     label: str = "the zip") -> ExtractedZip:
+    """Extract a zip archive into ``dest`` under neutral names, refusing anything unsafe.
 
     Every member is checked before anything is written: absolute paths, drive letters, ``..``
-    components, symlinks (Unix mode in ``external_attr``) and encrypted members are refused. The member
-    count and the declared total size are checked first, then the bytes actually decompressed are counted
-    while writing, so a zip bomb whose headers lie is stopped at ``max_total_bytes`` too.
+    components, NUL characters, symlinks (Unix mode in ``external_attr``), encrypted members, members more
+    than ``MAX_ZIP_DEPTH`` folders deep and clashing names are refused. The member count and the declared
+    total size are checked first, then the bytes actually decompressed are counted while writing, so a
+    zip bomb whose headers lie is stopped at ``max_total_bytes`` too. Files are written as
+    ``d0000/.../m00000<suffix>`` (see the module docstring): the client's names, however long, never
+    reach the filesystem.
+
+    Args:
+        zip_path: the uploaded archive.
+        dest: the extraction folder (created).
+        max_total_bytes: limit of the uncompressed total.
+        max_members: limit of the member count.
+        label: how messages name the archive.
+
+    Returns:
+        The :class:`ExtractedZip` (bytes written, client names by neutral path).
 
     Raises:
-        BadZipError: not a zip, corrupt data (CRC), an unsupported compression or an unsafe member.
+        BadZipError: not a zip, corrupt data (CRC), an unsupported compression or an unsafe member;
+            :class:`~pulmo.service.errors.ZipNameClashError` for clashing names and
+            :class:`~pulmo.service.errors.ZipPathTooDeepError` for too deep a member.
         UploadTooLargeError: more than ``max_members`` members or more than ``max_total_bytes`` uncompressed.
     """
     try:
@@ -320,7 +429,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_membe
         if declared > max_total_bytes:
             raise UploadTooLargeError(f"{label} would unpack to {mib(declared)} MiB; the limit is "
                                       f"{mib(max_total_bytes)} MiB")
-        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        members: list[tuple[int, zipfile.ZipInfo, PurePosixPath]] = []
+        explicit_dirs: set[PurePosixPath] = set()
         for k, info in enumerate(infos):
             rel = _member_path(info.filename, k, label)
             mode = info.external_attr >> 16
@@ -328,19 +438,24 @@ def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_membe
                 raise BadZipError(f"{label}: member #{k + 1} ({info.filename[:120]!r}) is a symbolic link; refused")
             if info.flag_bits & 0x1:
                 raise BadZipError(f"{label}: member #{k + 1} is encrypted; upload an unencrypted zip")
-            if rel is not None and not info.is_dir():
-                plan.append((info, rel))
+            if rel is None:
+                continue
+            if info.is_dir():
+                explicit_dirs.add(rel)
+            else:
+                members.append((k, info, rel))
+        plan = _neutral_plan(members, explicit_dirs, len(infos), label)
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         written = 0
+        names: dict[str, str] = {}
         try:
             for info, rel in plan:
                 target = dest.joinpath(*rel.parts)
-                if root not in target.resolve().parents:
+                if root not in target.resolve().parents:  # neutral names: cannot happen; kept as a last guard
                     raise BadZipError(f"{label}: member {info.filename[:120]!r} resolves outside the extraction folder")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if target.exists():
-                    raise BadZipError(f"{label}: member {info.filename[:120]!r} appears twice")
+                names[rel.as_posix()] = info.filename
                 with zf.open(info) as src, open(target, "xb") as out:
                     while chunk := src.read(_CHUNK):
                         written += len(chunk)
@@ -354,7 +469,7 @@ def safe_extract_zip(zip_path: Path, dest: Path, max_total_bytes: int, max_membe
             raise BadZipError(f"{label} uses a compression method that is not supported; use deflate") from None
         except RuntimeError as exc:  # zipfile raises RuntimeError for encrypted members
             raise BadZipError(f"{label} cannot be read ({str(exc)[:120]})") from None
-    return written
+    return ExtractedZip(written, names)
 
 
 def remove_tree(path: Path) -> None:

@@ -5,7 +5,7 @@ The classic method (e.g. Hu, Hoffman & Reinhardt, IEEE TMI 2001; the LUNA16 pre-
 2. drop the air outside the body: 3D components touching the in-plane border of the volume;
 3. keep the largest component, and the second when it is at least 20 % of the first (two separate lungs);
    components under 50 mL are dropped (bowel gas, small airway pieces);
-4. close small gaps (binary closing, 2 voxels) and fill holes slice by slice, so vessels, nodules and dense
+4. close small gaps (binary closing, 2 voxels, the volume padded with copies of its end slices) and fill holes slice by slice, so vessels, nodules and dense
    infection inside the lung are part of the mask.
 scipy.ndimage does the labelling and morphology. Work is done on a 2x in-plane down-sampled copy for speed
 and mapped back to the input grid.
@@ -55,7 +55,11 @@ def lung_mask_ct(volume: Volume, threshold_hu: float = AIR_THRESHOLD_HU) -> np.n
                          "inside the body; is this a chest CT?")
     keep = [order[0] + 1] + ([order[1] + 1] if len(order) > 1 and sizes[order[1]] >= 0.2 * sizes[order[0]] else [])
     mask = np.isin(labels, keep)
-    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
+    # Closing pads with edge copies along z first: with the default zero border, erosion eats the first and
+    # last two slices, and a one-slice volume entirely (an empty lung mask for a single CT slice).
+    pad = 2
+    padded = np.pad(mask, ((pad, pad), (0, 0), (0, 0)), mode="edge")
+    mask = ndimage.binary_closing(padded, structure=ndimage.generate_binary_structure(3, 1), iterations=2)[pad:-pad]
     for k in range(mask.shape[0]):
         mask[k] = ndimage.binary_fill_holes(mask[k])
     if step > 1:

@@ -3,13 +3,16 @@
 A card holds: ``name``, ``architecture`` (registry name), ``model_kwargs``, ``task``, ``labels`` (output
 channels in order), ``thresholds``, ``input`` (working size, normalisation, channels), ``training`` (data,
 split, command, seed), ``metrics`` (on the validation split), ``license``, ``file`` and ``sha256``.
-Loading checks the sha256 and never unpickles (safetensors).
+``file`` is a plain file name beside the card (no folders, no ``..``, not absolute). ``sha256`` is
+required: loading refuses a card without one, checks it against the file, and never unpickles
+(safetensors).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from torch import nn
 from pulmo.errors import WeightsError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -32,16 +36,38 @@ def sha256_of(path: str | Path) -> str:
 
 
 def list_weights() -> list[dict[str, Any]]:
-    """The cards of every bundled weight set, sorted by name."""
+    """The cards of every bundled weight set, sorted by name.
+
+    Raises:
+        WeightsError: a card is unreadable or its ``file`` is not a plain file name.
+    """
     return [_read_card(p) for p in sorted(WEIGHTS_DIR.glob("*.json"))]
 
 
+def _plain_file_name(value: str) -> bool:
+    return (bool(value) and value not in (".", "..") and not re.search(r"[/\\:\x00]", value)
+            and not Path(value).is_absolute())
+
+
 def _read_card(card_path: Path) -> dict[str, Any]:
+    """Read a card and resolve its weight file (``_path``) and its own location (``_card``).
+
+    Raises:
+        WeightsError: unreadable or not a JSON object, or ``file`` is not a plain file name (a path with
+            folders, ``..``, a drive or absolute could point the loader anywhere).
+    """
     try:
         card = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"{card_path}: unreadable model card ({exc})") from None
-    card["_path"] = str(card_path.with_name(card.get("file", card_path.stem + ".safetensors")))
+    if not isinstance(card, dict):
+        raise WeightsError(f"{card_path}: a model card is a JSON object, not {type(card).__name__}")
+    name = card.get("file", card_path.stem + ".safetensors")
+    if not isinstance(name, str) or not _plain_file_name(name):
+        raise WeightsError(f"model card {card_path}: 'file' = {str(name)[:200]!r} must be the plain name of a file "
+                           "beside the card (no folders, no '..', not absolute)")
+    card["_path"] = str(card_path.with_name(name))
+    card["_card"] = str(card_path)
     return card
 
 
@@ -49,7 +75,8 @@ def resolve_card(weights: str | Path) -> dict[str, Any]:
     """Find the card of a bundled weight name, or of a ``.safetensors`` path (card = same stem ``.json``).
 
     Raises:
-        WeightsError: no such bundled weights or no card beside the file.
+        WeightsError: no such bundled weights, no card beside the file, an unreadable card, a card whose
+            ``file`` is a path, or a card without ``architecture``.
     """
     p = Path(weights)
     if p.suffix == ".safetensors":
@@ -59,21 +86,40 @@ def resolve_card(weights: str | Path) -> dict[str, Any]:
     if not card_path.is_file():
         names = [c["name"] for c in list_weights()]
         raise WeightsError(f"weights {str(weights)!r} not found (no card {card_path}); bundled: {names}")
-    return _read_card(card_path)
+    card = _read_card(card_path)
+    if not isinstance(card.get("architecture"), str):
+        raise WeightsError(f"model card {card_path}: no 'architecture' (the registered model name the weights are for)")
+    return card
 
 
 def load_into(model: nn.Module, card: dict[str, Any]) -> nn.Module:
     """Load a card's safetensors file into ``model`` after checking its sha256.
 
+    Args:
+        model: the model to fill (strict: every tensor must fit).
+        card: a card from :func:`resolve_card`.
+
+    Returns:
+        ``model``.
+
     Raises:
-        WeightsError: file missing, sha256 mismatch, unreadable file, or tensors not matching the model.
+        WeightsError: the card has no sha256 (required: weights that cannot be verified are not loaded) or
+            one that is not 64 hex digits, the file is missing, its sha256 does not match, it is not a
+            readable safetensors file, or its tensors do not fit the model.
     """
+    where = card.get("_card") or card.get("name")
+    expected = card.get("sha256")
+    if not expected:
+        raise WeightsError(f"model card {where}: no 'sha256'; a sha256 of the weight file is required, pulmo loads "
+                           "only weights it can verify (save_weights writes it)")
+    if not isinstance(expected, str) or not _SHA256.match(expected):
+        raise WeightsError(f"model card {where}: 'sha256' = {str(expected)[:80]!r} is not a sha256 (64 hex digits)")
     path = Path(card["_path"])
     if not path.is_file():
         raise WeightsError(f"{path}: weight file missing for card {card.get('name')!r}")
     digest = sha256_of(path)
-    if card.get("sha256") and digest != card["sha256"]:
-        raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match the card's {card['sha256'][:12]}...")
+    if digest != expected.lower():
+        raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match the card's {expected[:12]}...")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:

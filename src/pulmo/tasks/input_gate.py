@@ -1,0 +1,358 @@
+"""The input-gate model: is this picture a frontal chest radiograph, an axial CT slice, or neither?
+
+A torchvision MobileNetV3-Small (1-channel, 128 x 128, :func:`pulmo.transforms.gate_input`) with three
+outputs (:data:`pulmo.datasets.gate_corpus.GATE_LABELS`), trained on the real-data corpus of
+:mod:`pulmo.datasets.gate_corpus` with class-weighted cross-entropy, temperature-scaled on a validation
+split, and used by :mod:`pulmo.gate` for inputs whose tags cannot be trusted (PNG / JPEG, secondary
+captures) and to check the content of tagged ones.
+
+Splits are by group (patient, CT slice block, picture, generator seed; see the corpus module): 20 % of
+the groups are the test split, 10 % of the rest validation. :func:`leave_one_source_out` retrains with one
+chest X-ray source held out entirely and reports how many of its images the gate would refuse: the
+outsider's view of the false-refusal rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandFlip, RandGaussianNoise
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from pulmo.datasets.gate_corpus import GATE_LABELS, GateCorpus, build_gate_corpus
+from pulmo.datasets.splits import patient_fold
+from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.metrics.calibration import expected_calibration_error
+from pulmo.models import create_model
+from pulmo.transforms import GATE_SIZE, gate_input
+from pulmo.weights import resolve_card, save_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "input-gate"
+ARCHITECTURE = "mobilenet_v3_small"
+
+
+@dataclasses.dataclass
+class InputGateConfig(TrainConfig):
+    """Training settings of the gate model (on top of :class:`pulmo.engine.TrainConfig`).
+
+    Attributes:
+        data: the data root (``cxr/``, ``ct/``) the corpus is rendered from.
+        corpus: cached corpus ``.npz`` (built from ``data`` when missing).
+        test_fraction: share of groups held out for the test split.
+        val_fraction: share of the remaining groups used for validation (temperature, thresholds).
+        split_seed: seed of the group split.
+        max_false_refusal: the largest validation false-refusal rate of real X-rays the acceptance
+            threshold may cost (the threshold is the highest one within it).
+        exclude_sources: sources left out of training and validation (leave-one-source-out).
+        name: weight-set name.
+    """
+
+    data: str = "../shared/data"
+    corpus: str = "runs/gate/corpus.npz"
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    max_false_refusal: float = 0.005
+    exclude_sources: list[str] = dataclasses.field(default_factory=list)
+    name: str = DEFAULT_WEIGHTS
+    epochs: int = 16
+    batch_size: int = 64
+    lr: float = 3e-3
+    patience: int = 5
+
+
+class GateDataset(Dataset):
+    """``{"image": (1, 128, 128) float32 in [0, 1], "label": int}`` items of a corpus subset, augmented."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool):
+        self.images, self.labels = images, labels
+        self.transform = Compose([
+            RandAffine(prob=0.7, rotate_range=0.2, scale_range=0.2, translate_range=12, padding_mode="zeros"),
+            RandFlip(prob=0.5, spatial_axis=1),
+            RandAdjustContrast(prob=0.5, gamma=(0.6, 1.6)),
+            RandGaussianNoise(prob=0.2, std=0.03),
+        ]) if augment else None
+        self.rng = np.random.default_rng(0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        x = torch.from_numpy(self.images[i].astype(np.float32) / 255.0)[None]
+        if self.transform is not None:
+            x = torch.as_tensor(self.transform(x)).float().clamp(0, 1)
+            if self.rng.random() < 0.3:
+                # low contrast (portable films, hazy scans, figures reproduced in papers): squeeze the range
+                lo, hi = self.rng.uniform(0.0, 0.35), self.rng.uniform(0.65, 1.0)
+                x = lo + (hi - lo) * x
+        return {"image": x, "label": int(self.labels[i])}
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size].astype(np.float32) / 255.0)[:, None]
+        out.append(model(x).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(GATE_LABELS)), np.float32)
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    t = torch.zeros(1, requires_grad=True)
+    lg, y = torch.from_numpy(logits), torch.from_numpy(labels)
+    opt = torch.optim.LBFGS([t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lg / t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(t.detach().exp().clamp(0.05, 20.0))
+
+
+def _threshold(prob: np.ndarray, positive: np.ndarray, max_false_refusal: float) -> float:
+    """The max-margin acceptance threshold on ``prob`` (the class's probability).
+
+    The lowest positive kept is the one at the ``max_false_refusal`` quantile of the positives; the threshold
+    is the geometric mean of it and the highest negative score below it (the middle of the gap in log
+    space), clipped to [0.05, 0.5].
+    """
+    pos, neg = np.sort(prob[positive]), prob[~positive]
+    if pos.size == 0:
+        return 0.5
+    upper = float(pos[min(pos.size - 1, int(np.floor(max_false_refusal * pos.size)))])
+    below = neg[neg < upper]
+    lower = float(below.max()) if below.size else 1e-4
+    return float(np.clip(np.sqrt(max(lower, 1e-4) * upper), 0.05, 0.5))
+
+
+def gate_rates(prob: np.ndarray, labels: np.ndarray, sources: list[str], thresholds: dict[str, float]) -> dict[str, Any]:
+    """False-refusal and false-acceptance rates of the gate's decision rule.
+
+    The rule (as in :mod:`pulmo.gate`): accepted as a chest X-ray when ``p(cxr) >= thresholds["cxr"]``; as a CT
+    slice when ``p(ct_slice) >= thresholds["ct_slice"]``.
+
+    Args:
+        prob: ``(N, 3)`` calibrated probabilities.
+        labels: ``(N,)`` true labels (indices of :data:`GATE_LABELS`).
+        sources: ``N`` dataset names.
+        thresholds: ``{"cxr": t, "ct_slice": t}``.
+
+    Returns:
+        ``{"cxr": {"false_refusal_rate", "n", "refused", "per_source"}, "ct_slice": {...},
+        "non_cxr": {"false_acceptance_rate", "n", "accepted", "per_source"}, "non_ct": {...}}``.
+    """
+    src = np.array(sources)
+    out: dict[str, Any] = {}
+    for k, name in enumerate(("cxr", "ct_slice")):
+        accept = prob[:, k] >= thresholds[name]
+        pos, neg = labels == k, labels != k
+        out[name] = {"n": int(pos.sum()), "refused": int((pos & ~accept).sum()),
+                     "false_refusal_rate": float((pos & ~accept).sum() / max(1, pos.sum())),
+                     "per_source": {s: {"n": int((pos & (src == s)).sum()),
+                                        "refused": int((pos & (src == s) & ~accept).sum())}
+                                    for s in sorted(set(src[pos]))}}
+        out[f"non_{name.split('_')[0]}"] = {
+            "n": int(neg.sum()), "accepted": int((neg & accept).sum()),
+            "false_acceptance_rate": float((neg & accept).sum() / max(1, neg.sum())),
+            "per_source": {s: {"n": int((neg & (src == s)).sum()), "accepted": int((neg & (src == s) & accept).sum())}
+                           for s in sorted(set(src[neg]))}}
+    return out
+
+
+def _splits(corpus: GateCorpus, config: InputGateConfig) -> dict[str, np.ndarray]:
+    test = corpus.held_out(config.test_fraction, config.split_seed)
+    val = np.array([patient_fold(g, config.split_seed + 1) < config.val_fraction for g in corpus.groups]) & ~test
+    excluded = np.isin(np.array(corpus.sources), config.exclude_sources)
+    return {"train": ~test & ~val & ~excluded, "val": val & ~excluded, "test": test, "excluded": excluded}
+
+
+def load_corpus(config: InputGateConfig) -> GateCorpus:
+    """The cached corpus at ``config.corpus``, rendered from ``config.data`` first when missing."""
+    path = Path(config.corpus)
+    if path.is_file():
+        return GateCorpus.load(path)
+    corpus = build_gate_corpus(config.data, progress=config.progress)
+    corpus.save(path)
+    return corpus
+
+
+def train(config: InputGateConfig, command: str = "", corpus: GateCorpus | None = None) -> dict[str, Any]:
+    """Train the gate model and write weights, card and ``results.json`` (test-split rates) to ``out_dir``.
+
+    Args:
+        config: settings.
+        command: the command line, recorded in the card.
+        corpus: a corpus already in memory (else :func:`load_corpus`).
+
+    Returns:
+        The model card as written.
+    """
+    out = Path(config.out_dir)
+    save_config(config, out / "config.yaml")
+    corpus = corpus or load_corpus(config)
+    split = _splits(corpus, config)
+    counts = np.bincount(corpus.labels[split["train"]], minlength=len(GATE_LABELS)).astype(np.float64)
+    class_weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(GATE_LABELS), dtype=torch.float32)
+    model = create_model(ARCHITECTURE, in_channels=1, num_classes=len(GATE_LABELS))
+    train_ds = GateDataset(corpus.images[split["train"]], corpus.labels[split["train"]], augment=True)
+    val_x, val_y = corpus.images[split["val"]], corpus.labels[split["val"]]
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(m(batch["image"]).float(), batch["label"], weight=class_weight)
+
+    def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+        pred = _logits(m, val_x).argmax(axis=1)
+        recalls = [float((pred[val_y == k] == k).mean()) for k in range(len(GATE_LABELS)) if (val_y == k).any()]
+        return {"balanced_accuracy": float(np.mean(recalls))}
+
+    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="balanced_accuracy")
+    if summary["rank"] != 0:
+        return {}
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model.eval()
+    val_logits = _logits(model, val_x)
+    temperature = _fit_temperature(val_logits, val_y)
+    val_prob = _softmax(val_logits, temperature)
+    thresholds = {name: _threshold(val_prob[:, k], val_y == k, config.max_false_refusal)
+                  for k, name in enumerate(("cxr", "ct_slice"))}
+    test = split["test"] & ~split["excluded"]
+    test_prob = _softmax(_logits(model, corpus.images[test]), temperature)
+    test_sources = [s for s, t in zip(corpus.sources, test) if t]
+    results = {"test": gate_rates(test_prob, corpus.labels[test], test_sources, thresholds),
+               "validation": gate_rates(val_prob, val_y, [s for s, v in zip(corpus.sources, split["val"]) if v],
+                                        thresholds),
+               "test_ece": expected_calibration_error(test_prob, corpus.labels[test]),
+               "test_accuracy": float((test_prob.argmax(1) == corpus.labels[test]).mean())}
+    if split["excluded"].any():
+        ex = split["excluded"]
+        ex_prob = _softmax(_logits(model, corpus.images[ex]), temperature)
+        results["excluded_sources"] = gate_rates(ex_prob, corpus.labels[ex],
+                                                 [s for s, e in zip(corpus.sources, ex) if e], thresholds)
+    card = {
+        "name": config.name, "architecture": ARCHITECTURE, "task": "input-gate",
+        "model_kwargs": {"in_channels": 1, "num_classes": len(GATE_LABELS)}, "labels": list(GATE_LABELS),
+        "display_names": {"cxr": "frontal chest radiograph", "ct_slice": "axial CT slice", "other": "neither"},
+        "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature,
+                        "test_ece": results["test_ece"]},
+        "thresholds": {**thresholds, "rule": "accept as a chest X-ray when p(cxr) >= cxr; as a CT slice when "
+                       "p(ct_slice) >= ct_slice; each threshold is the middle (geometric mean) of the validation gap "
+                       f"between the lowest positive kept (refusing at most {config.max_false_refusal:.1%} of the "
+                       "positives) and the highest negative below it, clipped to [0.05, 0.5]"},
+        "input": {"size": [GATE_SIZE, GATE_SIZE], "channels": 1,
+                  "normalisation": "stride to <= 512 px, percentile 0.5-99.5 min-max to [0, 1], bilinear resize "
+                                   "(pulmo.transforms.gate_input)"},
+        "training": {"data": "pulmo.datasets.gate_corpus over the shared data root (real CXR of 7 sources, LIDC-IDRI "
+                             "and pyradiomics CT slices in 4 windows, COVID-SemiSeg slices, LIDC nodule crops, lung "
+                             "masks, scikit-image pictures, generated pictures)",
+                     "split": f"by group: sha1(seed {config.split_seed}, group) < {config.test_fraction} test, "
+                              f"sha1(seed {config.split_seed + 1}, group) < {config.val_fraction} validation",
+                     "n": {k: int(v.sum()) for k, v in split.items()},
+                     "sources": dict(Counter(corpus.sources)), "exclude_sources": config.exclude_sources,
+                     "class_counts_train": {GATE_LABELS[k]: int(c) for k, c in enumerate(counts)},
+                     "loss": "class-weighted cross-entropy (inverse frequency)", "command": command,
+                     "seed": config.seed, "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+                     "seconds": summary["seconds"], "pretraining": "none (trained from scratch)"},
+        "metrics": {"test": {"false_refusal_rate_cxr": results["test"]["cxr"]["false_refusal_rate"],
+                             "false_acceptance_rate_non_cxr": results["test"]["non_cxr"]["false_acceptance_rate"],
+                             "false_refusal_rate_ct_slice": results["test"]["ct_slice"]["false_refusal_rate"],
+                             "false_acceptance_rate_non_ct": results["test"]["non_ct"]["false_acceptance_rate"],
+                             "n_cxr": results["test"]["cxr"]["n"], "n_non_cxr": results["test"]["non_cxr"]["n"],
+                             "accuracy": results["test_accuracy"], "ece": results["test_ece"]}},
+        "scope": "decides only whether pulmo's chest X-ray or CT-slice models may look at a picture; frontal views "
+                 "only (no lateral X-ray was available to train on: lateral views are refused by DICOM "
+                 "ViewPosition, not by content)",
+        "license": "Apache-2.0 (weights); training data: see the sources' licences (research use)",
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return save_weights(model, out / f"{config.name}.safetensors", card)
+
+
+def leave_one_source_out(config: InputGateConfig, sources: list[str] | None = None) -> dict[str, Any]:
+    """Retrain with each chest X-ray source excluded in turn; the gate's refusals of the unseen source.
+
+    Args:
+        config: settings (``out_dir`` gets one sub-folder per held-out source).
+        sources: the sources to hold out (default: every chest X-ray source in the corpus).
+
+    Returns:
+        ``{source: {"n", "refused", "false_refusal_rate", "non_cxr_false_acceptance_rate"}}``.
+    """
+    corpus = load_corpus(config)
+    cxr_sources = sorted({s for s, y in zip(corpus.sources, corpus.labels) if y == 0})
+    out = {}
+    for source in sources or cxr_sources:
+        cfg = dataclasses.replace(config, exclude_sources=[source], out_dir=str(Path(config.out_dir) / source),
+                                  name=f"input-gate-without-{source}")
+        train(cfg, corpus=corpus)
+        res = json.loads((Path(cfg.out_dir) / "results.json").read_text())
+        ex = res["excluded_sources"]["cxr"]
+        out[source] = {"n": ex["n"], "refused": ex["refused"], "false_refusal_rate": ex["false_refusal_rate"],
+                       "non_cxr_false_acceptance_rate_test": res["test"]["non_cxr"]["false_acceptance_rate"]}
+        logger.info("LOSO %s: %s", source, out[source])
+    return out
+
+
+class InputGateModel:
+    """The bundled gate model: calibrated ``{cxr, ct_slice, other}`` probabilities of a 2D picture.
+
+    Raises:
+        WeightsError: missing or corrupted weights.
+    """
+
+    def __init__(self, weights: str = DEFAULT_WEIGHTS):
+        self.card = resolve_card(weights)
+        self.model = create_model(self.card["architecture"], weights=weights).eval()
+        self.labels = list(self.card["labels"])
+        self.temperature = float(self.card["calibration"]["temperature"])
+        self.thresholds = {k: float(self.card["thresholds"][k]) for k in ("cxr", "ct_slice")}
+
+    @torch.no_grad()
+    def predict(self, pixels: np.ndarray) -> dict[str, float]:
+        """Calibrated probabilities ``{label: p}`` of a picture ``(H, W)`` of any real dtype."""
+        x = torch.from_numpy(gate_input(pixels))[None, None]
+        prob = _softmax(self.model(x).float().numpy(), self.temperature)[0]
+        return {lab: float(p) for lab, p in zip(self.labels, prob)}
+
+
+def evaluate(data: str | Path, *, corpus: str | Path | None = None, weights: str = DEFAULT_WEIGHTS,
+             split_seed: int = 0, test_fraction: float = 0.2, progress: bool = True) -> dict[str, Any]:
+    """Rates of the bundled gate model on the held-out groups of the corpus rendered from ``data``.
+
+    Returns:
+        ``{"task", "n", "weights", "weights_sha256", "seconds", "rates": gate_rates(...), "ece"}``.
+    """
+    t0 = time.perf_counter()
+    cfg = InputGateConfig(data=str(data), corpus=str(corpus or "runs/gate/corpus.npz"), progress=progress)
+    c = load_corpus(cfg)
+    test = c.held_out(test_fraction, split_seed)
+    gate = InputGateModel(weights)
+    prob = _softmax(_logits(gate.model, c.images[test]), gate.temperature)
+    return {"task": "input-gate", "n": int(test.sum()), "weights": gate.card["name"],
+            "weights_sha256": gate.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2),
+            "rates": gate_rates(prob, c.labels[test], [s for s, t in zip(c.sources, test) if t], gate.thresholds),
+            "ece": expected_calibration_error(prob, c.labels[test])}
+
+
+__all__ = ["InputGateConfig", "InputGateModel", "evaluate", "gate_rates", "leave_one_source_out", "train"]
