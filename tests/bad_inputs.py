@@ -17,8 +17,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from tests.conftest import DATA, LIDC_SERIES
 from tests.dicom_helpers import write_dicom
@@ -130,7 +129,7 @@ def _volume(path: Path, hu: np.ndarray, spacing=(1.0, 1.0, 2.5), direction=None)
 
 def _phantom_ct(shape=(24, 96, 96)) -> np.ndarray:
     """A crude chest-like volume in HU: air outside, a soft-tissue body, two lungs, a spine."""
-    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    _, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
     cy, cx = shape[1] / 2, shape[2] / 2
     hu = np.full(shape, -1000.0, np.float32)
     body = ((y - cy) / (0.42 * shape[1])) ** 2 + ((x - cx) / (0.45 * shape[2])) ** 2 < 1

@@ -55,7 +55,7 @@ def _cxr_image() -> Image2D:
 
 def test_real_example_xrays_pass_with_a_decision_record():
     for name in ("00022084_000.png", "00001369_000.png", "person1001_bacteria_2932.jpeg"):
-        image, modality, decision = screen(ROOT / "examples/cxr" / name)
+        _, modality, decision = screen(ROOT / "examples/cxr" / name)
         assert modality == "cxr" and decision["decision"] == "accepted" and decision["as"] == "cxr"
         assert decision["scores"]["cxr"] >= decision["model"]["thresholds"]["cxr"]
         assert {c["check"] for c in decision["checks"]} == {"finite", "grey_levels", "gate_model"}
@@ -126,7 +126,7 @@ def test_ct_volume_rules():
 
 
 def test_real_lidc_series_passes_the_gate():
-    image, modality, decision = screen(data_path(*LIDC_SERIES))
+    _, modality, decision = screen(data_path(*LIDC_SERIES))
     assert modality == "ct" and decision["as"] == "ct_volume"
     assert decision["dicom"]["modality"] == "CT"
 
@@ -138,7 +138,7 @@ def test_real_xrays_of_every_source_pass_the_gate():
 
     refused = []
     n = 0
-    for source, rel in CXR_SOURCES.items():
+    for rel in CXR_SOURCES.values():
         folder = DATA / rel
         if not folder.is_dir():
             continue
@@ -171,7 +171,8 @@ def test_folder_with_bomb_bad_window_and_good_images(tmp_path, capsys):
     assert code == 1
     import csv
 
-    rows = {Path(r["input"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
+    with open(out / "summary.csv", newline="") as fh:
+        rows = {Path(r["input"]).name: r for r in csv.DictReader(fh)}
     assert set(rows) == {"bomb.png", "bad_window.dcm", "00022084_000.png", "person1001_bacteria_2932.jpeg",
                          "notes.txt"}
     assert rows["bomb.png"]["status"] == "failed" and "Mpx" in rows["bomb.png"]["error"]

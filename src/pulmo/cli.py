@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest volume read, voxels, checked from the header before decoding (default 1500000000)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
-    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule"])
+    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule", "input-gate"])
     e.add_argument("--data", required=True, help="dataset root in the task's layout")
     e.add_argument("--format", help="dataset layout (lesion-seg: covid-semiseg; cxr-classify: kermany, folders, "
                    "covid-chestxray, covid-radiography; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16)")
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the model card lists as held out from training)")
     e.add_argument("--out", required=True, help="metrics JSON file to write")
     e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
+    e.add_argument("--corpus", help="input-gate: a cached rendered corpus .npz (default: render it from --data)")
 
     t = sub.add_parser("train", help="train a model")
     tsub = t.add_subparsers(dest="task", required=True)
@@ -147,8 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--corpus", help="cached rendered corpus .npz (built from --data when missing)")
     ig.add_argument("--exclude-sources", dest="exclude_sources", action="append",
                     help="a source left out of training (e.g. tbx11k); repeatable")
-    ig.add_argument("--max-false-refusal", dest="max_false_refusal", type=float,
-                    help="largest validation false-refusal rate of real X-rays the threshold may cost (default 0.005)")
     ig.add_argument("--leave-one-source-out", dest="leave_one_source_out", action="store_true",
                     help="retrain once per chest X-ray source with it held out and report its refusals")
     ig.add_argument("--name", help="weight-set name")
@@ -175,7 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from pulmo.engine import load_config
-    from pulmo.tasks import cxr_classify, cxr_detect, cxr_detect_unet, input_gate, lesion_seg, lung_seg, nodule
+    from pulmo.tasks import (
+        cxr_classify,
+        cxr_detect,
+        cxr_detect_unet,
+        input_gate,
+        lesion_seg,
+        lung_seg,
+        nodule,
+    )
 
     task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig),
             "input-gate": (input_gate, input_gate.InputGateConfig),
@@ -202,7 +209,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pulmo.tasks import cxr_classify, cxr_detect, lesion_seg, lung_seg, nodule
 
     progress = not args.no_progress
-    if args.task == "nodule":
+    if args.task == "input-gate":
+        from pulmo.tasks import input_gate
+
+        metrics = input_gate.evaluate(args.data, corpus=args.corpus, weights=args.weights or input_gate.DEFAULT_WEIGHTS,
+                                      progress=progress)
+        r = metrics["rates"]
+        line = (f"false_refusal_cxr={r['cxr']['false_refusal_rate']:.4f} ({r['cxr']['refused']}/{r['cxr']['n']}) "
+                f"false_acceptance_non_cxr={r['non_cxr']['false_acceptance_rate']:.4f} "
+                f"({r['non_cxr']['accepted']}/{r['non_cxr']['n']}) false_refusal_ct_slice="
+                f"{r['ct_slice']['false_refusal_rate']:.4f} false_acceptance_non_ct="
+                f"{r['non_ct']['false_acceptance_rate']:.4f} ece={metrics['ece']:.4f}")
+    elif args.task == "nodule":
         if args.format not in nodule.FORMATS:
             raise ConfigError(f"evaluate nodule needs --format lidc|luna16, got {args.format!r}")
         metrics = nodule.evaluate(args.data, args.format, args.weights or nodule.DEFAULT_WEIGHTS, args.annotations,

@@ -194,6 +194,7 @@ def test_viewer_shows_the_xray_findings_in_chromium(server, tmp_path):
         table = page.inner_text("#findings-table")
         assert "lung area (px)" in table and str(area) in table, table
         assert "chest X-ray" in table and "1024 × 1024" in table
+        assert "accepted as frontal chest radiograph" in table and "input gate p(cxr)" in table
         assert page.inner_text("#status").startswith("done")
         assert page.eval_on_selector("#base-image", "img => img.complete && img.naturalWidth") == 1024
         page.wait_for_function("() => [...document.querySelectorAll('img.overlay-image')]"

@@ -210,6 +210,7 @@ def skimage_pictures() -> dict[str, np.ndarray]:
         try:
             img = np.asarray(getattr(skimage.data, name)())
         except Exception:  # noqa: BLE001 - a picture that needs a download (pooch) is skipped
+            logger.debug("skimage.data.%s needs a download: skipped", name)
             continue
         if img.ndim == 3 and img.shape[-1] == 4:
             img = rgba2rgb(img)

@@ -2,7 +2,8 @@
 
 Expected calibration error (ECE) as defined by Guo et al., "On Calibration of Modern Neural Networks",
 ICML 2017: the top-label confidence is binned into equal-width bins and the gap between accuracy and mean
-confidence is averaged over bins, weighted by the share of samples in each.
+confidence is averaged over bins, weighted by the share of samples in each. Temperature scaling (the same
+paper): one scalar T > 0 dividing the logits, fitted by minimising the validation negative log-likelihood.
 """
 
 from __future__ import annotations
@@ -38,3 +39,46 @@ def expected_calibration_error(prob: np.ndarray, labels: np.ndarray, n_bins: int
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
     return float(ece)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` over the last axis, float64, numerically stable.
+
+    Args:
+        logits: ``(N, C)`` (or any ``(..., C)``).
+        temperature: T > 0.
+
+    Returns:
+        Probabilities of the same shape, rows summing to 1.
+    """
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T > 0 minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T, PyTorch).
+
+    Args:
+        logits: ``(N, C)`` validation logits.
+        labels: ``(N,)`` true class indices.
+
+    Returns:
+        T (1.0 means the logits were already calibrated on this set).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lg, y = torch.from_numpy(np.asarray(logits)).double(), torch.from_numpy(np.asarray(labels)).long()
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lg / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().item())

@@ -40,6 +40,7 @@ from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import binary_report, classification_report, roc_auc
+from pulmo.metrics.calibration import fit_temperature, softmax
 from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
 from pulmo.transforms import normalize_cxr, resize_image
@@ -194,24 +195,8 @@ def _logits(model: torch.nn.Module, arrays: np.ndarray, batch_size: int = 64) ->
     return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature T > 0 minimising the validation NLL of ``softmax(logits / T)`` (LBFGS on log T)."""
-    lg, y = torch.from_numpy(logits).double(), torch.from_numpy(labels).long()
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(lg / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.exp().item())
-
-
 def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return torch.softmax(torch.from_numpy(logits).double() / temperature, dim=1).numpy()
+    return softmax(logits, temperature)
 
 
 def youden_thresholds(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -81,6 +81,12 @@
       `${inp.volume_size.slices} × ${inp.volume_size.rows} × ${inp.volume_size.columns}`);
     if ("spacing_mm" in inp) add(inp.volume_size ? "voxel spacing (z, y, x mm)" : "pixel spacing (row, column mm)",
       inp.spacing_mm === null ? "unknown" : inp.spacing_mm);
+    const gate = inp.gate;
+    if (gate) {
+      const as = { cxr: "frontal chest radiograph", ct_slice: "axial CT slice", ct_volume: "chest CT volume" }[gate.as] || gate.as;
+      add("input gate", `${gate.decision} as ${as}`);
+      for (const [label, p] of Object.entries(gate.scores || {})) add(`input gate p(${label})`, Number(p).toFixed(3));
+    }
     const lungs = f.lungs || {};
     add("lung area (px)", lungs.area_px);
     add("lung area (cm²)", lungs.area_cm2 === null ? "unknown (no pixel spacing)" : lungs.area_cm2);
@@ -254,9 +260,10 @@
       tr.insertCell().textContent = score || "—";
       tr.insertCell().textContent = xyxy.map((v) => Math.round(v)).join(", ");
     }
-    svg.hidden = false;
+    // an SVG element has no `hidden` IDL property: setting svg.hidden leaves the attribute (display: none)
+    svg.removeAttribute("hidden");
     $("boxes-section").hidden = false;
-    toggle(controls, "boxes", true, (on) => { svg.hidden = !on; });
+    toggle(controls, "boxes", true, (on) => { svg.toggleAttribute("hidden", !on); });
   }
 
   // ---------------------------------------------------------------- CT volume with NiiVue
