@@ -33,7 +33,9 @@ PYDICOM_REFUSED = (
     "SC_rgb_jpeg.dcm", "SC_rgb_rle.dcm", "SC_rgb_rle_2frame.dcm", "SC_ybr_full_422_uncompressed.dcm",
     "SC_rgb_small_odd.dcm", "image_dfl.dcm", "GDCMJ2K_TextGBR.dcm", "liver_1frame.dcm", "rtdose.dcm",
     "rtdose_1frame.dcm", "rtplan.dcm", "rtstruct.dcm", "reportsi.dcm", "test-SR.dcm", "waveform_ecg.dcm",
-    "J2K_pixelrep_mismatch.dcm", "no_meta.dcm",
+    "J2K_pixelrep_mismatch.dcm", "no_meta.dcm", "badVR.dcm", "rtdose_rle_1frame.dcm", "SC_rgb_rle_32bit.dcm",
+    "SC_rgb_jls_lossy_line.dcm", "GDCMJ2K_TextGBR.dcm", "UN_sequence.dcm", "empty_charset_LEI.dcm",
+    "meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm", "693_J2KI.dcm", "CT_small.dcm",
 )
 
 
@@ -200,6 +202,8 @@ def generated_cases(root: Path) -> list[tuple[str, Path, list[str], int]]:
         np.uint8)).save(p), p)[1])
     add("colour_photo.jpg", lambda p: (Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize(
         (256, 256)).save(p), p)[1])
+    add("icon_with_alpha.png", lambda p: (Image.fromarray(np.dstack([np.full((256, 256, 3), 200, np.uint8),
+        ((np.indices((256, 256)).sum(0) < 300) * 255).astype(np.uint8)]), "RGBA").save(p), p)[1])
     add("random_bytes.png", lambda p: (p.write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(3000)), p)[1])
     add("truncated.jpg", lambda p: (Image.fromarray(cxr.astype(np.uint8)).save(p), p.write_bytes(
         p.read_bytes()[:2000]), p)[2])

@@ -322,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pulmo: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback (-v shows it)
+        if args.verbose:
+            raise
+        text = " ".join(str(exc).split())[:500]
+        print(f"pulmo {args.command}: error: unexpected {type(exc).__name__}: {text} (a bug in pulmo: please report "
+              "it; -v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

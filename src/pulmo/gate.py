@@ -8,7 +8,8 @@ read, before any pipeline runs (``pulmo analyze``, the service, :func:`pulmo.ana
   grey levels (a mask, a drawing or a blank picture has a handful); then the bundled gate model
   (:mod:`pulmo.tasks.input_gate`) must find a frontal chest radiograph, ``p(cxr) >=`` its card's
   threshold. A picture the model calls an axial CT slice is refused with a pointer to ``--modality ct``.
-* **CT slice** (:func:`check_ct_slice`): finite; for HU input (DICOM CT) air below -500 HU and tissue;
+* **CT slice** (:func:`check_ct_slice`): finite; for HU input (DICOM CT) air below -500 HU and tissue, and
+  lungs (at least 50 cm² found by the lung extraction);
   the gate model must find an axial CT slice (``p(ct_slice) >=`` threshold), so a radiograph given with
   ``--modality ct`` is refused by its content, not only by its tag.
 * **CT volume** (:func:`check_ct_volume`): finite voxels; spacing within :data:`SPACING_RANGE_MM`; a
@@ -134,6 +135,7 @@ def check_ct_slice(image: Image2D) -> dict[str, Any]:
                                   f"(<= -500 HU) and {tissue:.1%} soft tissue are not a CT slice in HU; {ACCEPTS_CT}")
         checks.append({"check": "hu_histogram", "passed": True, "air_fraction": round(air, 4),
                        "tissue_fraction": round(tissue, 4)})
+        checks.append(_slice_lungs(image, where))
     scores, model = _model_scores(pixels)
     threshold = model["thresholds"]["ct_slice"]
     if scores["ct_slice"] < threshold:
@@ -145,6 +147,22 @@ def check_ct_slice(image: Image2D) -> dict[str, Any]:
                    "threshold": threshold})
     return {"decision": "accepted", "as": "ct_slice", "checks": checks,
             "scores": {k: round(v, 4) for k, v in scores.items()}, "model": model}
+
+
+def _slice_lungs(image: Image2D, where: str) -> dict[str, Any]:
+    """A CT slice in HU must show lungs: the lung extraction on the slice (as a 10 mm slab) must find at least
+    :data:`pulmo.tasks.ct_lungs.MIN_LUNG_ML` of them, i.e. 50 cm² (a head or abdomen slice has none)."""
+    from pulmo.tasks.ct_lungs import MIN_LUNG_ML, lung_mask_ct
+
+    spacing = image.spacing or (1.0, 1.0)
+    try:
+        lungs = lung_mask_ct(Volume(hu=image.pixels[None], spacing=(10.0, *spacing), source=image.source))
+    except InputError:
+        # MIN_LUNG_ML mL over a 10 mm slab = MIN_LUNG_ML * 1000 / 10 mm² = MIN_LUNG_ML cm²
+        raise OutOfScopeError(f"{where}: no lungs in the slice (less than {MIN_LUNG_ML:.0f} cm² of air "
+                              f"inside the body); {ACCEPTS_CT}: a slice through the lungs") from None
+    area_cm2 = float(lungs.sum()) * spacing[0] * spacing[1] / 100.0
+    return {"check": "lungs_in_slice", "passed": True, "lung_area_cm2": round(area_cm2, 1)}
 
 
 def check_ct_volume(volume: Volume) -> dict[str, Any]:

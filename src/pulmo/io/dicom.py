@@ -119,7 +119,11 @@ def read_dicom_file(path: str | Path, limits: InputLimits | None = None) -> Imag
         InputError: not DICOM, no or truncated pixel data.
     """
     path = Path(path)
-    scope = dicom_scope(_dcmread(path, header_only=True), path, limits)
+    try:
+        scope = dicom_scope(_dcmread(path, header_only=True), path, limits)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a value pydicom cannot convert
+        raise InputError(f"{path}: malformed DICOM header ({type(exc).__name__}: {str(exc)[:200]}); pulmo accepts "
+                         "valid DICOM Part 10 files") from None
     ds = _dcmread(path)
     arr = _pixels(ds, path)
     photometric = scope["photometric"]

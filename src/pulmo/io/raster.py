@@ -36,7 +36,7 @@ def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
         0..65535 for 16-bit), ``spacing=None``, modality ``"cxr"``.
 
     Raises:
-        OutOfScopeError: over the pixel limit.
+        OutOfScopeError: over the pixel limit, or a picture with transparent pixels (alpha < 255).
         InputError: the file cannot be decoded or is truncated, has a mode that is not greyscale, or is
             a colour image whose channels differ.
     """
@@ -62,6 +62,10 @@ def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot decode the image ({exc}); expected a complete PNG or JPEG file") from None
 
+    if mode in ("LA", "RGBA") and arr.ndim == 3 and int(arr[..., -1].min()) < 255:
+        transparent = float((arr[..., -1] < 255).mean())
+        raise OutOfScopeError(f"{path}: {transparent:.0%} of the picture is transparent (an icon or a graphic, not a "
+                              "radiograph); pulmo accepts opaque greyscale radiographs")
     if mode in ("L", "LA"):
         grey = arr[..., 0] if arr.ndim == 3 else arr
         bit_depth = 8

@@ -155,6 +155,15 @@ def _float_tag(ds: pydicom.Dataset, keyword: str) -> list[float] | None:
         return []
 
 
+def _int_tag(ds: pydicom.Dataset, keyword: str, default: int, path: str | Path) -> int:
+    try:
+        value = ds.get(keyword, default)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError, OverflowError):
+        raise OutOfScopeError(f"{path}: malformed {keyword} {ds.get(keyword)!r} (expected an integer); pulmo accepts "
+                              "DICOM files whose image attributes are valid") from None
+
+
 def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | None = None) -> dict[str, Any]:
     """Decide from the tags whether pulmo may read a DICOM image, and as what.
 
@@ -177,7 +186,7 @@ def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | Non
     body = _upper(ds, "BodyPartExamined")
     view = _upper(ds, "ViewPosition")
     photometric = _upper(ds, "PhotometricInterpretation") or "MONOCHROME2"
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = max(1, _int_tag(ds, "NumberOfFrames", 1, path))
     info = {"modality": modality, "sop_class": _sop_name(sop) if sop else None, "body_part": body or None,
             "view_position": view or None, "photometric": photometric}
 
@@ -238,5 +247,5 @@ def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | Non
     if kind != "ct" and width is not None and "VOILUTSequence" not in ds and (not width or min(width) < 1):
         raise refuse(f"WindowWidth {ds.get('WindowWidth')!r} is invalid (PS3.3 C.11.2.1.2 requires >= 1)",
                      "pulmo accepts images with a valid window or none")
-    check_pixels(path, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), frames, limits)
+    check_pixels(path, _int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path), frames, limits)
     return {"kind": kind, **info}
