@@ -171,6 +171,37 @@ def test_ct_viewer_slices_3d_and_overlays_in_chromium(server, tmp_path):
     assert not errors, errors
 
 
+def test_viewer_draws_visible_boxes_on_a_tb_xray(server, tmp_path):
+    """A real TBX11K TB image: its detection boxes are drawn and visible (an SVG element has no `hidden` IDL
+    property, so `svg.hidden = false` used to leave them at display: none), and the toggle hides them."""
+    from tests.conftest import data_path
+
+    tb = data_path("cxr", "TBX11K", "imgs", "tb", "tb0012.jpg")
+    base = server[0]
+    with open(tb, "rb") as fh:
+        r = httpx.post(f"{base}/api/v1/jobs", files={"files": ("tb.jpg", fh, "image/jpeg")}, timeout=60)
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while (job := httpx.get(f"{base}/api/v1/jobs/{job_id}", timeout=10).json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, f"job still {job['status']}"
+        time.sleep(0.3)
+    assert job["status"] == "done", job
+    findings = httpx.get(f"{base}/api/v1/jobs/{job_id}/findings", timeout=10).json()
+    assert findings["detections"], "tb0012 has boxes above the bundled detector's threshold"
+    with browser(tmp_path) as (page, errors):
+        page.goto(f"{base}/viewer/{job_id}")
+        page.wait_for_selector("body[data-state='ready']", timeout=60_000)
+        rect = page.locator("#box-layer rect").first
+        assert page.locator("#box-layer rect").count() == len(findings["detections"])
+        assert rect.is_visible()
+        box = rect.bounding_box()
+        assert box["width"] > 5 and box["height"] > 5
+        page.screenshot(path=str(ARTIFACTS / "viewer_cxr_tb_boxes.png"), full_page=True)
+        page.locator("#controls2d label", has_text="boxes").locator("input").uncheck()
+        assert not rect.is_visible()
+    assert not errors, errors
+
+
 def test_viewer_shows_the_xray_findings_in_chromium(server, tmp_path):
     """Upload the real example X-ray, wait for the worker, and check the viewer page; then stop the server
     with Ctrl-C and check it exits cleanly and logged ids, never file names."""
