@@ -123,14 +123,16 @@ def _threshold(prob: np.ndarray, positive: np.ndarray, lo: float = 0.05, hi: flo
     if pos.size == 0 or neg.size == 0:
         return 0.5
     cuts = np.unique(np.clip(np.concatenate([pos, neg, [lo, hi]]), lo, hi))
+    # the cost is constant for t in (cuts[j-1], cuts[j]]: evaluate it at each cut
     cost = np.array([(pos < t).mean() + (neg >= t).mean() for t in cuts])
     best = np.flatnonzero(cost <= cost.min() + 1e-12)
-    start = float(cuts[best[0]])
-    # the interval of equally good thresholds ends just below the next cut after the last best one
-    stop = float(cuts[best[-1] + 1]) if best[-1] + 1 < cuts.size else hi
-    below = neg[neg < start]
-    start = max(start, float(below.max()) if below.size else lo, lo)
-    return float(np.clip(np.sqrt(start * stop), lo, hi))
+    first = best[0]
+    last = first
+    while last + 1 < cuts.size and last + 1 in set(best.tolist()):
+        last += 1
+    lower = float(cuts[first - 1]) if first > 0 else lo
+    upper = float(cuts[last])
+    return float(np.clip(np.sqrt(max(lower, 1e-6) * upper), lo, hi))
 
 
 def gate_rates(prob: np.ndarray, labels: np.ndarray, sources: list[str], thresholds: dict[str, float]) -> dict[str, Any]:
