@@ -39,6 +39,11 @@ def test_analyze_one_xray(tmp_path, capsys):
     assert findings["schema_version"] == "1.1" and findings["modality"] == "cxr"
     assert findings["input"]["gate"]["decision"] == "accepted" and findings["input"]["gate"]["as"] == "cxr"
     assert "Input gate" in (out / "report.html").read_text()
+    for m in findings["models"]:  # every finding's model says what it knows and cannot see
+        assert m["scope"]["classes"] and m["scope"]["trained_on"] and m["scope"]["cannot_see"], m
+    assert findings["classification"]["calibration_ece"] == findings["models"][1]["calibration_ece"] > 0
+    report = (out / "report.html").read_text()
+    assert report.count("Model scope.") == 3 and "held-out ECE" in report
     assert findings["input"]["image_size"] == {"height": 1024, "width": 1024}
     assert findings["lungs"]["area_cm2"] is None  # PNG: spacing unknown
     assert 0.10 < findings["lungs"]["area_px"] / 1024**2 < 0.5

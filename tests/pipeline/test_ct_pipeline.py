@@ -25,6 +25,10 @@ def test_analyze_dicom_series_example(tmp_path, capsys):
     assert 300 < f["lungs"]["volume_ml"] < 3000  # a 65-mm slab of both lungs
     inf = f["infection"]
     assert inf["volume_ml"] >= 0 and 0 <= inf["percent_of_lung"] <= 100
+    lesion = next(m for m in f["models"] if m["task"] == "lesion-seg")
+    assert "COVID-19" in lesion["scope"]["trained_on"] and lesion["scope"]["cannot_see"]
+    report = (out / "report.html").read_text()
+    assert "Model scope." in report and "other diseases" in report  # the infection model says it knows COVID only
     vol = read_image(EXAMPLE_CT)
     for name in ("lung_mask.nii.gz", "infection_mask.nii.gz"):
         mask = read_image(out / name)

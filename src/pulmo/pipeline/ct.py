@@ -22,7 +22,7 @@ from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_sl
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
 from pulmo.transforms import window_hu
-from pulmo.weights import WEIGHTS_DIR
+from pulmo.weights import WEIGHTS_DIR, model_entry
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,6 @@ def nodule_detector(weights: str = NODULE_WEIGHTS) -> NoduleDetector | None:
         logger.info("no bundled %s weights: nodule detection skipped", weights)
         return None
     return NoduleDetector(weights)
-
-
-def _model_entry(seg: LesionSegmenter) -> dict[str, Any]:
-    return {"task": "lesion-seg", "name": seg.card.get("name"), "architecture": seg.card.get("architecture"),
-            "sha256": seg.card.get("sha256")}
 
 
 def _class_volumes(labels: np.ndarray, seg: LesionSegmenter, unit: float) -> dict[str, float]:
@@ -92,16 +87,14 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
                    "n_slices_with_infection": int((per_slice > 0).sum()),
                    "key_slice": int(per_slice.argmax()) if per_slice.any() else None,
                    **_class_volumes(infection, seg, voxel_ml)},
-        models=[LUNG_METHOD, _model_entry(seg)],
+        models=[LUNG_METHOD, model_entry(seg.card, "lesion-seg")],
     )
     masks = {"lungs": lungs, "infection": infection}
     det = nodule_detector()
     if det is not None:
         findings.nodules, masks["nodules"] = det.findings(volume, lungs)
         findings.nodule_mask = "nodule_mask.nii.gz"
-        findings.models.append({"task": "nodule", "name": det.card.get("name"),
-                                "architecture": det.card.get("architecture"), "sha256": det.card.get("sha256"),
-                                "probability_threshold": det.threshold})
+        findings.models.append(model_entry(det.card, "nodule", probability_threshold=det.threshold))
     return findings, masks
 
 
@@ -141,7 +134,7 @@ def analyze_ct_slice(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
                    "area_cm2": round(area_px * px_cm2, 2) if px_cm2 else None,
                    "percent_of_lung": round(100.0 * area_px / lung_px, 2) if lung_px else None,
                    **_class_volumes(labels, seg, 1.0)},
-        models=([LUNG_METHOD] if lungs is not None else []) + [_model_entry(seg)],
+        models=([LUNG_METHOD] if lungs is not None else []) + [model_entry(seg.card, "lesion-seg")],
     )
     masks = {"infection": labels}
     if lungs is not None:

@@ -16,7 +16,7 @@ from pulmo.tasks.cxr_classify import CxrClassifier
 from pulmo.tasks.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
 from pulmo.tasks.cxr_detect import Detector
 from pulmo.tasks.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
-from pulmo.weights import WEIGHTS_DIR
+from pulmo.weights import WEIGHTS_DIR, model_entry
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,7 @@ def detect(image: Image2D) -> tuple[list[dict[str, Any]] | None, dict | None]:
     det = detector()
     if det is None:
         return None, None
-    entry = {"task": "cxr-detect", "name": det.card.get("name"), "architecture": det.card.get("architecture"),
-             "sha256": det.card.get("sha256"), "score_threshold": det.threshold}
+    entry = model_entry(det.card, "cxr-detect", score_threshold=det.threshold)
     return det.predict(image), entry
 
 
@@ -68,11 +67,11 @@ def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, 
     names = {"gradcam": "heatmap_gradcam.png", "gradcam++": "heatmap_gradcampp.png"}
     result = {"probabilities": {k: round(v, 4) for k, v in pred["probabilities"].items()},
               "predicted": pred["predicted"], "calibrated": True, "temperature": round(clf.temperature, 4),
+              "calibration_ece": (clf.card.get("calibration") or {}).get("test_ece"),
               "lung_masked_input": bool(clf.card["input"]["lung_mask"]),
               "heatmaps": {m: names[m] for m in heat},
               "heatmap_energy_in_lungs": {m: round(e, 4) for m, (_, e) in heat.items()}}
-    entry = {"task": "cxr-classify", "name": clf.card.get("name"), "architecture": clf.card.get("architecture"),
-             "sha256": clf.card.get("sha256")}
+    entry = model_entry(clf.card, "cxr-classify")
     return result, {f"heatmap/{m}": h for m, (h, _) in heat.items()}, entry
 
 
@@ -102,7 +101,6 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
                "convention": "visible lung fields"},
         classification=classification,
         detections=detections,
-        models=[{"task": "lung-seg", "name": seg.card.get("name"), "architecture": seg.card.get("architecture"),
-                 "sha256": seg.card.get("sha256")}] + [e for e in (clf_entry, det_entry) if e],
+        models=[model_entry(seg.card, "lung-seg")] + [e for e in (clf_entry, det_entry) if e],
     )
     return findings, {"lungs": mask, **heatmaps}

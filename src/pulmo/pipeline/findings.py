@@ -17,7 +17,7 @@
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
   ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model
 * ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p}, ``predicted``,
-  ``calibrated`` (temperature scaling), ``temperature``, ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
+  ``calibrated`` (temperature scaling), ``temperature``, ``calibration_ece`` (held-out ECE of the card), ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
   ``heatmap_energy_in_lungs`` {method: fraction of the map inside the lungs}
 * ``detections`` (CXR, when a detector is bundled): ``[{"label", "score", "box_xyxy"}]`` with ``box_xyxy``
   ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
@@ -25,7 +25,9 @@
 * ``nodules`` (CT volume, when a nodule model is bundled): ``[{"center_xyz_mm", "center_zyx_index",
   "diameter_mm", "volume_ml", "probability", "slice_index"}]`` (world LPS mm; ``slice_index`` = axial z index),
   plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
-* ``models``: ``[{"task", "name", "architecture", "sha256"}]``
+* ``models``: ``[{"task", "name", "architecture", "sha256", "scope"}]`` (``scope``: the card's ``{"classes",
+  "trained_on", "cannot_see"}``; ``calibration_ece`` where the card reports a held-out ECE; detectors add
+  their threshold)
 * ``files``: the other files written (``overlay``, ``report``)
 """
 

@@ -9,6 +9,7 @@ from typing import Any
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1150px;color:#1d2329}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+.scope{font-size:.85rem;color:#5a4a00;background:#fff8dc;border-left:3px solid #d4a017;padding:.3rem .6rem;max-width:900px}
 table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.3rem .6rem;text-align:left;vertical-align:top}
 th{background:#eef2f6}.imgs{display:flex;gap:1rem;flex-wrap:wrap}.imgs figure{margin:0}
 .imgs img{max-width:520px;width:100%;border:1px solid #ccd}.note{color:#667;font-size:.85rem}
@@ -47,6 +48,15 @@ def _table(section: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+def _scope_note(scope: dict[str, Any] | None) -> str:
+    """One paragraph under a finding: the classes its model knows, its training data, what it cannot see."""
+    if not scope:
+        return ""
+    return (f'<p class="scope"><b>Model scope.</b> Knows only: {html.escape(", ".join(scope.get("classes", [])))}. '
+            f'Trained on: {html.escape(str(scope.get("trained_on", "?")))}. '
+            f'Cannot see: {html.escape(str(scope.get("cannot_see", "?")))}.</p>')
+
+
 def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
     """HTML text of the report for ``findings`` (the findings.json dict) and ``images`` {caption: file}."""
     inp = findings["input"]
@@ -64,15 +74,22 @@ def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
             sections.append((title, findings[key]))
     if findings.get("classification"):
         c = findings["classification"]
+        ece = c.get("calibration_ece")
         sections.append(("Classification", {"predicted": c.get("predicted"), **{
             f"p({k})": v for k, v in (c.get("probabilities") or {}).items()},
+            "probabilities": "temperature-scaled" + (f"; held-out ECE {ece:.3f} (training sources only)"
+                                                     if ece is not None else ""),
             "heatmap energy in lungs": c.get("heatmap_energy_in_lungs")}))
     for key, title in (("detections", "Lesion detections (CXR)"), ("nodules", "Nodules (CT)")):
         if findings.get(key) is not None:
             rows = findings[key]
             sections.append((title, {f"{i + 1}": _finding_line(r) for i, r in enumerate(rows)}
                                     or {"none": "no finding above the threshold"}))
-    body = "".join(f"<h2>{html.escape(t)}</h2>{_table(s)}" for t, s in sections)
+    scopes = {m.get("task"): m.get("scope") for m in findings.get("models", []) if m.get("scope")}
+    section_task = {"Lungs": "lung-seg", "Classification": "cxr-classify", "Lesion detections (CXR)": "cxr-detect",
+                    "Infection (CT)": "lesion-seg", "Nodules (CT)": "nodule"}
+    body = "".join(f"<h2>{html.escape(t)}</h2>{_table(s)}{_scope_note(scopes.get(section_task.get(t, '')))}"
+                   for t, s in sections)
     models = "".join(
         f"<tr><td>{html.escape(str(m.get('task')))}</td><td>{html.escape(str(m.get('name')))}</td>"
         f"<td>{html.escape(str(m.get('architecture')))}</td><td><code>{html.escape(str(m.get('sha256') or '-')[:16])}</code></td></tr>"

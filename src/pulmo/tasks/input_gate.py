@@ -293,9 +293,11 @@ def finish(model: torch.nn.Module, corpus: GateCorpus, config: InputGateConfig, 
                              "false_acceptance_rate_non_ct": results["test"]["non_ct"]["false_acceptance_rate"],
                              "n_cxr": results["test"]["cxr"]["n"], "n_non_cxr": results["test"]["non_cxr"]["n"],
                              "accuracy": results["test_accuracy"], "ece": results["test_ece"]}},
-        "scope": "decides only whether pulmo's chest X-ray or CT-slice models may look at a picture; frontal views "
-                 "only (no lateral X-ray was available to train on: lateral views are refused by DICOM "
-                 "ViewPosition, not by content)",
+        "scope": {"classes": list(GATE_LABELS),
+                  "trained_on": "real chest X-rays of 7 sources, CT slices of 3, nodule crops, masks, scikit-image and "
+                                "generated pictures (docs/input-gate.md)",
+                  "cannot_see": "lateral views (none in the data); whether a radiograph shows a finding the other "
+                                "models know"},
         "license": "Apache-2.0 (weights); training data: see the sources' licences (research use)",
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -157,4 +157,28 @@ def weight_bytes(card: dict[str, Any]) -> int:
     return p.stat().st_size if p.is_file() else 0
 
 
-__all__ = ["WEIGHTS_DIR", "list_weights", "load_into", "resolve_card", "save_weights", "sha256_of", "weight_bytes"]
+def model_entry(card: dict[str, Any], task: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The ``findings.json`` ``models`` entry of a weight set: which weights produced a finding and what they
+    can and cannot judge.
+
+    Args:
+        card: a model card (:func:`resolve_card`).
+        task: the task name (default: the card's ``task``).
+        **extra: more fields (``score_threshold``, ``probability_threshold``, ...).
+
+    Returns:
+        ``{"task", "name", "architecture", "sha256", "scope", ...}``; ``scope`` is the card's ``{"classes",
+        "trained_on", "cannot_see"}`` (``None`` when the card has none) and ``calibration_ece`` the held-out
+        expected calibration error when the card reports one.
+    """
+    entry = {"task": task or card.get("task"), "name": card.get("name"), "architecture": card.get("architecture"),
+             "sha256": card.get("sha256"), "scope": card.get("scope")}
+    ece = (card.get("calibration") or {}).get("test_ece")
+    if ece is not None:
+        entry["calibration_ece"] = ece
+    entry.update(extra)
+    return entry
+
+
+__all__ = ["WEIGHTS_DIR", "list_weights", "load_into", "model_entry", "resolve_card", "save_weights", "sha256_of",
+           "weight_bytes"]

@@ -113,6 +113,8 @@
     if (Array.isArray(detections(f))) add("detections", detections(f).length);
     for (const m of f.models || []) {
       add(`model (${m.task})`, `${m.name || "?"} · ${m.architecture || "?"}${m.sha256 ? ` · sha256 ${m.sha256.slice(0, 12)}` : ""}`);
+      if (m.scope) add(`scope (${m.task})`, `knows only ${(m.scope.classes || []).join(", ")}; cannot see: ${m.scope.cannot_see || "?"}`);
+      if (typeof m.calibration_ece === "number") add(`calibration (${m.task})`, `held-out ECE ${m.calibration_ece.toFixed(3)}`);
     }
     add("pulmo version", f.pulmo_version);
     add("analysed (UTC)", f.created);
