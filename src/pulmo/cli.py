@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pulmo: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback (-v shows it)
+    except Exception as exc:  # last resort: one line instead of a traceback (-v shows it)
         if args.verbose:
             raise
         text = " ".join(str(exc).split())[:500]

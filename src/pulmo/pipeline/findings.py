@@ -17,7 +17,8 @@
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
   ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model
 * ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p}, ``predicted``,
-  ``calibrated`` (temperature scaling), ``temperature``, ``calibration_ece`` (held-out ECE of the card), ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
+  ``calibrated`` (temperature scaling), ``temperature``, ``calibration_ece`` (held-out ECE of the card),
+  ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
   ``heatmap_energy_in_lungs`` {method: fraction of the map inside the lungs}
 * ``detections`` (CXR, when a detector is bundled): ``[{"label", "score", "box_xyxy"}]`` with ``box_xyxy``
   ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
