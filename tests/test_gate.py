@@ -246,18 +246,65 @@ def test_out_unwritable_is_exit_2(tmp_path, capsys, monkeypatch):
     assert "not writable" in capsys.readouterr().err
 
 
-def test_reused_out_is_cleared(tmp_path):
-    from pulmo.pipeline.analyze import OUTPUT_MARKER, _prepare_out_dir
+def test_reused_out_is_cleared_of_what_pulmo_wrote_only(tmp_path, capsys):
+    from pulmo.pipeline.analyze import OUTPUT_MARKER, _prepare_out_dir, _write_marker
 
     out = tmp_path / "out"
     _prepare_out_dir(out)
-    (out / "old_findings.json").write_text("{}")
+    (out / "findings.json").write_text("{}")
     (out / "sub").mkdir()
+    _write_marker(out)  # a previous run wrote these two
     _prepare_out_dir(out)
     assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER]
+    (out / "mine.txt").write_text("the user's")  # added later by the user: pulmo refuses to re-use the folder
+    image = ROOT / "examples/cxr/00022084_000.png"
+    assert cli.main(["analyze", str(image), "--out", str(out)]) == 2
+    assert "mine.txt" in capsys.readouterr().err and (out / "mine.txt").read_text() == "the user's"
+
+
+def test_out_holding_the_input_is_refused_and_nothing_is_deleted(tmp_path, capsys):
+    """A previous output folder that now holds the input (work/new/a.png --out work) must not be cleared."""
+    from pulmo.pipeline.analyze import _prepare_out_dir
+
+    work = tmp_path / "work"
+    _prepare_out_dir(work)
+    (work / "new").mkdir()
+    scan = work / "new" / "a.png"
+    scan.write_bytes((ROOT / "examples/cxr/00022084_000.png").read_bytes())
+    for target in (work / "new", scan):
+        assert cli.main(["analyze", str(target), "--out", str(work)]) == 2
+        assert "holds the input" in capsys.readouterr().err
+    assert scan.is_file()
+
+
+def test_refused_input_keeps_the_previous_results(tmp_path, capsys):
+    good, bad = ROOT / "examples/cxr/00022084_000.png", tmp_path / "in" / "black.png"
+    bad.parent.mkdir()
+    Image.new("L", (256, 256), 0).save(bad)
+    out = tmp_path / "out"
+    assert cli.main(["--no-progress", "analyze", str(good), "--out", str(out)]) == 0
+    assert cli.main(["--no-progress", "analyze", str(bad), "--out", str(out)]) == 3
+    assert (out / "findings.json").is_file()  # the earlier result is still there
 
 
 def test_max_pixels_flag(tmp_path, capsys):
     code = cli.main(["--no-progress", "analyze", str(ROOT / "examples/cxr/00022084_000.png"), "--out",
                      str(tmp_path / "o"), "--max-pixels", "1000"])
     assert code == 3 and "over the limit of" in capsys.readouterr().err
+
+
+def test_a_png_beside_dicom_slices_makes_a_batch(tmp_path):
+    """A folder holding a chest PNG and two MR slices is a batch (the PNG analysed, the MR slices refused),
+    while a folder of MR slices alone is one series, refused whole."""
+    import shutil
+
+    from pulmo.pipeline.analyze import analyze_path
+    from tests.bad_inputs import generated_cases
+
+    cases = {name: path for name, path, _, _ in generated_cases(tmp_path / "corpus")}
+    mixed = tmp_path / "mixed"
+    shutil.copytree(cases["mr_series"], mixed)
+    shutil.copy(ROOT / "examples/cxr/00022084_000.png", mixed / "chest.png")
+    result = analyze_path(mixed, tmp_path / "out", progress=False)
+    status = {Path(r["input"]).name: r["status"] for r in result.rows}
+    assert status["chest.png"] == "ok" and status["0.dcm"] == "failed" and result.exit_code == 1

@@ -104,9 +104,11 @@ def check_cxr(image: Image2D) -> dict[str, Any]:
     threshold = model["thresholds"]["cxr"]
     if scores["cxr"] < threshold:
         if scores["ct_slice"] >= max(scores["other"], model["thresholds"]["ct_slice"]):
+            hint = ("pulmo reads CT from CT Image Storage files (a CT series folder, or one CT slice)"
+                    if image.source.get("format") == "DICOM" else
+                    "pass --modality ct to analyse it as a CT slice, or give the whole CT volume")
             raise OutOfScopeError(f"{where}: the picture looks like an axial CT slice (gate p(ct_slice) "
-                                  f"{scores['ct_slice']:.2f}), not a chest radiograph; pass --modality ct to "
-                                  "analyse it as a CT slice, or give the whole CT volume")
+                                  f"{scores['ct_slice']:.2f}), not a chest radiograph; {hint}")
         raise OutOfScopeError(f"{where}: the picture does not look like a frontal chest radiograph (gate p(cxr) "
                               f"{scores['cxr']:.3f} < {threshold:.3f}); {ACCEPTS_CXR}")
     checks.append({"check": "gate_model", "passed": True, "value": round(scores["cxr"], 4), "threshold": threshold})

@@ -34,6 +34,9 @@ def _ds(**tags) -> Dataset:
     ({"SOPClassUID": CT_IMAGE, "Modality": "CT", "BodyPartExamined": "CHESTABDPELVIS"}, "ct"),
     ({"SOPClassUID": SECONDARY_CAPTURE, "Modality": "OT", "SeriesDescription": "CXR PA"}, "secondary_capture"),
     ({"SOPClassUID": CR_IMAGE, "Modality": "CR", "PhotometricInterpretation": "PALETTE COLOR"}, "cxr"),
+    ({"BodyPartExamined": "CHEST PA"}, "cxr"),
+    ({"BodyPartExamined": "PECHO", "ViewPosition": "AP AXIAL"}, "cxr"),
+    ({"SOPClassUID": CT_IMAGE, "Modality": "CT", "BodyPartExamined": "THORAX_ABDOMEN"}, "ct"),
 ])
 def test_accepted_tags(tags, kind):
     assert dicom_scope(_ds(**tags), "f.dcm")["kind"] == kind
@@ -48,6 +51,8 @@ def test_accepted_tags(tags, kind):
     ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1.1", "Modality": "DX"}, "For Processing"),
     ({"BodyPartExamined": "TIBIA"}, "BodyPartExamined 'TIBIA'"),
     ({"ViewPosition": "LL"}, "lateral view"),
+    ({"BodyPartExamined": "CHEST_LAT"}, "lateral view"),
+    ({"BodyPartExamined": "CHEST HAND"}, "know the chest only"),
     ({"ViewPosition": "OBLIQUE"}, "not a frontal view"),
     ({"NumberOfFrames": 3}, "multi-frame"),
     ({"RescaleSlope": 0}, "RescaleSlope"),
@@ -144,3 +149,35 @@ def test_one_slice_ct_gets_a_lung_mask():
     hu = _phantom_ct((1, 256, 256))
     mask = lung_mask_ct(Volume(hu=hu, spacing=(10.0, 1.0, 1.0)))
     assert mask.shape == hu.shape and mask.sum() > 0.8 * (hu == -850).sum()
+
+
+def test_compressed_metaimage_is_not_taken_for_a_bomb(tmp_path):
+    """A .mhd whose voxels are in a .zraw (SimpleITK's compressed MetaImage): the ratio uses the data file."""
+    import SimpleITK as sitk
+
+    from pulmo.io.itk import check_itk_header
+
+    img = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 1000, (64, 128, 128)).astype(np.int16))
+    sitk.WriteImage(img, str(tmp_path / "vol.mhd"), useCompression=True)
+    assert (tmp_path / "vol.zraw").is_file()
+    assert check_itk_header(tmp_path / "vol.mhd", InputLimits(bomb_min_bytes=1 << 20)) == (128, 128, 64)
+
+
+def test_malformed_geometry_in_a_series_is_one_error(tmp_path):
+    from pulmo.errors import InputError
+    from tests.dicom_helpers import write_ct_series
+
+    files = write_ct_series(tmp_path / "s", n=3)
+    ds = pydicom.dcmread(files[1])
+    ds.ImagePositionPatient = [0.0, 0.0]
+    ds.save_as(files[1], enforce_file_format=True)
+    with pytest.raises(InputError, match="malformed ImagePositionPatient"):
+        read_image(tmp_path / "s")
+
+
+def test_empty_rescale_intercept_is_one_error_not_a_traceback(tmp_path):
+    from pulmo.errors import InputError
+
+    path = _dicom(tmp_path / "i.dcm", real_cxr_pixels(), CR_IMAGE, "CR", RescaleSlope=1, RescaleIntercept="")
+    with pytest.raises(InputError, match="RescaleIntercept"):
+        read_image(path)

@@ -88,3 +88,11 @@ def test_log_filter_withholds_library_messages():
     assert server.filter(access) and "Doe^John" in access.getMessage()  # uvicorn's own lines kept in the server
     warned = record("py.warnings", "bad value in %s")
     assert worker.filter(warned) and "Doe^John" not in warned.getMessage()  # all else withheld in workers
+
+
+def test_job_errors_keep_no_dicom_uids(tmp_path):
+    from pulmo.service.worker import _clean_message
+
+    job_dir = tmp_path / "jobs" / "abc"
+    msg = _clean_message(f"{job_dir}/input/upload_000: series 1.3.6.1.4.1.14519.5.2.1.6279.6001.2988 is MR", job_dir)
+    assert msg == "input/upload_000: series <uid> is MR"

@@ -22,7 +22,9 @@ def test_threshold_sits_in_the_gap_and_minimises_errors():
     pos = np.array([0.9, 0.95, 0.99])
     neg = np.array([0.01, 0.02, 0.1])
     t = _threshold(np.r_[pos, neg], np.r_[np.ones(3, bool), np.zeros(3, bool)])
-    assert 0.1 < t < 0.9 and t == pytest.approx(np.sqrt(0.1 * 0.9), rel=1e-6)
+    assert t == pytest.approx(0.5, abs=1e-6)  # logit middle of (0.1, 0.9]
+    # perfect separation over the whole range: 0.5, not the middle of the clip bounds in log space (0.218)
+    assert _threshold(np.r_[0.99, 0.999, 0.001], np.array([True, True, False])) == pytest.approx(0.5, abs=0.05)
     # one positive outlier at 0.02 costs less than accepting two negatives: it is refused, the rest accepted
     prob = np.r_[0.02, 0.9, 0.95, 0.99, np.full(20, 0.3), np.full(20, 0.001)]
     t = _threshold(prob, np.r_[np.ones(4, bool), np.zeros(40, bool)])

@@ -136,14 +136,22 @@ def read_dicom_file(path: str | Path, limits: InputLimits | None = None) -> Imag
     if arr.ndim != 2:
         raise OutOfScopeError(f"{path}: pixel data of shape {arr.shape}; pulmo accepts single-frame 2D images")
     dicom_modality = scope["modality"]
-    out = apply_modality_lut(arr, ds).astype(np.float32) if grey_from is None else arr.astype(np.float32)
+    try:
+        out = apply_modality_lut(arr, ds).astype(np.float32) if grey_from is None else arr.astype(np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: malformed RescaleSlope / RescaleIntercept / Modality LUT ({str(exc)[:120]}); "
+                         "pulmo accepts images with a valid modality LUT") from None
     applied = ["modality_lut"] if grey_from is None else [f"grey_from_{grey_from.lower().replace(' ', '_')}"]
     if scope["kind"] == "ct":
         modality = "ct"
     else:
         modality = "cxr"
         if grey_from is None and ("VOILUTSequence" in ds or "WindowCenter" in ds):
-            out = apply_voi_lut(out, ds, index=0).astype(np.float32)
+            try:
+                out = apply_voi_lut(out, ds, index=0).astype(np.float32)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise InputError(f"{path}: malformed window / VOI LUT ({str(exc)[:120]}); pulmo accepts images with a "
+                                 "valid window or none") from None
             applied.append("voi_lut")
         if photometric == "MONOCHROME1":
             out = float(out.max()) + float(out.min()) - out
@@ -165,6 +173,18 @@ def read_dicom_file(path: str | Path, limits: InputLimits | None = None) -> Imag
             "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
         },
     )
+
+
+def _geometry(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
+    """``n`` finite floats of a geometry tag, or InputError naming the malformed value."""
+    try:
+        value = np.asarray([float(v) for v in ds.get(keyword)], dtype=np.float64)
+    except (TypeError, ValueError):
+        value = np.zeros(0)
+    if value.shape != (n,) or not np.all(np.isfinite(value)):
+        raise InputError(f"{path}: malformed {keyword} {ds.get(keyword)!r} (expected {n} numbers); pulmo accepts "
+                         "CT slices with valid geometry")
+    return value
 
 
 def _valid_slope(ds: pydicom.Dataset) -> bool:
@@ -251,13 +271,13 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, limits:
     if len(items) < 2:
         raise InputError(f"{folder}: series {chosen} has {len(items)} slice; expected a volume of 2 or more")
 
-    orientation = np.asarray(items[0][1].ImageOrientationPatient, dtype=np.float64)
+    orientation = _geometry(items[0][1], "ImageOrientationPatient", 6, items[0][0])
     for f, ds in items:
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=np.float64), orientation, atol=1e-3):
+        if not np.allclose(_geometry(ds, "ImageOrientationPatient", 6, f), orientation, atol=1e-3):
             raise InputError(f"{f}: ImageOrientationPatient differs from the rest of series {chosen}")
     row_cos, col_cos = orientation[:3], orientation[3:]
     normal = np.cross(row_cos, col_cos)
-    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in items])
+    positions = np.array([_geometry(ds, "ImagePositionPatient", 3, f) for f, ds in items])
     order = np.argsort(positions @ normal, kind="stable")
     items = [items[i] for i in order]
     positions = positions[order]
@@ -276,7 +296,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, limits:
         )
 
     first = items[0][1]
-    scope = dicom_scope(first, items[0][0], limits)
+    try:
+        scope = dicom_scope(first, items[0][0], limits)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InputError(f"{items[0][0]}: malformed DICOM header ({type(exc).__name__}: {str(exc)[:200]})") from None
     if scope["kind"] != "ct":
         raise OutOfScopeError(f"{folder}: series {chosen} is Modality {scope['modality'] or '(none)'} "
                               f"({scope['sop_class']}), not CT; pulmo reads a folder as a chest CT series")
@@ -291,7 +314,11 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, limits:
             raise OutOfScopeError(f"{f}: slice of series {chosen} with Modality {ds.get('Modality', '(none)')!r} "
                                   f"and RescaleSlope {ds.get('RescaleSlope', '(none)')!r}; pulmo accepts CT slices "
                                   "with a non-zero RescaleSlope")
-        hu[k] = apply_modality_lut(_pixels(ds, f), ds)
+        try:
+            hu[k] = apply_modality_lut(_pixels(ds, f), ds)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{f}: malformed RescaleSlope / RescaleIntercept ({str(exc)[:120]}); pulmo accepts CT "
+                             "slices with a valid modality LUT") from None
     spacing_rc, _ = _spacing_2d(first)
     if spacing_rc is None:
         raise InputError(f"{folder}: series {chosen} has no PixelSpacing; cannot build a volume geometry")
@@ -318,25 +345,27 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, limits:
 
 
 def folder_is_dicom_series(folder: str | Path, recursive: bool = False) -> bool:
-    """True when a folder holds at least two DICOM slices with positions (a volume, not a batch of X-rays); the
-    series reader then refuses a series that is not CT.
+    """True when a folder is one DICOM volume, not a batch: at least two DICOM files of one SeriesInstanceUID
+    carry slice geometry (any modality: a folder of MR or PET slices is one series, which the series reader
+    then refuses as not CT), and the folder holds no other image files (a PNG beside them makes it a batch).
 
     Only the folder's own files are looked at unless ``recursive``.
     """
+    from collections import Counter
+
     folder = Path(folder)
     files = _list_files(folder) if recursive else sorted(p for p in folder.iterdir() if p.is_file())
-    count = 0
+    per_series: Counter[str] = Counter()
     for f in files:
         if not is_dicom_file(f):
+            if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".nii", ".gz", ".nrrd", ".mhd", ".mha"):
+                return False
             continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - an unreadable file is reported when the batch reaches it
             logger.debug("%s: unreadable DICOM header while probing for a series", f)
             continue
-        # any modality with slice geometry: a folder of MR or PET slices is one (refused) series, not a batch
         if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            count += 1
-            if count >= 2:
-                return True
-    return False
+            per_series[str(ds.get("SeriesInstanceUID", ""))] += 1
+    return any(n >= 2 for n in per_series.values())

@@ -30,7 +30,7 @@ def _bytes_per_voxel(pixel_id_text: str) -> int:
 
 def _is_compressed(path: Path) -> bool:
     """gzip-compressed data: a ``.gz`` name, NRRD ``encoding: gzip`` or MetaImage ``CompressedData = True``."""
-    if path.name.lower().endswith(".gz"):
+    if path.name.lower().endswith(".gz") or _data_file(path).name.lower().endswith((".gz", ".zraw")):
         return True
     try:
         with open(path, "rb") as fh:
@@ -38,6 +38,28 @@ def _is_compressed(path: Path) -> bool:
     except OSError:
         return False
     return "encoding: gz" in head or "compresseddata = true" in head
+
+
+def _data_file(path: Path) -> Path:
+    """The file that holds the voxels: a MetaImage's ``ElementDataFile`` (``.raw``, ``.zraw``; ``LOCAL`` = the
+    header itself), a detached NRRD's ``data file`` (``.raw.gz``, ...), else ``path``."""
+    name = path.name.lower()
+    if not name.endswith((".mhd", ".nhdr")):
+        return path
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode("latin-1")
+    except OSError:
+        return path
+    for line in head.splitlines():
+        key, _, value = line.partition("=" if name.endswith(".mhd") else ":")
+        if key.strip().lower() in ("elementdatafile", "data file", "datafile"):
+            value = value.strip()
+            if not value or value.upper() == "LOCAL" or value.upper().startswith("LIST"):
+                return path
+            candidate = path.parent / value
+            return candidate if candidate.is_file() else path
+    return path
 
 
 def check_itk_header(path: str | Path, limits: InputLimits | None = None) -> tuple[int, ...]:
@@ -59,7 +81,7 @@ def check_itk_header(path: str | Path, limits: InputLimits | None = None) -> tup
         raise InputError(f"{path}: SimpleITK cannot read the image header ({_itk_reason(exc)})") from None
     size = tuple(int(s) for s in reader.GetSize())
     per_voxel = _bytes_per_voxel(sitk.GetPixelIDValueAsString(reader.GetPixelID())) * reader.GetNumberOfComponents()
-    data = path.with_suffix(".raw") if path.suffix.lower() == ".mhd" and path.with_suffix(".raw").is_file() else path
+    data = _data_file(path)
     if len(size) == 2 or (len(size) == 3 and size[2] == 1):
         check_pixels(path, size[1], size[0], 1, limits)
     check_voxels(path, size, per_voxel, data.stat().st_size, _is_compressed(path), limits)

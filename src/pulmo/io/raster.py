@@ -21,6 +21,8 @@ from pulmo.io.scope import InputLimits, check_pixels
 # Colour photographs differ by tens of levels over large areas.
 _MAX_MEAN_CHANNEL_DIFF = 3.0
 _MAX_P99_CHANNEL_DIFF = 24.0
+#: Largest share of (mostly) transparent pixels (alpha < 128) of a radiograph saved with an alpha channel.
+_MAX_TRANSPARENT = 0.01
 
 
 def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
@@ -36,7 +38,7 @@ def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
         0..65535 for 16-bit), ``spacing=None``, modality ``"cxr"``.
 
     Raises:
-        OutOfScopeError: over the pixel limit, or a picture with transparent pixels (alpha < 255).
+        OutOfScopeError: over the pixel limit, or a picture with more than 1 % transparent pixels (alpha < 128).
         InputError: the file cannot be decoded or is truncated, has a mode that is not greyscale, or is
             a colour image whose channels differ.
     """
@@ -62,10 +64,11 @@ def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot decode the image ({exc}); expected a complete PNG or JPEG file") from None
 
-    if mode in ("LA", "RGBA") and arr.ndim == 3 and int(arr[..., -1].min()) < 255:
-        transparent = float((arr[..., -1] < 255).mean())
-        raise OutOfScopeError(f"{path}: {transparent:.0%} of the picture is transparent (an icon or a graphic, not a "
-                              "radiograph); pulmo accepts opaque greyscale radiographs")
+    if mode in ("LA", "RGBA") and arr.ndim == 3:
+        transparent = float((arr[..., -1] < 128).mean())
+        if transparent > _MAX_TRANSPARENT:
+            raise OutOfScopeError(f"{path}: {transparent:.1%} of the picture is transparent (an icon or a graphic, not "
+                                  "a radiograph); pulmo accepts opaque greyscale radiographs")
     if mode in ("L", "LA"):
         grey = arr[..., 0] if arr.ndim == 3 else arr
         bit_depth = 8

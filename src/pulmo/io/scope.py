@@ -48,7 +48,7 @@ DX_LIKE_REFUSED = {
     "PX": "PX is a panoramic dental radiograph",
 }
 #: BodyPartExamined values (upper case, PS3.16 Annex L and common vendor spellings) of a chest image.
-CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "PORT CHEST", "TORAX", "THORACIC"}
+CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "LUNGS", "PORT CHEST", "TORAX", "THORACIC", "PECHO", "TORACE"}
 #: Extra BodyPartExamined values accepted for a CT whose field includes the chest.
 CT_CHEST_BODY_PARTS = CHEST_BODY_PARTS | {"CHESTABDOMEN", "CHEST_ABDOMEN", "CHESTABDPELVIS", "CHEST_ABDOMEN_PELVIS",
                                           "TORSO", "WHOLEBODY", "WHOLE BODY", "TRUNK", "NECKCHEST",
@@ -56,7 +56,7 @@ CT_CHEST_BODY_PARTS = CHEST_BODY_PARTS | {"CHESTABDOMEN", "CHEST_ABDOMEN", "CHES
 FRONTAL_VIEWS = {"", "PA", "AP", "APS", "AP SUPINE", "POSTERO_ANTERIOR", "ANTERO_POSTERIOR"}
 LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"}
 #: Words in descriptions that count as a chest hint for a secondary capture / OT image.
-CHEST_HINTS = ("CHEST", "THORAX", "LUNG", "CXR", "PULMO", "TORAX", "THORAC")
+CHEST_HINTS = ("CHEST", "THORAX", "LUNG", "CXR", "PULMO", "TORAX", "THORAC", "PECHO", "TORACE")
 
 ACCEPTS_DICOM = ("pulmo accepts DICOM CR/DX frontal (PA/AP) chest radiographs, CT images of the chest, and "
                  "secondary captures of a chest X-ray")
@@ -164,6 +164,23 @@ def _int_tag(ds: pydicom.Dataset, keyword: str, default: int, path: str | Path) 
                               "DICOM files whose image attributes are valid") from None
 
 
+#: BodyPartExamined words of parts that are not the chest: an X-ray whose value names one of them is refused even
+#: when it names the chest too (a CT field may extend beyond the chest: for CT any chest word is enough).
+NON_CHEST_WORDS = ("HEAD", "BRAIN", "SKULL", "NECK", "SPINE", "CSPINE", "LSPINE", "HAND", "FOOT", "KNEE", "HIP",
+                   "ANKLE", "ELBOW", "WRIST", "SHOULDER", "TIBIA", "FEMUR", "PELVIS", "ABDOMEN", "EXTREMITY", "BREAST",
+                   "JAW", "TMJ", "SINUS")
+
+
+def _is_chest(body: str, whole_values: set[str]) -> bool:
+    """Whether a BodyPartExamined value (upper case) is a chest field: one of ``whole_values``, or a value that
+    names the chest (CHEST, THORAX, LUNG, ... in any spelling, e.g. "CHEST PA", "THORAX_AP") and no other part."""
+    if body in whole_values:
+        return True
+    if not any(h in body for h in CHEST_HINTS):
+        return False
+    return not any(w in body for w in NON_CHEST_WORDS)
+
+
 def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | None = None) -> dict[str, Any]:
     """Decide from the tags whether pulmo may read a DICOM image, and as what.
 
@@ -196,7 +213,7 @@ def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | Non
     if sop == DX_PROCESSING:
         raise refuse("a DX image 'For Processing' (raw detector data before the vendor's image processing)",
                      "pulmo accepts DX 'For Presentation' and CR chest radiographs")
-    if sop.startswith("1.2.840.10008.5.1.4.1.1.7"):
+    if sop == SECONDARY_CAPTURE or sop.startswith(SECONDARY_CAPTURE + "."):
         kind = "secondary_capture"
     elif sop in CXR_SOP_CLASSES or (not sop and modality in CXR_MODALITIES):
         kind = "cxr"
@@ -222,15 +239,17 @@ def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | Non
                          "BodyPartExamined or the study / series description",
                          "pulmo accepts a secondary capture only when it is marked as a chest image")
     if kind in ("cxr", "secondary_capture"):
-        if body not in CHEST_BODY_PARTS and kind == "cxr":
+        if kind == "cxr" and not _is_chest(body, CHEST_BODY_PARTS):
             raise refuse(f"BodyPartExamined {body!r}: pulmo's X-ray models know the chest only",
                          "pulmo accepts BodyPartExamined CHEST, THORAX, LUNG or none")
-        if view in LATERAL_VIEWS:
-            raise refuse(f"lateral view (ViewPosition {view}): pulmo's X-ray models are frontal-only",
-                         "pulmo accepts ViewPosition PA, AP or none")
-        if view not in FRONTAL_VIEWS:
+        view_tokens = set(view.replace("_", " ").replace("-", " ").split())
+        body_tokens = set(body.replace("_", " ").replace("-", " ").split())
+        if view_tokens & LATERAL_VIEWS or view in LATERAL_VIEWS or body_tokens & {"LAT", "LATERAL"}:
+            raise refuse(f"lateral view (ViewPosition {view or '(none)'}, BodyPartExamined {body or '(none)'}): "
+                         "pulmo's X-ray models are frontal-only", "pulmo accepts ViewPosition PA, AP or none")
+        if view and not (view in FRONTAL_VIEWS or view_tokens & {"PA", "AP", "APS"}):
             raise refuse(f"ViewPosition {view!r} is not a frontal view", "pulmo accepts ViewPosition PA, AP or none")
-    elif body not in CT_CHEST_BODY_PARTS:
+    elif not (body in CT_CHEST_BODY_PARTS or any(h in body for h in CHEST_HINTS)):
         raise refuse(f"a CT of BodyPartExamined {body!r}, not of the chest",
                      "pulmo accepts CT whose BodyPartExamined is CHEST, THORAX, LUNG, a chest-including field, "
                      "or none")
@@ -243,6 +262,14 @@ def dicom_scope(ds: pydicom.Dataset, path: str | Path, limits: InputLimits | Non
     if slope is not None and (len(slope) != 1 or not slope[0] or slope[0] != slope[0]):
         raise refuse(f"RescaleSlope {ds.get('RescaleSlope')!r} is invalid (must be a non-zero number)",
                      "pulmo accepts images whose modality LUT is defined")
+    intercept = _float_tag(ds, "RescaleIntercept")
+    if intercept is not None and (len(intercept) != 1 or intercept[0] != intercept[0]):
+        raise refuse(f"RescaleIntercept {ds.get('RescaleIntercept')!r} is invalid (must be a number)",
+                     "pulmo accepts images whose modality LUT is defined")
+    center = _float_tag(ds, "WindowCenter")
+    if kind != "ct" and center is not None and "VOILUTSequence" not in ds and not center:
+        raise refuse(f"WindowCenter {ds.get('WindowCenter')!r} is invalid (must be numbers)",
+                     "pulmo accepts images with a valid window or none")
     width = _float_tag(ds, "WindowWidth")
     if kind != "ct" and width is not None and "VOILUTSequence" not in ds and (not width or min(width) < 1):
         raise refuse(f"WindowWidth {ds.get('WindowWidth')!r} is invalid (PS3.3 C.11.2.1.2 requires >= 1)",

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,34 +50,59 @@ def _check_out_dir(input_path: Path, out_dir: Path) -> None:
         where = "the input folder" if src.is_dir() else "the folder of the input file"
         raise ConfigError(f"--out {out_dir} is inside {where} {folder}; choose a folder outside it "
                           "(pulmo never writes into its inputs)")
+    if out in src.parents:
+        raise ConfigError(f"--out {out_dir} holds the input {input_path}; choose a folder that does not contain it "
+                          "(a re-used output folder is cleared)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir} is an existing file; expected a folder (new, empty, or a previous "
                           "pulmo output)")
-    if out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file():
-        raise ConfigError(f"--out {out_dir} exists and holds files pulmo did not write; choose a new or empty folder "
-                          "(a previous pulmo output folder is cleared and re-used)")
+    if out.is_dir() and any(out.iterdir()):
+        written = _written_by_pulmo(out) or set()
+        foreign = sorted(p.name for p in out.iterdir() if p.name != OUTPUT_MARKER and p.name not in written)
+        written = written if (out / OUTPUT_MARKER).is_file() else None
+        if written is None or foreign:
+            what = f" ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
+            raise ConfigError(f"--out {out_dir} exists and holds files pulmo did not write{what}; choose a new or "
+                              "empty folder (a previous pulmo output folder is cleared and re-used)")
     parent = next((p for p in (out, *out.parents) if p.exists()), None)
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out_dir}: {parent} is not writable; choose a folder you can write to")
 
 
+def _written_by_pulmo(out_dir: Path) -> set[str] | None:
+    """The top-level names the marker of ``out_dir`` lists (``None``: no marker, not a pulmo output)."""
+    marker = out_dir / OUTPUT_MARKER
+    if not marker.is_file():
+        return None
+    lines = marker.read_text(errors="replace").splitlines()
+    return {ln for ln in lines[1:] if ln and "/" not in ln and ln not in (".", "..")}
+
+
 def _prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``, clearing the outputs of a previous pulmo run in it (it holds the marker)."""
+    """Create ``out_dir``; in a previous pulmo output, delete only the entries its marker lists (what pulmo
+    wrote there), never anything else."""
     try:
-        if (out_dir / OUTPUT_MARKER).is_file():
-            for child in out_dir.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+        for name in _written_by_pulmo(out_dir) or ():
+            child = out_dir / name
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            elif child.exists() or child.is_symlink():
+                child.unlink()
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / OUTPUT_MARKER).write_text("written by pulmo analyze; the folder is cleared when re-used\n")
+        _write_marker(out_dir)
     except OSError as exc:
         raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
 
 
+def _write_marker(out_dir: Path) -> None:
+    """Record what pulmo wrote at the top of ``out_dir`` (one name a line after a header)."""
+    names = sorted(p.name for p in out_dir.iterdir() if p.name != OUTPUT_MARKER)
+    (out_dir / OUTPUT_MARKER).write_text("written by pulmo analyze; these entries are cleared when the folder is "
+                                         "re-used:\n" + "".join(f"{n}\n" for n in names))
+
+
 def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = None,
-                  limits: InputLimits | None = None) -> dict[str, Any]:
+                  limits: InputLimits | None = None, prepare: Callable[[], None] | None = None) -> dict[str, Any]:
     """Analyse one input and write ``findings.json``, masks, overlays, ``report.html`` and ``config.yaml``
     into ``out_dir``.
 
@@ -90,6 +116,8 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         modality: ``"cxr"`` or ``"ct"`` to set the modality of a 2D image whose file does not say, or to
             treat a PNG/JPEG as a CT slice. A 3D volume is always CT.
         limits: size limits checked from the header before decoding (default 50 Mpx, 1.5 G voxels).
+        prepare: called once the input passed the gate and was analysed, just before anything is written
+            (``analyze_path`` clears a re-used output folder there, so a refused input loses no earlier result).
 
     Every input passes the input gate first (:mod:`pulmo.io.scope` on the header, :mod:`pulmo.gate` on the
     content); its decision is ``findings["input"]["gate"]``. Nothing is written for a refused input.
@@ -117,6 +145,8 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         findings, masks = analyze_cxr(image)
         writer = write_cxr_outputs
     findings.input["gate"] = decision
+    if prepare is not None:
+        prepare()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(
@@ -136,10 +166,12 @@ def _single_series_folder(folder: Path) -> bool:
 
 
 def _batch_inputs(folder: Path) -> list[Path]:
-    """Files of a folder tree, with each DICOM CT series sub-folder as one item (not descended into)."""
+    """Files of a folder tree, with each DICOM series sub-folder as one item (not descended into); folders that
+    hold pulmo's output marker (results of an earlier run) are skipped, so outputs are never read as inputs."""
     items = []
     for root, dirs, names in os.walk(folder):
         root_path = Path(root)
+        dirs[:] = [d for d in dirs if not (root_path / d / OUTPUT_MARKER).is_file()]
         series = [d for d in dirs if folder_is_dicom_series(root_path / d)]
         items.extend(root_path / d for d in sorted(series))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in series)
@@ -191,17 +223,13 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     if path.is_file() or _single_series_folder(path):
         t0 = time.perf_counter()
         existed = out_dir.exists()
-        _prepare_out_dir(out_dir)
         try:
-            findings = analyze_image(path, out_dir, modality, limits)
+            findings = analyze_image(path, out_dir, modality, limits, prepare=lambda: _prepare_out_dir(out_dir))
         except BaseException:
-            # a refused or failed input leaves no output behind (a new folder is removed, a re-used one stays empty)
-            if existed:
-                for child in out_dir.iterdir():
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-            else:
+            if not existed:  # a refused or failed input leaves no new folder behind
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
+        _write_marker(out_dir)
         return AnalyzeResult(lines=[_summary_line(path, findings, out_dir, time.perf_counter() - t0)],
                              rows=[{"input": str(path), "status": "ok"}])
 
@@ -214,7 +242,7 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         raise InputError(f"{path}: none of its {len(files)} files is a supported image (PNG, JPEG, DICOM, NIfTI, "
                          "mhd, NRRD)")
     _prepare_out_dir(out_dir)
-    rows, used = [], set()
+    rows, used = [], {"summary.csv", OUTPUT_MARKER}
     for f in tqdm(files, desc="analyze", unit="image", disable=not progress):
         if f not in candidates:
             rows.append({"input": str(f), "status": "skipped", "error": "not a supported image format",
@@ -238,6 +266,7 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    _write_marker(out_dir)
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r for r in rows if r["status"] == "failed"]
     lines = [f"analysed {ok} of {len(candidates)} images in {path} -> {out_dir / 'summary.csv'}"]

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import threading
@@ -212,7 +213,7 @@ def write_viewer_files(input_path: Path, out_dir: Path, findings: dict[str, Any]
 def _clean_message(message: str, job_dir: Path) -> str:
     """The error message without the server's folders: paths inside the job folder become relative
     (``input/upload_000.dcm``: neutral names, the client knows its own upload), the job folder itself
-    ``.``, and any other path under the data folder loses that prefix."""
+    ``.``, any other path under the data folder loses that prefix, and DICOM UIDs become ``<uid>``."""
     for prefix in (str(job_dir.resolve()) + os.sep, str(job_dir) + os.sep):
         message = message.replace(prefix, "")
     for folder in {str(job_dir.resolve()), str(job_dir)}:
@@ -220,7 +221,8 @@ def _clean_message(message: str, job_dir: Path) -> str:
     for data_dir in {str(job_dir.resolve().parent.parent), str(job_dir.parent.parent)}:
         if len(data_dir) > 1:
             message = message.replace(data_dir + os.sep, "")
-    return message
+    # DICOM UIDs (study / series / instance) identify a patient's study: never stored with the job
+    return re.sub(r"\b\d+(?:\.\d+){5,}\b", "<uid>", message)
 
 
 def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_bytes: int = 0) -> str:

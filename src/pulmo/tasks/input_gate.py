@@ -109,7 +109,7 @@ def _logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -
 
 def _threshold(prob: np.ndarray, positive: np.ndarray, lo: float = 0.05, hi: float = 0.95) -> float:
     """The acceptance threshold on ``prob`` (one class's probability) that minimises false refusals plus false
-    acceptances (each as a rate) on validation data; within the best interval, its middle in log space.
+    acceptances (each as a rate) on validation data; within the best interval, its middle in logit space.
 
     Args:
         prob: ``(N,)`` probabilities of the class.
@@ -132,7 +132,9 @@ def _threshold(prob: np.ndarray, positive: np.ndarray, lo: float = 0.05, hi: flo
         last += 1
     lower = float(cuts[first - 1]) if first > 0 else lo
     upper = float(cuts[last])
-    return float(np.clip(np.sqrt(max(lower, 1e-6) * upper), lo, hi))
+    # the middle in logit space: a perfectly separated validation set (best interval = [lo, hi]) gives 0.5
+    mid = (np.log(lower / (1 - lower)) + np.log(upper / (1 - upper))) / 2
+    return float(np.clip(1 / (1 + np.exp(-mid)), lo, hi))
 
 
 def gate_rates(prob: np.ndarray, labels: np.ndarray, sources: list[str], thresholds: dict[str, float]) -> dict[str, Any]:
@@ -271,7 +273,7 @@ def finish(model: torch.nn.Module, corpus: GateCorpus, config: InputGateConfig, 
                         "test_ece": results["test_ece"]},
         "thresholds": {**thresholds, "rule": "accept as a chest X-ray when p(cxr) >= cxr; as a CT slice when "
                        "p(ct_slice) >= ct_slice; each threshold minimises false-refusal rate + false-acceptance "
-                       "rate on the validation split, taken in the middle (log space) of the best interval, "
+                       "rate on the validation split, taken in the middle (logit space) of the best interval, "
                        "within [0.05, 0.95]"},
         "input": {"size": [GATE_SIZE, GATE_SIZE], "channels": 1,
                   "normalisation": "stride to <= 512 px, percentile 0.5-99.5 min-max to [0, 1], bilinear resize "
