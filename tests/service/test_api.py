@@ -342,3 +342,18 @@ def test_cli_serve_refuses_a_data_dir_in_use_and_bad_settings(service, tmp_path,
     assert "used by another running pulmo serve" in capsys.readouterr().err
     assert main(["serve", "--data-dir", str(tmp_path / "d2"), "--workers", "-1"]) == 2
     assert "--workers -1" in capsys.readouterr().err
+
+
+def test_an_out_of_scope_upload_fails_with_the_gates_reason(service, tmp_path):
+    """A black picture named like a patient: the real worker's gate refuses it; the job fails with
+    ``out_of_scope``, a one-line reason with the neutral name, and no findings."""
+    from PIL import Image
+
+    black = tmp_path / "DOE^JANE_chest.png"
+    Image.new("L", (512, 512), 0).save(black)
+    with service(workers=1) as client:
+        job_id = upload(client, black).json()["id"]
+        job = wait_for_job(client, job_id)
+        assert job["status"] == "failed" and job["error_code"] == "out_of_scope", job
+        assert "constant image" in job["error"] and "\n" not in job["error"] and "DOE" not in job["error"]
+        assert client.get(f"/api/v1/jobs/{job_id}/findings").status_code == 409
