@@ -112,6 +112,10 @@ def test_ct_volume_rules():
     with pytest.raises(OutOfScopeError, match="spacing"):
         check_ct_volume(v)
     v = _chest_volume()
+    v.spacing = (2.5, 9.0, 9.0)  # 96 x 9 mm = 864 mm in-plane: no scanner's field
+    with pytest.raises(OutOfScopeError, match="larger than any CT"):
+        check_ct_volume(v)
+    v = _chest_volume()
     v.direction = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float)
     with pytest.raises(OutOfScopeError, match="axial"):
         check_ct_volume(v)

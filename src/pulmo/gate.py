@@ -12,7 +12,8 @@ read, before any pipeline runs (``pulmo analyze``, the service, :func:`pulmo.ana
   lungs (at least 50 cm² found by the lung extraction);
   the gate model must find an axial CT slice (``p(ct_slice) >=`` threshold), so a radiograph given with
   ``--modality ct`` is refused by its content, not only by its tag.
-* **CT volume** (:func:`check_ct_volume`): finite voxels; spacing within :data:`SPACING_RANGE_MM`; a
+* **CT volume** (:func:`check_ct_volume`): finite voxels; spacing within :data:`SPACING_RANGE_MM` and a field
+  within :data:`MAX_FIELD_MM`; a
   known, orthonormal direction with an axial slice axis; an HU histogram with air (<= -900 HU), soft
   tissue (-200..300 HU) and bone (> 300 HU) in plausible shares. Lungs large enough are then required by
   the lung extraction (:func:`pulmo.tasks.ct_lungs.lung_mask_ct`).
@@ -37,6 +38,10 @@ from pulmo.io import Image2D, InputLimits, Volume, read_image
 MIN_GREY_LEVELS = 24
 #: Accepted CT voxel spacing, mm (every axis).
 SPACING_RANGE_MM = (0.2, 10.0)
+#: Largest physical field of a CT volume, mm: (along z, in-plane). Scanners reconstruct at most ~700 mm
+#: in-plane and a whole body is under 2 m; a larger field means a wrong spacing, and resampling it to the
+#: nodule model's 1.5 mm grid would need tens of GB.
+MAX_FIELD_MM = (2000.0, 800.0)
 #: HU histogram of a chest CT: least share of air (<= -900 HU, outside the body and in the lungs), of soft
 #: tissue (-200..300 HU) and of bone (> 300 HU).
 MIN_AIR_FRACTION, MIN_TISSUE_FRACTION, MIN_BONE_FRACTION = 0.02, 0.05, 0.0005
@@ -185,7 +190,13 @@ def check_ct_volume(volume: Volume) -> dict[str, Any]:
     if not np.all(np.isfinite(spacing)) or spacing.min() < lo or spacing.max() > hi:
         raise OutOfScopeError(f"{where}: voxel spacing {tuple(round(float(s), 3) for s in spacing)} mm (z, y, x) is "
                               f"outside {lo}-{hi} mm; {ACCEPTS_CT} with spacing within {lo}-{hi} mm")
-    checks.append({"check": "spacing_mm", "passed": True, "value": [round(float(s), 4) for s in spacing]})
+    extent = np.asarray(volume.shape, dtype=np.float64) * spacing
+    if extent[1] > MAX_FIELD_MM[1] or extent[2] > MAX_FIELD_MM[1] or extent[0] > MAX_FIELD_MM[0]:
+        raise OutOfScopeError(f"{where}: a field of {' x '.join(f'{e:.0f}' for e in extent)} mm (z, y, x) is larger than "
+                              f"any CT ({MAX_FIELD_MM[1]:.0f} mm in-plane, {MAX_FIELD_MM[0]:.0f} mm along z at most): the "
+                              f"spacing or size in the header is wrong; {ACCEPTS_CT}")
+    checks.append({"check": "spacing_mm", "passed": True, "value": [round(float(s), 4) for s in spacing],
+                   "field_mm": [round(float(e), 1) for e in extent]})
     direction = np.asarray(volume.direction, dtype=np.float64)
     if direction.shape != (3, 3) or not np.all(np.isfinite(direction)) or not np.allclose(
             direction.T @ direction, np.eye(3), atol=1e-3):
