@@ -30,6 +30,7 @@ def test_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "unet-seed1" in out and "monai-unet" in out and "lung-seg-unet" in out
+    assert "n=?" not in out and out.count("scope: trained on") >= 6  # every bundled model says what it cannot see
 
 
 def test_analyze_one_xray(tmp_path, capsys):

@@ -265,17 +265,27 @@ def _models(args: argparse.Namespace) -> int:
     from pulmo import list_models
     from pulmo.weights import list_weights, weight_bytes
 
+    archs = list_models()
+    width = max(len(m["name"]) for m in archs) + 2
+    task_width = max(len(m["task"]) for m in archs) + 2
     print("architectures:")
-    for m in list_models():
-        print(f"  {m['name']:<14} {m['task']:<14} {m['description']}")
+    for m in archs:
+        print(f"  {m['name']:<{width}}{m['task']:<{task_width}}{m['description']}")
+    cards = list_weights()
+    width = max(len(c["name"]) for c in cards) + 2
     print("bundled weights:")
-    for c in list_weights():
+    for c in cards:
         metrics = c.get("metrics", {})
-        best = "; ".join(f"{k} dice {v['dice_mean']:.3f} (n={v.get('n', '?')})" for k, v in metrics.items()
-                         if isinstance(v, dict) and "dice_mean" in v)
-        print(f"  {c['name']:<18} task={c['task']} arch={c['architecture']} {weight_bytes(c) / 1e6:.1f} MB "
+        n_default = metrics.get("n_val_slices")
+        best = "; ".join(f"{k} dice {v['dice_mean']:.3f}" + (f" (n={v.get('n', n_default)})" if v.get("n", n_default)
+                                                            else "")
+                         for k, v in metrics.items() if isinstance(v, dict) and "dice_mean" in v)
+        print(f"  {c['name']:<{width}}task={c['task']} arch={c['architecture']} {weight_bytes(c) / 2**20:.1f} MiB "
               f"sha256={c.get('sha256', '')[:12]}")
         print(f"      labels={c.get('labels')} input={c.get('input', {}).get('size')} license: {c.get('license', '?')}")
+        scope = c.get("scope") or {}
+        if scope:
+            print(f"      scope: trained on {scope.get('trained_on')}; cannot see: {scope.get('cannot_see')}")
         if best:
             print(f"      validation: {best}")
     return 0
