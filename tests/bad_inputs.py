@@ -227,33 +227,29 @@ def generated_cases(root: Path) -> list[tuple[str, Path, list[str], int]]:
     add("mhd_missing_raw.mhd", lambda p: (p.write_text("ObjectType = Image\nNDims = 3\nDimSize = 64 64 64\n"
                                                         "ElementType = MET_SHORT\nElementDataFile = gone.raw\n"), p)[1])
 
-    def mr_series(p: Path) -> Path:
+    def series(p: Path, edit: Callable[[int, pydicom.Dataset], bool]) -> Path:
+        """Three slices of the phantom as a DICOM CT series; ``edit(k, ds)`` changes slice k (True: save it)."""
         p.mkdir()
         uid = generate_uid()
         for k in range(3):
             f = write_dicom(p / f"{k}.dcm", (ct[k] + 1024).astype(np.uint16), modality="CT", slope=1.0,
                             intercept=-1024.0, position=(0.0, 0.0, 2.5 * k), series_uid=uid)
             ds = pydicom.dcmread(f)
-            ds.Modality = "MR"
-            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-            ds.save_as(f, enforce_file_format=True)
-        return p
-
-    add("mr_series", mr_series)
-
-    def ct_series_slope_0(p: Path) -> Path:
-        p.mkdir()
-        uid = generate_uid()
-        for k in range(3):
-            f = write_dicom(p / f"{k}.dcm", (ct[k] + 1024).astype(np.uint16), modality="CT", slope=1.0,
-                            intercept=-1024.0, position=(0.0, 0.0, 2.5 * k), series_uid=uid)
-            if k == 1:
-                ds = pydicom.dcmread(f)
-                ds.RescaleSlope = 0
+            if edit(k, ds):
                 ds.save_as(f, enforce_file_format=True)
         return p
 
-    add("ct_series_slope_0", ct_series_slope_0)
+    def as_mr(k: int, ds: pydicom.Dataset) -> bool:
+        ds.Modality = "MR"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        return True
+
+    def slope_0_on_slice_1(k: int, ds: pydicom.Dataset) -> bool:
+        ds.RescaleSlope = 0
+        return k == 1
+
+    add("mr_series", lambda p: series(p, as_mr))
+    add("ct_series_slope_0", lambda p: series(p, slope_0_on_slice_1))
     # Not a file
     cases.append(("dev_null", Path("/dev/null"), [], 3))
     fifo = root / "fifo.png"

@@ -171,22 +171,27 @@ def test_ct_viewer_slices_3d_and_overlays_in_chromium(server, tmp_path):
     assert not errors, errors
 
 
-def test_viewer_draws_visible_boxes_on_a_tb_xray(server, tmp_path):
-    """A real TBX11K TB image: its detection boxes are drawn and visible (an SVG element has no `hidden` IDL
-    property, so `svg.hidden = false` used to leave them at display: none), and the toggle hides them."""
-    from tests.conftest import data_path
-
-    tb = data_path("cxr", "TBX11K", "imgs", "tb", "tb0012.jpg")
-    base = server[0]
-    with open(tb, "rb") as fh:
-        r = httpx.post(f"{base}/api/v1/jobs", files={"files": ("tb.jpg", fh, "image/jpeg")}, timeout=60)
+def _run_xray_job(base: str, path: Path, mime: str) -> tuple[str, dict]:
+    """Upload one X-ray to the running server, wait until its job is done; ``(job id, findings)``."""
+    with open(path, "rb") as fh:
+        r = httpx.post(f"{base}/api/v1/jobs", files={"files": (path.name, fh, mime)}, timeout=60)
+    assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     deadline = time.monotonic() + JOB_TIMEOUT
     while (job := httpx.get(f"{base}/api/v1/jobs/{job_id}", timeout=10).json())["status"] not in ("done", "failed"):
         assert time.monotonic() < deadline, f"job still {job['status']}"
         time.sleep(0.3)
     assert job["status"] == "done", job
-    findings = httpx.get(f"{base}/api/v1/jobs/{job_id}/findings", timeout=10).json()
+    return job_id, httpx.get(f"{base}/api/v1/jobs/{job_id}/findings", timeout=10).json()
+
+
+def test_viewer_draws_visible_boxes_on_a_tb_xray(server, tmp_path):
+    """A real TBX11K TB image: its detection boxes are drawn and visible (an SVG element has no `hidden` IDL
+    property, so `svg.hidden = false` used to leave them at display: none), and the toggle hides them."""
+    from tests.conftest import data_path
+
+    base = server[0]
+    job_id, findings = _run_xray_job(base, data_path("cxr", "TBX11K", "imgs", "tb", "tb0012.jpg"), "image/jpeg")
     assert findings["detections"], "tb0012 has boxes above the bundled detector's threshold"
     with browser(tmp_path) as (page, errors):
         page.goto(f"{base}/viewer/{job_id}")
@@ -206,16 +211,7 @@ def test_viewer_shows_the_xray_findings_in_chromium(server, tmp_path):
     """Upload the real example X-ray, wait for the worker, and check the viewer page; then stop the server
     with Ctrl-C and check it exits cleanly and logged ids, never file names."""
     base, proc, log_path, _ = server
-    with open(EXAMPLE_CXR, "rb") as fh:
-        r = httpx.post(f"{base}/api/v1/jobs", files={"files": (EXAMPLE_CXR.name, fh, "image/png")}, timeout=60)
-    assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while (job := httpx.get(f"{base}/api/v1/jobs/{job_id}", timeout=10).json())["status"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, f"job still {job['status']}"
-        time.sleep(0.3)
-    assert job["status"] == "done", job
-    findings = httpx.get(f"{base}/api/v1/jobs/{job_id}/findings", timeout=10).json()
+    job_id, findings = _run_xray_job(base, EXAMPLE_CXR, "image/png")
     area = findings["lungs"]["area_px"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
