@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="analyse an image, a DICOM series or a folder of images")
     a.add_argument("input", help="an image file, a DICOM series folder or a folder of images")
-    a.add_argument("--out", required=True, help="output folder (created; existing results are replaced)")
+    a.add_argument("--out", required=True, help="output folder: new, empty, or a previous pulmo output (whose results are replaced)")
     a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
     a.add_argument("--max-pixels", dest="max_pixels", type=_positive_int, default=50_000_000,
                    help="largest 2D image read, pixels, checked from the header before decoding (default 50000000)")
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(no)
 
     ig = tsub.add_parser("input-gate", help="the input gate's 'chest radiograph / CT slice / other' model")
-    ig.add_argument("--data", help="data root holding cxr/ and ct/ (the shared data layout; default ../shared/data)")
+    ig.add_argument("--data", help="data root holding the datasets' cxr/ and ct/ folders in their public layouts (see "
+                    "pulmo.datasets.gate_corpus); not needed when --corpus exists")
     ig.add_argument("--corpus", help="cached rendered corpus .npz (built from --data when missing)")
     ig.add_argument("--exclude-sources", dest="exclude_sources", action="append",
                     help="a source left out of training (e.g. tbx11k); repeatable")

@@ -83,10 +83,10 @@ def _grey_levels(pixels: np.ndarray, where: str, accepts: str) -> dict[str, Any]
 
 
 def _model_scores(pixels: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:
+    from pulmo.weights import model_entry
+
     model = gate_model()
-    scores = model.predict(pixels)
-    return scores, {"name": model.card.get("name"), "sha256": model.card.get("sha256"),
-                    "thresholds": model.thresholds}
+    return model.predict(pixels), model_entry(model.card, thresholds=model.thresholds)
 
 
 def check_cxr(image: Image2D) -> dict[str, Any]:
@@ -159,11 +159,11 @@ def check_ct_slice(image: Image2D) -> dict[str, Any]:
 def _slice_lungs(image: Image2D, where: str) -> dict[str, Any]:
     """A CT slice in HU must show lungs: the lung extraction on the slice (as a 10 mm slab) must find at least
     :data:`pulmo.tasks.ct_lungs.MIN_LUNG_ML` of them, i.e. 50 cm² (a head or abdomen slice has none)."""
-    from pulmo.tasks.ct_lungs import MIN_LUNG_ML, lung_mask_ct
+    from pulmo.tasks.ct_lungs import MIN_LUNG_ML, lung_mask_slice
 
     spacing = image.spacing or (1.0, 1.0)
     try:
-        lungs = lung_mask_ct(Volume(hu=image.pixels[None], spacing=(10.0, *spacing), source=image.source))
+        lungs = lung_mask_slice(image)
     except InputError:
         # MIN_LUNG_ML mL over a 10 mm slab = MIN_LUNG_ML * 1000 / 10 mm² = MIN_LUNG_ML cm²
         raise OutOfScopeError(f"{where}: no lungs in the slice (less than {MIN_LUNG_ML:.0f} cm² of air "

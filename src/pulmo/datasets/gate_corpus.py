@@ -5,7 +5,7 @@ CT slice, in HU or windowed) and ``other`` (anything pulmo must refuse). Every i
 :func:`pulmo.transforms.gate_input`, the same function the gate applies at inference, and kept as uint8
 ``(128, 128)``.
 
-Sources, all real data in their public layouts under one root (the project's ``../shared/data``):
+Sources, all real data in their public layouts under one data root (``cxr/`` and ``ct/`` below it):
 
 * ``cxr``: every image of ``cxr/covid-chestxray-dataset/images``, ``cxr/chest_xray_pneumonia``,
   ``cxr/COVID-19_Radiography_Dataset``, ``cxr/montgomery_shenzhen/images``, ``cxr/TBX11K/imgs``,
@@ -318,7 +318,7 @@ def _generated_items(per_kind: int, seed: int = 0) -> list[tuple[np.ndarray, int
 
 def build_gate_corpus(root: str | Path, max_crops: int = 1500, crops_per_picture: int = 12,
                       generated_per_kind: int = 60, progress: bool = True) -> GateCorpus:
-    """Render the gate corpus from the shared data root (see the module docstring for the sources).
+    """Render the gate corpus from a data root (see the module docstring for the sources).
 
     Args:
         root: the data root holding ``cxr/`` and ``ct/``.

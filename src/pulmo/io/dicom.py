@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from pulmo.errors import InputError, OutOfScopeError
 from pulmo.io.image import Image2D, Volume
+from pulmo.io.raster import channel_difference
 from pulmo.io.scope import InputLimits, check_voxels, dicom_scope
 
 logger = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ def _grey_from_colour(arr: np.ndarray, ds: pydicom.Dataset, path: Path, photomet
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise OutOfScopeError(f"{path}: {photometric} data of shape {arr.shape}; pulmo accepts greyscale images")
     rgb = arr.astype(np.float32)
-    scale = 255.0 / max(1.0, float(rgb.max()))
-    diff = np.maximum(np.abs(rgb[..., 0] - rgb[..., 1]), np.abs(rgb[..., 1] - rgb[..., 2])) * scale
-    mean_diff, p99 = float(diff.mean()), float(np.percentile(diff, 99))
+    mean_diff, p99 = channel_difference(rgb, float(rgb.max()))
     if mean_diff > _GREY_MEAN_DIFF or p99 > _GREY_P99_DIFF:
         raise OutOfScopeError(f"{path}: a {photometric} colour image (mean channel difference {mean_diff:.1f} of 255, "
                               f"99th percentile {p99:.0f}); pulmo accepts greyscale radiographs and CT")
@@ -351,8 +350,6 @@ def folder_is_dicom_series(folder: str | Path, recursive: bool = False) -> bool:
 
     Only the folder's own files are looked at unless ``recursive``.
     """
-    from collections import Counter
-
     folder = Path(folder)
     files = _list_files(folder) if recursive else sorted(p for p in folder.iterdir() if p.is_file())
     per_series: Counter[str] = Counter()

@@ -28,9 +28,10 @@ def _bytes_per_voxel(pixel_id_text: str) -> int:
     return max(1, bits[0] // 8) if bits else 8
 
 
-def _is_compressed(path: Path) -> bool:
-    """gzip-compressed data: a ``.gz`` name, NRRD ``encoding: gzip`` or MetaImage ``CompressedData = True``."""
-    if path.name.lower().endswith(".gz") or _data_file(path).name.lower().endswith((".gz", ".zraw")):
+def _is_compressed(path: Path, data: Path) -> bool:
+    """gzip-compressed voxels: a ``.gz`` / ``.zraw`` header or data file, NRRD ``encoding: gzip`` or MetaImage
+    ``CompressedData = True``."""
+    if any(p.name.lower().endswith((".gz", ".zraw")) for p in (path, data)):
         return True
     try:
         with open(path, "rb") as fh:
@@ -84,7 +85,7 @@ def check_itk_header(path: str | Path, limits: InputLimits | None = None) -> tup
     data = _data_file(path)
     if len(size) == 2 or (len(size) == 3 and size[2] == 1):
         check_pixels(path, size[1], size[0], 1, limits)
-    check_voxels(path, size, per_voxel, data.stat().st_size, _is_compressed(path), limits)
+    check_voxels(path, size, per_voxel, data.stat().st_size, _is_compressed(path, data), limits)
     return size
 
 

@@ -25,6 +25,19 @@ _MAX_P99_CHANNEL_DIFF = 24.0
 _MAX_TRANSPARENT = 0.01
 
 
+def channel_difference(rgb: np.ndarray, full_scale: float = 255.0) -> tuple[float, float]:
+    """How far an RGB image is from grey: ``(mean, 99th percentile)`` of the largest difference between
+    neighbouring channels, in grey levels of 255.
+
+    Args:
+        rgb: ``(H, W, 3)`` any real dtype.
+        full_scale: the value that maps to 255 (255 for 8-bit; the data maximum for other depths).
+    """
+    c = np.asarray(rgb, dtype=np.float32)
+    diff = np.maximum(np.abs(c[..., 0] - c[..., 1]), np.abs(c[..., 1] - c[..., 2])) * (255.0 / max(1.0, full_scale))
+    return float(diff.mean()), float(np.percentile(diff, 99))
+
+
 def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
     """Read a PNG/JPEG chest X-ray. The size in the header is checked against ``limits`` before decoding
     (Pillow opens lazily), so a decompression bomb costs milliseconds and no memory.
@@ -79,9 +92,8 @@ def read_raster(path: str | Path, limits: InputLimits | None = None) -> Image2D:
         grey = arr.astype(np.uint8) * 255
         bit_depth = 1
     elif mode in ("RGB", "RGBA"):
-        rgb = arr[..., :3].astype(np.int16)
-        diff = np.maximum(np.abs(rgb[..., 0] - rgb[..., 1]), np.abs(rgb[..., 1] - rgb[..., 2]))
-        mean_diff, p99 = float(diff.mean()), float(np.percentile(diff, 99))
+        rgb = arr[..., :3].astype(np.float32)
+        mean_diff, p99 = channel_difference(rgb)
         if mean_diff > _MAX_MEAN_CHANNEL_DIFF or p99 > _MAX_P99_CHANNEL_DIFF:
             raise InputError(
                 f"{path}: a colour image (mean channel difference {mean_diff:.1f} grey levels, 99th "

@@ -56,12 +56,11 @@ def _check_out_dir(input_path: Path, out_dir: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir} is an existing file; expected a folder (new, empty, or a previous "
                           "pulmo output)")
-    if out.is_dir() and any(out.iterdir()):
-        written = _written_by_pulmo(out) or set()
-        foreign = sorted(p.name for p in out.iterdir() if p.name != OUTPUT_MARKER and p.name not in written)
-        written = written if (out / OUTPUT_MARKER).is_file() else None
-        if written is None or foreign:
-            what = f" ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
+    if out.is_dir():
+        written = _written_by_pulmo(out)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in written | {OUTPUT_MARKER})
+        if foreign:
+            what = f" ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
             raise ConfigError(f"--out {out_dir} exists and holds files pulmo did not write{what}; choose a new or "
                               "empty folder (a previous pulmo output folder is cleared and re-used)")
     parent = next((p for p in (out, *out.parents) if p.exists()), None)
@@ -69,11 +68,11 @@ def _check_out_dir(input_path: Path, out_dir: Path) -> None:
         raise ConfigError(f"--out {out_dir}: {parent} is not writable; choose a folder you can write to")
 
 
-def _written_by_pulmo(out_dir: Path) -> set[str] | None:
-    """The top-level names the marker of ``out_dir`` lists (``None``: no marker, not a pulmo output)."""
+def _written_by_pulmo(out_dir: Path) -> set[str]:
+    """The top-level names the marker of ``out_dir`` lists (empty without a marker: not a pulmo output)."""
     marker = out_dir / OUTPUT_MARKER
     if not marker.is_file():
-        return None
+        return set()
     lines = marker.read_text(errors="replace").splitlines()
     return {ln for ln in lines[1:] if ln and "/" not in ln and ln not in (".", "..")}
 
@@ -82,7 +81,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
     """Create ``out_dir``; in a previous pulmo output, delete only the entries its marker lists (what pulmo
     wrote there), never anything else."""
     try:
-        for name in _written_by_pulmo(out_dir) or ():
+        for name in _written_by_pulmo(out_dir):
             child = out_dir / name
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)

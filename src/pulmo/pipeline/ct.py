@@ -16,7 +16,7 @@ import numpy as np
 from pulmo.errors import InputError
 from pulmo.io import Image2D, Volume
 from pulmo.pipeline.findings import Findings
-from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.tasks.ct_lungs import lung_mask_ct, lung_mask_slice
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
@@ -107,10 +107,9 @@ def analyze_ct_slice(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
     lungs = None
     if hu_input:
         slice01 = window_hu(image.pixels)
-        spacing = image.spacing or (1.0, 1.0)
         try:
-            lungs = lung_mask_ct(Volume(hu=image.pixels[None], spacing=(10.0, *spacing), source=image.source))[0]
-        except InputError as exc:
+            lungs = lung_mask_slice(image)
+        except InputError as exc:  # the input gate refuses such a slice; a direct caller gets no lung mask
             logger.warning("no lung mask for the slice: %s", exc)
     else:
         lo, hi = (0.0, 65535.0) if image.source.get("bit_depth") == 16 else (0.0, 255.0)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from pulmo.errors import InputError
-from pulmo.io import Volume
+from pulmo.io import Image2D, Volume
 
 AIR_THRESHOLD_HU = -320.0
 MIN_LUNG_ML = 50.0
@@ -65,3 +65,20 @@ def lung_mask_ct(volume: Volume, threshold_hu: float = AIR_THRESHOLD_HU) -> np.n
     if step > 1:
         mask = np.repeat(np.repeat(mask, step, axis=1), step, axis=2)[:, :hu.shape[1], :hu.shape[2]]
     return mask
+
+
+def lung_mask_slice(image: Image2D) -> np.ndarray:
+    """Lung mask of a single axial CT slice in HU, by :func:`lung_mask_ct` on a 10 mm slab.
+
+    Args:
+        image: the slice, ``pixels`` ``(H, W)`` in HU; ``spacing`` (mm, 1 mm assumed when unknown).
+
+    Returns:
+        bool ``(H, W)``.
+
+    Raises:
+        InputError: not HU, or less than :data:`MIN_LUNG_ML` of lung over the slab, i.e. 50 cm² of lung
+            (a head or abdomen slice).
+    """
+    spacing = image.spacing or (1.0, 1.0)
+    return lung_mask_ct(Volume(hu=image.pixels[None], spacing=(10.0, *spacing), source=image.source))[0]

@@ -36,7 +36,7 @@ from pulmo.datasets.cxr_labels import (
     kermany_records,
     remove_near_duplicates,
 )
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, batched_logits, fit, save_config
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import binary_report, classification_report, roc_auc
@@ -186,17 +186,8 @@ def _augmentation(size: int) -> Compose:
     ])
 
 
-@torch.no_grad()
-def _logits(model: torch.nn.Module, arrays: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for i in range(0, len(arrays), batch_size):
-        x = torch.from_numpy(arrays[i:i + batch_size].astype(np.float32) / 255.0)[:, None]
-        out.append(model(x).float())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
-
-
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(logits, temperature)
+def _logits(model: torch.nn.Module, arrays: np.ndarray) -> np.ndarray:
+    return batched_logits(model, arrays, len(LABELS))
 
 
 def youden_thresholds(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -258,7 +249,7 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
         return F.cross_entropy(m(batch["image"]).float(), batch["label"], weight=weights)
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
-        prob = _softmax(_logits(m, arrays["val"]), 1.0)
+        prob = softmax(_logits(m, arrays["val"]), 1.0)
         rep = classification_report(labels["val"], prob, LABELS)
         return {"macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"]}
 
@@ -269,8 +260,8 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
     model.eval()
     val_logits = _logits(model, arrays["val"])
     temperature = fit_temperature(val_logits, np.array(labels["val"]))
-    val_prob = _softmax(val_logits, temperature)
-    test_prob = _softmax(_logits(model, arrays["test"]), temperature)
+    val_prob = softmax(val_logits, temperature)
+    test_prob = softmax(_logits(model, arrays["test"]), temperature)
     results = {"validation": subgroup_metrics(splits["val"], val_prob, 200),
                "test": subgroup_metrics(splits["test"], test_prob)}
     card = {
@@ -331,7 +322,7 @@ class CxrClassifier:
     def predict(self, image: Image2D, lungs: np.ndarray | None = None) -> dict[str, Any]:
         """``{"probabilities": {label: p}, "predicted": label, "input": (S, S) array, "lungs": mask or None}``."""
         x, lungs = self.pre(image, lungs)
-        prob = _softmax(self.model(torch.from_numpy(x)[None, None]).float().numpy(), self.temperature)[0]
+        prob = softmax(self.model(torch.from_numpy(x)[None, None]).float().numpy(), self.temperature)[0]
         return {"probabilities": {lab: float(p) for lab, p in zip(self.labels, prob)},
                 "predicted": self.labels[int(prob.argmax())], "input": x, "lungs": lungs}
 

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from pulmo.datasets.gate_corpus import GATE_LABELS, GateCorpus, build_gate_corpus
 from pulmo.datasets.splits import patient_fold
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, batched_logits, fit, save_config
+from pulmo.errors import ConfigError
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, softmax
 from pulmo.models import create_model
 from pulmo.transforms import GATE_SIZE, gate_input
@@ -56,7 +57,7 @@ class InputGateConfig(TrainConfig):
         name: weight-set name.
     """
 
-    data: str = "../shared/data"
+    data: str = ""
     corpus: str = "runs/gate/corpus.npz"
     test_fraction: float = 0.2
     val_fraction: float = 0.1
@@ -98,13 +99,8 @@ class GateDataset(Dataset):
         return {"image": x, "label": int(self.labels[i])}
 
 
-@torch.no_grad()
-def _logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size].astype(np.float32) / 255.0)[:, None]
-        out.append(model(x).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(GATE_LABELS)), np.float32)
+def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    return batched_logits(model, images, len(GATE_LABELS), batch_size=256)
 
 
 def _threshold(prob: np.ndarray, positive: np.ndarray, lo: float = 0.05, hi: float = 0.95) -> float:
@@ -179,10 +175,16 @@ def _splits(corpus: GateCorpus, config: InputGateConfig) -> dict[str, np.ndarray
 
 
 def load_corpus(config: InputGateConfig) -> GateCorpus:
-    """The cached corpus at ``config.corpus``, rendered from ``config.data`` first when missing."""
+    """The cached corpus at ``config.corpus``, rendered from ``config.data`` first when missing.
+
+    Raises:
+        ConfigError: no cached corpus and no ``data`` root to render one from.
+    """
     path = Path(config.corpus)
     if path.is_file():
         return GateCorpus.load(path)
+    if not config.data:
+        raise ConfigError(f"no gate corpus at {path} and no data root to render it from; give data (--data DIR)")
     corpus = build_gate_corpus(config.data, progress=config.progress)
     corpus.save(path)
     return corpus
@@ -278,7 +280,7 @@ def finish(model: torch.nn.Module, corpus: GateCorpus, config: InputGateConfig, 
         "input": {"size": [GATE_SIZE, GATE_SIZE], "channels": 1,
                   "normalisation": "stride to <= 512 px, percentile 0.5-99.5 min-max to [0, 1], bilinear resize "
                                    "(pulmo.transforms.gate_input)"},
-        "training": {"data": "pulmo.datasets.gate_corpus over the shared data root (real CXR of 7 sources, LIDC-IDRI "
+        "training": {"data": "pulmo.datasets.gate_corpus over the data root (real CXR of 7 sources, LIDC-IDRI "
                              "and pyradiomics CT slices in 4 windows, COVID-SemiSeg slices, LIDC nodule crops, lung "
                              "masks, scikit-image pictures, generated pictures)",
                      "split": f"by group: sha1(seed {config.split_seed}, group) < {config.test_fraction} test, "
