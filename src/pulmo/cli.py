@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule", "input-gate"])
     e.add_argument("--data", required=True, help="dataset root in the task's layout")
     e.add_argument("--format", help="dataset layout (lesion-seg: covid-semiseg; cxr-classify: kermany, folders, "
-                   "covid-chestxray, covid-radiography; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16)")
+                   "covid-chestxray, covid-radiography, tbx11k, montgomery-shenzhen, chestx-det10, nih; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16)")
     e.add_argument("--annotations", help="cxr-detect: the label file (TBX11K: the COCO JSON relative to --data; "
                    "ChestX-Det10 JSON; RSNA stage_2_train_labels.csv; NIH BBox_List_2017.csv); nodule --format "
                    "luna16: annotations.csv (default DATA/annotations.csv)")
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="metrics JSON file to write")
     e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
     e.add_argument("--corpus", help="input-gate: a cached rendered corpus .npz (default: render it from --data)")
+    e.add_argument("--negatives", action="append", default=[],
+                   help="cxr-detect: images without lesions as FORMAT=PATH (kermany, covid-radiography, "
+                   "covid-chestxray, chestx-det10, folder); scored as false boxes per image and image AUC; repeatable")
 
     t = sub.add_parser("train", help="train a model")
     tsub = t.add_subparsers(dest="task", required=True)
@@ -108,9 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--covid-chestxray", dest="covid_chestxray", help="covid-chestxray-dataset root")
     cl.add_argument("--covid-radiography", dest="covid_radiography", help="COVID-19_Radiography_Dataset root")
     cl.add_argument("--folders", action="append", help="a root with one sub-folder per label; repeatable")
-    cl.add_argument("--architecture", help="resnet18, mobilenet_v2 or densenet121")
+    cl.add_argument("--other-findings", dest="other_findings", action="append",
+                    help="X-rays with a finding outside the four classes as FORMAT=PATH (tbx11k, montgomery-shenzhen, "
+                    "chestx-det10, nih): a fifth class, other_finding; repeatable")
+    cl.add_argument("--extra-normals", dest="extra_normals", action="append",
+                    help="adult 'No Finding' X-rays as FORMAT=PATH (chestx-det10, nih); repeatable")
+    cl.add_argument("--exclude-sources", dest="exclude_sources", action="append",
+                    help="a record source kept out of training and scored as external (leave-one-source-out); "
+                    "repeatable")
+    cl.add_argument("--architecture", help="resnet18 (default), mobilenet_v2 or densenet121")
     cl.add_argument("--lung-mask", dest="lung_mask", action=argparse.BooleanOptionalAction, default=None,
-                    help="multiply the image by the lung mask first (default on)")
+                    help="multiply the image by the lung mask first (default off)")
+    cl.add_argument("--crop", choices=["lungs", "none"],
+                    help="lungs (default): crop to the lung mask's bounding box + 10%% margins; none: whole image")
+    cl.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                    help="histogram-equalise the input (default on)")
+    cl.add_argument("--in-scope-retention", dest="in_scope_retention", type=float,
+                    help="share of validation in-scope images kept in scope by the out-of-scope threshold (default 0.95)")
     cl.add_argument("--size", type=int)
     cl.add_argument("--cache-dir", dest="cache_dir")
     cl.add_argument("--name", help="weight-set name")
@@ -123,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--size", type=int)
     de.add_argument("--init-backbone", dest="init_backbone",
                     help=".safetensors of a torchvision ResNet classifier to initialise the body from")
+    de.add_argument("--negatives", action="append",
+                    help="images without lesions as FORMAT=PATH (kermany, covid-radiography, covid-chestxray, "
+                    "chestx-det10, folder), split by patient and trained as images with no box; repeatable")
+    de.add_argument("--init-weights", dest="init_weights",
+                    help="a cxr-detect weight set (name or .safetensors) of the same architecture to fine-tune from")
+    de.add_argument("--max-fp-per-negative", dest="max_fp_per_negative", type=float,
+                    help="operating threshold: false boxes per validation negative image at most this (default 0.1)")
+    de.add_argument("--degrade-p", dest="degrade_p", type=float,
+                    help="probability of the resolution-drop augmentation (default 0.3)")
     de.add_argument("--name", help="weight-set name")
     _add_train_flags(de)
     du = tsub.add_parser("cxr-detect-unet", help="chest X-ray lesion boxes by the U-Net route of seed 1")
@@ -233,16 +259,28 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not args.format:
             raise ConfigError("evaluate cxr-detect needs --format tbx11k|chestx-det10|rsna|nih")
         metrics = cxr_detect.evaluate(args.data, args.format, args.annotations, args.weights or cxr_detect.DEFAULT_WEIGHTS,
-                                      split=args.split or "all", progress=progress)
-        aps = " ".join(f"AP50[{k}]={v:.4f}" for k, v in metrics["ap_50"].items())
-        line = (f"ap_50_agnostic={metrics['ap_50_agnostic']:.4f} map_50={metrics['map_50']:.4f} {aps} "
-                f"rsna_score={metrics['rsna_score']:.4f}")
+                                      split=args.split or "all", progress=progress, negatives=args.negatives)
+        aps = " ".join(f"AP50[{k}]={v:.4f}" for k, v in metrics.get("ap_50", {}).items())
+        line = (f"ap_50_agnostic={metrics.get('ap_50_agnostic', float('nan')):.4f} "
+                f"map_50={metrics.get('map_50', float('nan')):.4f} {aps} "
+                f"rsna_score={metrics.get('rsna_score', float('nan')):.4f}")
+        if "fp_per_negative_image" in metrics:
+            line += (f" fp_per_negative_image={metrics['fp_per_negative_image']:.3f} "
+                     f"(n={metrics['n_negative_images']})")
+        if "image_auc" in metrics:
+            line += f" image_auc={metrics['image_auc']:.4f}"
     elif args.task == "cxr-classify":
         if not args.format:
-            raise ConfigError("evaluate cxr-classify needs --format kermany|folders|covid-chestxray|covid-radiography")
+            raise ConfigError("evaluate cxr-classify needs --format kermany|folders|covid-chestxray|covid-radiography|"
+                              "tbx11k|montgomery-shenzhen|chestx-det10|nih")
         metrics = cxr_classify.evaluate(args.data, args.format, args.weights or cxr_classify.DEFAULT_WEIGHTS,
                                         progress=progress)
-        line = f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} labels={metrics['labels']}"
+        line = (f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} ece={metrics['ece']:.4f} "
+                f"labels={metrics['labels']}")
+        if "other_finding" in metrics["scope"]:
+            o = metrics["scope"]["other_finding"]
+            line += (f" other_finding_called_covid19_in_scope={o['called_covid19_in_scope']:.3f} "
+                     f"flagged_out_of_scope={o['flagged_out_of_scope']:.3f} (n={o['n']})")
     elif args.task == "lung-seg":
         metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=progress)
         line = f"dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} iou={metrics['iou_mean']:.4f}"

@@ -2,19 +2,21 @@ import numpy as np
 import pytest
 import torch
 
-from pulmo.explain import class_activation_map, restrict_to_lungs
+from pulmo.explain import class_activation_map, energy_in_mask, normalise_heatmap
 from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
 
 
-def test_restrict_to_lungs_energy_and_normalisation():
+def test_heatmap_is_normalised_over_the_whole_image_not_inside_the_lungs():
     heat = np.zeros((4, 4))
-    heat[0, 0], heat[2, 2] = 3.0, 1.0
+    heat[0, 0], heat[2, 2], heat[3, 3] = 3.0, 1.0, -2.0
     lungs = np.zeros((4, 4), bool)
     lungs[2:, 2:] = True
-    out, energy = restrict_to_lungs(heat, lungs)
-    assert energy == pytest.approx(0.25)
-    assert out[0, 0] == 0 and out[2, 2] == pytest.approx(1.0) and out.max() <= 1.0
+    assert energy_in_mask(heat, lungs) == pytest.approx(0.25)  # negatives clipped, 1 of 4 inside
+    out = normalise_heatmap(heat)
+    # the strongest point is outside the lungs: it stays the maximum, the in-lung point keeps its third
+    assert out[0, 0] == pytest.approx(1.0) and out[2, 2] == pytest.approx(1 / 3) and out[3, 3] == 0
+    assert np.isnan(energy_in_mask(np.zeros((4, 4)), lungs)) and normalise_heatmap(np.zeros((2, 2))).max() == 0
 
 
 @pytest.mark.parametrize("name", sorted(GRADCAM_LAYERS))

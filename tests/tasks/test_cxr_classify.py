@@ -91,20 +91,123 @@ def test_folder_layout_errors(tmp_path):
 
 
 def test_train_tiny_cli(tmp_path):
+    """A tiny five-class run end to end: the card has the out-of-scope threshold, the results the scope, ECE,
+    reliability and source checks; `evaluate --format folders` gives labelled per-folder metrics."""
     root = tmp_path / "data"
-    for label, seed0 in (("normal", 0), ("covid19", 100)):
+    for label, shift in (("normal", 0), ("covid19", 60), ("other_finding", -60)):
         (root / label).mkdir(parents=True)
         for i in range(12):
-            image, _ = synthetic_cxr(64, seed0 + i)
-            if label == "covid19":
-                image = np.clip(image.astype(int) + 60, 0, 255).astype(np.uint8)
+            image, _ = synthetic_cxr(64, abs(shift) + i)
+            image = np.clip(image.astype(int) + shift, 0, 255).astype(np.uint8)
             Image.fromarray(image).save(root / label / f"{i}.png")
     out = tmp_path / "run"
-    code = main(["--no-progress", "train", "cxr-classify", "--folders", str(root), "--no-lung-mask", "--size", "32",
+    code = main(["--no-progress", "train", "cxr-classify", "--folders", str(root), "--crop", "none", "--size", "32",
                  "--epochs", "1", "--batch-size", "8", "--architecture", "resnet18", "--cache-dir", str(tmp_path / "c"),
                  "--out-dir", str(out)])
     assert code == 0
     card = json.loads((out / "cxr-classify.json").read_text())
     assert card["calibration"]["temperature"] > 0 and card["labels"][0] == "normal"
+    assert card["labels"][-1] == "other_finding" and 0 < card["thresholds"]["out_of_scope"] <= 0.5
+    assert card["input"]["crop"] == "none" and card["input"]["equalize"] is True
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["overall"]["n"] == card["training"]["n"]["test"]
+    assert results["test"]["overall"]["confusion_labels"] == card["labels"]
+    assert "in_scope_retention" in results["test"]["scope"] and results["test"]["reliability"]
+    m_out = tmp_path / "m.json"
+    assert main(["--no-progress", "evaluate", "cxr-classify", "--data", str(root), "--format", "folders",
+                 "--weights", str(out / "cxr-classify.safetensors"), "--out", str(m_out)]) == 0
+    m = json.loads(m_out.read_text())
+    assert m["confusion_labels"] == card["labels"] and 0 <= m["ece"] <= 1
+    assert set(m["per_folder"]) == {"normal", "covid19", "other_finding"}
+    assert m["per_folder"]["normal"]["n"] == 12 and 0 <= m["per_folder"]["normal"]["in_scope_rate"] <= 1
+    assert m["scope"]["other_finding"]["n"] == 12
+
+
+def test_other_finding_records_leave_pneumonia_like_boxes_in_scope():
+    from pulmo.datasets.cxr_labels import OTHER_FINDING, extra_normal_records, other_finding_records
+
+    cxr = data_path("cxr")
+    tb = other_finding_records("tbx11k", cxr / "TBX11K")
+    assert len(tb) == 599 and {r["label"] for r in tb} == {OTHER_FINDING} and tb[0]["finding"] == "tuberculosis"
+    ms = other_finding_records("montgomery-shenzhen", cxr / "montgomery_shenzhen")
+    assert len(ms) == 72 and all(r["image"].endswith("_1.png") for r in ms)
+    det = other_finding_records("chestx-det10", cxr / "ChestX-Det10_nih_sample")
+    assert det and all("consolidation" not in r["finding"] for r in det)
+    nih = other_finding_records("nih", cxr / "ChestX-ray14_bbox_sample")
+    assert nih and all(not {"pneumonia", "infiltrate"} & set(r["finding"].split(", ")) for r in nih)
+    assert len(extra_normal_records("chestx-det10", cxr / "ChestX-Det10_nih_sample")) == 11
+    with pytest.raises(InputError, match="no image without findings"):
+        extra_normal_records("nih", cxr / "ChestX-ray14_bbox_sample")  # every staged NIH image has boxes
+
+
+def test_lung_crop_box_and_fallback():
+    from pulmo.tasks.cxr_classify import Preprocessor
+
+    pre = Preprocessor(32, lung_mask=False, crop="lungs", equalize=True)
+    lungs = np.zeros((100, 200), bool)
+    lungs[20:60, 50:150] = True
+    assert pre.crop_box(lungs) == (16, 64, 40, 160)  # 10 % of 40 rows / 100 columns on each side
+    assert pre.crop_box(np.zeros((100, 200), bool)) == (0, 100, 0, 200)  # no lungs: whole image
+    image, _ = synthetic_cxr(96, 0)
+    from pulmo.io import Image2D
+
+    x, mask, box = pre(Image2D(image.astype(np.float32), None, {}), lungs=np.pad(np.ones((40, 40), bool), 28))
+    assert x.shape == (32, 32) and 0 <= x.min() and x.max() <= 1 and box == (24, 72, 24, 72)
+    with pytest.raises(Exception, match="crop must be"):
+        Preprocessor(32, False, crop="chest")
+
+
+def test_scope_threshold_keeps_the_retention_and_flags_other_findings():
+    from pulmo.tasks.cxr_classify import choose_scope_threshold, in_scope, scope_metrics
+
+    labels = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19", "other_finding"]
+    rng = np.random.default_rng(0)
+    inside = rng.dirichlet([5, 1, 1, 5, 0.3], 200)
+    other = rng.dirichlet([1, 0.2, 0.2, 3, 3], 50)
+    prob = np.vstack([inside, other])
+    y = np.array([int(np.argmax(p[:4])) for p in inside] + [4] * 50)
+    thr = choose_scope_threshold(prob, y, labels, 0.95)
+    keep = in_scope(prob, labels, thr)
+    top_other = prob[:200].argmax(1) == 4
+    assert keep[:200].mean() >= 0.95 - top_other.mean() - 1e-9 and thr <= 0.5
+    records = [{"label": labels[k], "source": "s"} for k in y]
+    m = scope_metrics(records, prob, labels, thr, n_resamples=20)
+    assert m["in_scope_retention"]["rate"] == pytest.approx(keep[:200].mean())
+    called = ((prob[200:].argmax(1) == 3) & keep[200:]).mean()
+    assert m["other_finding"]["called_covid19_in_scope"] == pytest.approx(called)
+    assert m["other_finding/s"]["n"] == 50
+    # a four-class model is always in scope
+    assert in_scope(prob[:, :4], labels[:4], None).all()
+
+
+def test_source_probe_tells_separable_sources_and_not_random_ones():
+    from pulmo.tasks.cxr_classify import source_predictability
+
+    rng = np.random.default_rng(0)
+    src = ["a"] * 60 + ["b"] * 60
+    shifted = rng.normal(size=(120, 8)) + np.array([[3.0] + [0] * 7] * 60 + [[-3.0] + [0] * 7] * 60)
+    noise = rng.normal(size=(120, 8))
+    sep = source_predictability(shifted[::2], src[::2], shifted[1::2], src[1::2])
+    rand = source_predictability(noise[::2], src[::2], noise[1::2], src[1::2])
+    assert sep["balanced_accuracy"] > 0.95 and rand["balanced_accuracy"] < 0.75 and sep["chance"] == 0.5
+
+
+def test_jpeg_augmentation_changes_pixels_not_shape():
+    from pulmo.tasks.cxr_classify import RandJpegd
+
+    x = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    out = RandJpegd(prob=1.0, quality=(10, 10))({"image": x})["image"]
+    assert tuple(out.shape) == (1, 32, 32) and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert float(np.abs(np.asarray(out) - x).mean()) > 0.01
+    assert RandJpegd(prob=0.0)({"image": x})["image"] is x
+
+
+def test_reliability_bins_match_the_ece():
+    from pulmo.metrics.calibration import expected_calibration_error, reliability_bins
+
+    rng = np.random.default_rng(1)
+    prob = rng.dirichlet([1, 1, 1], 300)
+    y = rng.integers(0, 3, 300)
+    bins = reliability_bins(prob, y)
+    ece = sum(b["n"] / 300 * abs(b["accuracy"] - b["confidence"]) for b in bins)
+    assert ece == pytest.approx(expected_calibration_error(prob, y)) and sum(b["n"] for b in bins) == 300

@@ -152,3 +152,65 @@ def test_evaluate_scores_a_unet_route_weight_set(tmp_path):
     m = cd.evaluate(data, "tbx11k", "annotations/json/sub.json", weights=str(weights), progress=False)
     assert m["weights"] == "tiny-unet" and m["n_images"] == 2
     assert 0.0 <= m["ap_50_agnostic"] <= 1.0 and 0.0 <= m["rsna_score"] <= 1.0
+
+
+def test_negative_records_of_every_layout():
+    """Images without lesions from the classification and detection layouts, with their patients."""
+    from collections import Counter
+
+    from pulmo.datasets.detection import negative_records
+    from pulmo.errors import InputError
+
+    cxr = data_path("cxr")
+    det10 = negative_records("chestx-det10", cxr / "ChestX-Det10_nih_sample")
+    assert len(det10) == 11 and all(r["boxes_xyxy"].shape == (0, 4) and not r["labels"] for r in det10)
+    assert all(r["patient_id"].startswith("nih-") for r in det10)
+    ker = negative_records("kermany", cxr / "chest_xray_pneumonia")
+    assert len(ker) == 264 and all("NORMAL" in r["image"] for r in ker)
+    assert Counter(r["source"] for r in negative_records("covid-chestxray", cxr / "covid-chestxray-dataset")) == {
+        "covid-chestxray": 19}
+    with pytest.raises(InputError, match="unknown negative-image format"):
+        negative_records("vindr", cxr)
+    with pytest.raises(cd.ConfigError, match="format=path"):
+        cd.load_negatives(["kermany"])
+
+
+def _pred(scores, boxes=None):
+    scores = np.asarray(scores, float)
+    boxes = np.asarray(boxes if boxes is not None else [[0, 0, 10, 10]] * len(scores), float).reshape(-1, 4)
+    return {"boxes": boxes, "scores": scores, "labels": ["TB"] * len(scores)}
+
+
+def test_negatives_give_false_boxes_per_image_and_image_auc():
+    gts = [{"boxes": np.array([[0, 0, 10, 10]], float), "labels": ["TB"]},
+           {"boxes": np.zeros((0, 4)), "labels": []}, {"boxes": np.zeros((0, 4)), "labels": []}]
+    preds = [_pred([0.9]), _pred([0.6, 0.2]), _pred([])]
+    m = cd._metrics(preds, gts, 0.5, ["tbx11k", "a", "b"], n_resamples=50)
+    assert m["n_positive_images"] == 1 and m["n_negative_images"] == 2
+    assert m["fp_per_negative_image"] == pytest.approx(0.5)  # one box >= 0.5 over two healthy images
+    assert m["negative_images_with_boxes"] == 1
+    assert m["fp_per_negative_image_by_source"]["a"]["fp_per_image"] == 1.0
+    assert m["fp_per_negative_image_by_source"]["b"]["fp_per_image"] == 0.0
+    assert m["image_auc"] == pytest.approx(1.0)  # 0.9 beats the negatives' max scores 0.6 and 0
+    assert m["ap_50_agnostic"] == pytest.approx(1.0)  # on the images with boxes
+    assert m["ap_50_agnostic_with_negatives"] < 1.0 + 1e-9
+    # without negatives there are no negative-image keys
+    assert "fp_per_negative_image" not in cd._metrics(preds[:1], gts[:1], 0.5)
+
+
+def test_operating_threshold_is_raised_until_healthy_images_are_quiet():
+    """RSNA-best alone would keep the 0.3 boxes; the FP rule raises the threshold above the negatives' scores."""
+    gts = [{"boxes": np.array([[0, 0, 10, 10]], float), "labels": ["TB"]}] * 2 + \
+          [{"boxes": np.zeros((0, 4)), "labels": []}] * 4
+    preds = [_pred([0.3]), _pred([0.8])] + [_pred([0.45])] * 4
+    best, _ = cd.choose_score_threshold(preds, gts)
+    assert best <= 0.3
+    quiet, _ = cd.choose_score_threshold(preds, gts, max_fp_per_negative=0.1)
+    assert 0.45 < quiet <= 0.8
+
+
+def test_resolution_drop_keeps_geometry():
+    x = torch.rand(1, 64, 48)
+    y = cd.degrade_resolution(x, 16)
+    assert y.shape == x.shape and (y - x).abs().mean() > 0.01
+    assert torch.equal(cd.degrade_resolution(x, 100), x)  # already smaller: unchanged

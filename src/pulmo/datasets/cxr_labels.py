@@ -10,7 +10,11 @@ Labels, in model order: ``normal``, ``bacterial_pneumonia``, ``viral_pneumonia``
   unspecified "Pneumonia", "todo") excluded and counted. Adult.
 * :func:`covid_radiography_records`: COVID-19 Radiography Database (``COVID/images``, ``Normal/images``);
   no patient ids are published (each image is its own group).
-* :func:`folder_records`: one sub-folder per label, folder names = label names.
+* :func:`folder_records`: one sub-folder per label, folder names = label names (``other_finding`` too).
+* :func:`other_finding_records`: chest X-rays whose finding is none of the four (TB of TBX11K and
+  Montgomery/Shenzhen, the non-pneumonia boxes of ChestX-Det10 and NIH ChestX-ray14), labelled
+  :data:`OTHER_FINDING`, and :func:`extra_normal_records` (the ChestX-Det10 / NIH "No Finding" images), so the
+  classifier learns adult normals from more than one hospital and can say "outside my classes".
 
 :func:`remove_near_duplicates` drops images whose perceptual hash (pHash, ``imagehash``) is within a
 Hamming distance of an image from a higher-priority source (the sources share about 90 images).
@@ -32,6 +36,11 @@ from pulmo.errors import InputError
 logger = logging.getLogger(__name__)
 
 LABELS = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19"]
+OTHER_FINDING = "other_finding"
+"""Label of a chest X-ray with a finding outside :data:`LABELS` (TB, effusion, nodule, mass, fracture, ...)."""
+OTHER_FORMATS = ("tbx11k", "montgomery-shenzhen", "chestx-det10", "nih")
+# findings of the box datasets that are (or look like) pneumonia: not "outside the classes"
+_PNEUMONIA_LIKE = {"consolidation", "pneumonia", "infiltrate", "infiltration"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 FRONTAL_VIEWS = {"PA", "AP", "AP Supine", "AP supine"}
 _BACTERIA = ("streptococcus", "klebsiella", "legionella", "e.coli", "bacterial", "chlamydophila", "mycoplasma",
@@ -147,16 +156,102 @@ def covid_radiography_records(root: str | Path) -> list[dict[str, Any]]:
 
 
 def folder_records(root: str | Path) -> list[dict[str, Any]]:
-    """Records of a folder with one sub-folder per label (names from :data:`LABELS`)."""
+    """Records of a folder with one sub-folder per label (names from :data:`LABELS` or
+    :data:`OTHER_FINDING`); ``folder`` = the sub-folder's name."""
     root = Path(root)
-    unknown = [d.name for d in root.iterdir() if d.is_dir() and d.name not in LABELS] if root.is_dir() else []
+    names = LABELS + [OTHER_FINDING]
+    unknown = [d.name for d in root.iterdir() if d.is_dir() and d.name not in names] if root.is_dir() else []
     if unknown:
-        raise InputError(f"{root}: sub-folders {unknown} are not labels; expected folders named {LABELS}")
+        raise InputError(f"{root}: sub-folders {unknown} are not labels; expected folders named {names}")
     records = [{"image": str(p), "label": label, "patient_id": f"{root.name}-{p.stem}", "source": root.name,
-                "age_group": "unknown"} for label in LABELS for p in _images(root / label)]
+                "age_group": "unknown", "folder": label} for label in names for p in _images(root / label)]
     if not records:
-        raise InputError(f"{root}: no images in label sub-folders {LABELS}")
+        raise InputError(f"{root}: no images in label sub-folders {names}")
     return records
+
+
+def _box_dataset_records(format: str, root: Path) -> list[dict[str, Any]]:
+    from pulmo.datasets.detection import chestx_det10_records, nih_bbox_records, tbx11k_records
+
+    if format == "tbx11k":
+        return [r for r in tbx11k_records(root, _only_json(root / "annotations" / "json"))]
+    if format == "chestx-det10":
+        out = []
+        for f in sorted((root / "labels").glob("*_nih_names_*.json")):
+            out += chestx_det10_records(f, root / "images", source="chestx-det10")
+        return out
+    csvs = sorted(root.glob("BBox_List_2017*.csv"))
+    if not csvs:
+        raise InputError(f"{root}: no BBox_List_2017.csv (NIH ChestX-ray14 layout)")
+    return nih_bbox_records(csvs[0], root / "images" if (root / "images").is_dir() else root)
+
+
+def _only_json(folder: Path) -> Path | None:
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return files[0] if len(files) == 1 else None
+
+
+def other_finding_records(format: str, root: str | Path) -> list[dict[str, Any]]:
+    """Chest X-rays with a finding outside :data:`LABELS`, labelled :data:`OTHER_FINDING`.
+
+    Args:
+        format: one of :data:`OTHER_FORMATS`: ``tbx11k`` (every TB image of the COCO JSON), ``montgomery-shenzhen``
+            (``images/*_1.png``: the datasets' own TB label is the file name's last digit), ``chestx-det10`` (the
+            NIH-named ChestX-Det10 JSONs in ``root/labels``, images in ``root/images``) and ``nih``
+            (``BBox_List_2017*.csv`` + ``images/``). For the two box datasets, images with any pneumonia-like
+            box (consolidation, pneumonia, infiltrate) are left out: they are not outside the classes.
+        root: the dataset folder in that layout.
+
+    Returns:
+        Records ``{"image", "label": "other_finding", "finding": str, "patient_id", "source", "age_group":
+        "adult"}``.
+
+    Raises:
+        InputError: unknown format, missing folder or labels, or no such image.
+    """
+    root = Path(root)
+    if format not in OTHER_FORMATS:
+        raise InputError(f"unknown other-finding format {format!r}; expected one of {OTHER_FORMATS}")
+    if not root.is_dir():
+        raise InputError(f"{root}: folder not found (other-finding format {format!r})")
+    out = []
+    if format == "montgomery-shenzhen":
+        for p in _images(root / "images"):
+            if p.stem.endswith("_1"):
+                out.append({"image": str(p), "label": OTHER_FINDING, "finding": "tuberculosis",
+                            "patient_id": f"montgomery-shenzhen-{p.stem}", "source": "montgomery-shenzhen",
+                            "age_group": "adult"})
+    else:
+        for r in _box_dataset_records(format, root):
+            found = {str(x).lower() for x in r["labels"]}
+            if not found or found & _PNEUMONIA_LIKE:
+                continue
+            finding = "tuberculosis" if format == "tbx11k" else ", ".join(sorted(found))
+            out.append({"image": r["image"], "label": OTHER_FINDING, "finding": finding,
+                        "patient_id": r["patient_id"], "source": r["source"], "age_group": "adult"})
+    if not out:
+        raise InputError(f"{root}: no image with a finding outside {LABELS} in the {format!r} layout")
+    return out
+
+
+def extra_normal_records(format: str, root: str | Path) -> list[dict[str, Any]]:
+    """Adult "No Finding" chest X-rays of a box dataset (``chestx-det10`` or ``nih`` layout, see
+    :func:`other_finding_records`), labelled ``normal``: adult normals from another hospital than the COVID-19
+    sources, against the source shortcut (DeGrave et al., Nature Machine Intelligence 2021).
+
+    Raises:
+        InputError: unknown format, missing folder or labels, or no such image.
+    """
+    root = Path(root)
+    if format not in ("chestx-det10", "nih"):
+        raise InputError(f"unknown normal-image format {format!r}; expected 'chestx-det10' or 'nih'")
+    if not root.is_dir():
+        raise InputError(f"{root}: folder not found (normal-image format {format!r})")
+    out = [{"image": r["image"], "label": "normal", "patient_id": r["patient_id"], "source": r["source"],
+            "age_group": "adult"} for r in _box_dataset_records(format, root) if not r["labels"]]
+    if not out:
+        raise InputError(f"{root}: no image without findings in the {format!r} layout")
+    return out
 
 
 def phash(path: str | Path) -> np.ndarray:

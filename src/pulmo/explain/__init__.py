@@ -1,5 +1,5 @@
-"""Explanations: Grad-CAM family (MONAI) and lung-restricted heatmaps."""
+"""Explanations: Grad-CAM family (MONAI), whole-image normalisation and in-lung weight."""
 
-from pulmo.explain.gradcam import class_activation_map, restrict_to_lungs
+from pulmo.explain.gradcam import class_activation_map, energy_in_mask, normalise_heatmap
 
-__all__ = ["class_activation_map", "restrict_to_lungs"]
+__all__ = ["class_activation_map", "energy_in_mask", "normalise_heatmap"]

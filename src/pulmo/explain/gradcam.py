@@ -1,9 +1,10 @@
-"""Grad-CAM and Grad-CAM++ heatmaps restricted to the lungs.
+"""Grad-CAM and Grad-CAM++ heatmaps and where their weight lies.
 
 The class-activation maps come from MONAI (``monai.visualize.GradCAM`` / ``GradCAMpp``; Selvaraju et al.
-2017, Chattopadhay et al. 2018); this module only adds the chest-specific part: the map is restricted to
-and re-normalised within the lung mask, and the share of the map's energy that falls inside the lungs
-is measured (a localisation check: a classifier looking at labels or the body outline scores low).
+2017, Chattopadhay et al. 2018); this module only adds the chest-specific part: the map is normalised over
+the whole image (never re-stretched inside the lungs, which would make a map that looks at the labels or the
+body outline seem focused), and the share of the map's weight that falls inside the lungs is measured (a
+localisation check: a classifier looking at labels or borders scores low).
 """
 
 from __future__ import annotations
@@ -31,19 +32,18 @@ def class_activation_map(model: nn.Module, target_layer: str, x: torch.Tensor, c
     return heat[0, 0].detach().float().numpy()
 
 
-def restrict_to_lungs(heatmap: np.ndarray, lungs: np.ndarray) -> tuple[np.ndarray, float]:
-    """Restrict a heatmap to the lung mask (same shape ``(H, W)``) and normalise it to [0, 1] there.
-
-    Returns:
-        ``(restricted, energy_in_lungs)``: the restricted map, and the fraction of the original map's
-        sum that lies inside the lungs (in [0, 1]; NaN for an all-zero map).
-    """
+def normalise_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """A class-activation map ``(H, W)`` clipped at 0 and divided by its maximum over the whole image:
+    float32 in [0, 1] (all zeros for an all-zero map)."""
     heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
-    inside = np.asarray(lungs, dtype=bool)
+    top = heat.max() if heat.size else 0.0
+    return (heat / top if top > 0 else heat).astype(np.float32)
+
+
+def energy_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """The fraction of a heatmap's weight (its sum, negative values clipped to 0) inside ``mask`` (same shape
+    ``(H, W)``): in [0, 1], NaN for an all-zero map. For the lungs this is ``heatmap_energy_in_lungs``; it would
+    be about the lungs' share of the image (typically 0.25-0.35) for a map that ignores anatomy."""
+    heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
     total = heat.sum()
-    energy = float(heat[inside].sum() / total) if total > 0 else float("nan")
-    out = np.where(inside, heat, 0.0)
-    if out.max() > out.min():
-        lo = out[inside].min() if inside.any() else 0.0
-        out = np.where(inside, (out - lo) / (out.max() - lo + 1e-12), 0.0)
-    return out.astype(np.float32), energy
+    return float(heat[np.asarray(mask, dtype=bool)].sum() / total) if total > 0 else float("nan")

@@ -82,3 +82,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     opt.step(closure)
     return float(log_t.detach().exp().item())
+
+
+def reliability_bins(prob: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
+    """The reliability diagram behind :func:`expected_calibration_error` (Guo et al. 2017): per non-empty
+    equal-width top-label confidence bin, ``{"lower", "upper", "n", "confidence" (mean), "accuracy"}``.
+
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    prob, labels = np.asarray(prob, dtype=np.float64), np.asarray(labels)
+    if prob.ndim != 2 or labels.shape != (prob.shape[0],):
+        raise ValueError(f"prob must be (N, C) and labels (N,), got {prob.shape} and {labels.shape}")
+    confidence = prob.max(axis=1)
+    correct = prob.argmax(axis=1) == labels
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    return [{"lower": b / n_bins, "upper": (b + 1) / n_bins, "n": int((bins == b).sum()),
+             "confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean())}
+            for b in range(n_bins) if (bins == b).any()]

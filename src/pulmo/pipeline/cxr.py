@@ -55,7 +55,8 @@ def detect(image: Image2D) -> tuple[list[dict[str, Any]] | None, dict | None]:
 
 
 def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, dict[str, np.ndarray], dict | None]:
-    """Classification with Grad-CAM / Grad-CAM++ of the predicted class inside the lungs.
+    """Classification with its in-scope decision and Grad-CAM / Grad-CAM++ of the top class (normalised over
+    the whole image).
 
     Returns ``(classification findings or None, heatmaps {"heatmap/<method>": (H, W)}, model entry)``.
     """
@@ -63,13 +64,22 @@ def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, 
     if clf is None:
         return None, {}, None
     pred = clf.predict(image, lungs)
-    heat = clf.heatmaps(pred["input"], lungs, clf.labels.index(pred["predicted"]), image.shape)
+    heat = clf.heatmaps(pred["input"], lungs, clf.labels.index(pred["predicted"]), image.shape, pred["crop_box"])
     names = {"gradcam": "heatmap_gradcam.png", "gradcam++": "heatmap_gradcampp.png"}
+    ece = (clf.card.get("calibration") or {}).get("test_ece")
     result = {"probabilities": {k: round(v, 4) for k, v in pred["probabilities"].items()},
-              "predicted": pred["predicted"], "calibrated": True, "temperature": round(clf.temperature, 4),
-              "calibration_ece": (clf.card.get("calibration") or {}).get("test_ece"),
+              "predicted": pred["predicted"],
+              "in_scope": pred["in_scope"],
+              "out_of_scope_score": None if pred["out_of_scope_score"] is None else round(pred["out_of_scope_score"], 4),
+              "out_of_scope_threshold": clf.scope_threshold,
+              "statement": (f"{pred['predicted'].replace('_', ' ')}" if pred["in_scope"] else
+                            "finding outside the classifier's classes (normal, bacterial pneumonia, viral pneumonia, "
+                            "COVID-19): no diagnosis among them is given"),
+              "calibrated": True, "temperature": round(clf.temperature, 4), "calibration_ece": ece,
               "lung_masked_input": bool(clf.card["input"]["lung_mask"]),
+              "input_crop": clf.card["input"].get("crop", "none"),
               "heatmaps": {m: names[m] for m in heat},
+              "heatmap_normalisation": "divided by the map's maximum over the whole image",
               "heatmap_energy_in_lungs": {m: round(e, 4) for m, (_, e) in heat.items()}}
     entry = model_entry(clf.card, "cxr-classify")
     return result, {f"heatmap/{m}": h for m, (h, _) in heat.items()}, entry

@@ -1,6 +1,7 @@
 """The result of ``pulmo analyze`` for one input, in original image coordinates.
 
-``findings.json`` schema (``schema_version`` "1.1"; 1.1 added ``input.gate``):
+``findings.json`` schema (``schema_version`` "1.2"; 1.1 added ``input.gate``; 1.2 added
+``classification.in_scope`` / ``out_of_scope_score`` / ``statement`` and whole-image heatmap normalisation):
 
 * ``schema_version``, ``pulmo_version``, ``created`` (UTC ISO 8601)
 * ``input``: ``path``, ``format``, ``image_size`` ``{"height", "width"}`` (px), ``spacing_mm``
@@ -16,10 +17,15 @@
 * ``infection`` (CT): ``mask`` (NIfTI, 0 background, 1.. labels), ``labels``, ``volume_ml`` and
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
   ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model
-* ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p}, ``predicted``,
-  ``calibrated`` (temperature scaling), ``temperature``, ``calibration_ece`` (held-out ECE of the card),
-  ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG},
-  ``heatmap_energy_in_lungs`` {method: fraction of the map inside the lungs}
+* ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p} (calibrated, sum 1;
+  ``other_finding`` = a finding outside the four classes), ``predicted`` (top label), ``in_scope`` (false when
+  the top label is ``other_finding`` or ``out_of_scope_score`` >= ``out_of_scope_threshold``),
+  ``out_of_scope_score`` (p(other_finding), null for a four-class model), ``statement`` (the diagnosis, or
+  "finding outside the classifier's classes ..." when not in scope), ``calibrated`` (temperature scaling),
+  ``temperature``, ``calibration_ece`` (held-out ECE of the card), ``lung_masked_input``, ``input_crop``,
+  ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG} (normalised over the whole image,
+  ``heatmap_normalisation``), ``heatmap_energy_in_lungs`` {method: fraction of the map's weight inside the
+  lungs}
 * ``detections`` (CXR, when a detector is bundled): ``[{"label", "score", "box_xyxy"}]`` with ``box_xyxy``
   ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
   first; an empty list when nothing passes the threshold
@@ -38,7 +44,7 @@ import dataclasses
 import datetime as _dt
 from typing import Any
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 @dataclasses.dataclass

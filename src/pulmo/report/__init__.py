@@ -16,6 +16,7 @@ from pulmo.report.overlay import (
     NODULE_COLOUR,
     detection_overlay,
     grey_rgb,
+    heat_scale_image,
     heatmap_overlay,
     label_layers,
     mask_overlay,
@@ -51,9 +52,15 @@ def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.nd
         n = len(findings.detections)
         images[f"lesion detections ({n} box{'es' if n != 1 else ''} above the threshold)"] = "detections.png"
     cls = findings.classification or {}
+    if cls.get("heatmaps"):
+        heat_scale_image().save(out / "heatmap_scale.png")
     for method, name in (cls.get("heatmaps") or {}).items():
         heatmap_overlay(image.pixels, masks[f"heatmap/{method}"], masks["lungs"]).save(out / name)
-        images[f"{method} for '{cls['predicted']}' (inside the lungs)"] = name
+        energy = (cls.get("heatmap_energy_in_lungs") or {}).get(method)
+        share = "" if energy is None or np.isnan(energy) else f"; {energy:.0%} of its weight lies inside the lungs"
+        images[f"{method} for '{cls['predicted']}' (scaled to the map's maximum over the whole image{share})"] = name
+    if cls.get("heatmaps"):
+        images["heatmap colour scale"] = "heatmap_scale.png"
     return _finish(findings, out, images)
 
 

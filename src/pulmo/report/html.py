@@ -75,18 +75,28 @@ def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
     if findings.get("classification"):
         c = findings["classification"]
         ece = c.get("calibration_ece")
-        sections.append(("Classification", {"predicted": c.get("predicted"), **{
-            f"p({k})": v for k, v in (c.get("probabilities") or {}).items()},
-            "probabilities": "temperature-scaled" + (f"; held-out ECE {ece:.3f} (training sources only)"
-                                                     if ece is not None else ""),
-            "heatmap energy in lungs": c.get("heatmap_energy_in_lungs")}))
+        outside = c.get("in_scope") is False
+        rows = {"finding": c.get("statement") or c.get("predicted")}
+        if outside:
+            rows["out-of-scope score"] = (f"{c.get('out_of_scope_score')} (p(other finding); out of scope at >= "
+                                          f"{c.get('out_of_scope_threshold')})")
+        rows.update({f"p({k})": v for k, v in (c.get("probabilities") or {}).items()})
+        rows["probabilities"] = ("temperature-scaled" + (f"; calibrated to a held-out ECE of {ece:.3f} (held-out "
+                                                         "patients of the training sources)" if ece is not None
+                                                         else "; calibration not measured"))
+        rows["heatmap energy in lungs"] = c.get("heatmap_energy_in_lungs")
+        rows["what the energy means"] = ("the share of the heatmap's weight that lies inside the lung mask: near 1 "
+                                         "the model looked at the lungs; near the lungs' share of the image "
+                                         "(about 0.3) it looked anywhere")
+        sections.append(("Classification" + (": outside the classifier's classes" if outside else ""), rows))
     for key, title in (("detections", "Lesion detections (CXR)"), ("nodules", "Nodules (CT)")):
         if findings.get(key) is not None:
             rows = findings[key]
             sections.append((title, {f"{i + 1}": _finding_line(r) for i, r in enumerate(rows)}
                                     or {"none": "no finding above the threshold"}))
     scopes = {m.get("task"): m.get("scope") for m in findings.get("models", []) if m.get("scope")}
-    section_task = {"Lungs": "lung-seg", "Classification": "cxr-classify", "Lesion detections (CXR)": "cxr-detect",
+    section_task = {"Lungs": "lung-seg", "Classification": "cxr-classify",
+                    "Classification: outside the classifier's classes": "cxr-classify", "Lesion detections (CXR)": "cxr-detect",
                     "Infection (CT)": "lesion-seg", "Nodules (CT)": "nodule"}
     body = "".join(f"<h2>{html.escape(t)}</h2>{_table(s)}{_scope_note(scopes.get(section_task.get(t, '')))}"
                    for t, s in sections)

@@ -64,21 +64,26 @@ def label_layers(labels: np.ndarray, n_labels: int) -> list[tuple[np.ndarray, tu
 _HEAT_STOPS = np.array([[0, 0, 0.5], [0, 0.4, 1], [0, 0.9, 0.6], [1, 0.9, 0], [1, 0.1, 0]], np.float32) * 255
 
 
-def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, lungs: np.ndarray | None = None,
-                    max_side: int = 1024) -> Image.Image:
-    """The image with a [0, 1] heatmap ``(H, W)`` blended on top (blue low -> red high), drawn only where
-    the heat is above 0.2 (and inside ``lungs`` when given), lungs outlined."""
-    rgb = grey_rgb(pixels).astype(np.float32)
+def heat_colours(heat: np.ndarray) -> np.ndarray:
+    """RGB float32 ``(..., 3)`` (0-255) of a [0, 1] heat value on pulmo's heat scale (dark blue 0 -> red 1)."""
     h = np.clip(np.asarray(heat, np.float32), 0, 1)
     pos = h * (len(_HEAT_STOPS) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(_HEAT_STOPS) - 2)
     frac = (pos - lo)[..., None]
-    colour = _HEAT_STOPS[lo] * (1 - frac) + _HEAT_STOPS[lo + 1] * frac
+    return _HEAT_STOPS[lo] * (1 - frac) + _HEAT_STOPS[lo + 1] * frac
+
+
+def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, lungs: np.ndarray | None = None,
+                    max_side: int = 1024) -> Image.Image:
+    """The image with a [0, 1] heatmap ``(H, W)`` (normalised over the whole image) blended on top (blue low ->
+    red high) wherever the heat is above 0.2, inside or outside the lungs; lungs outlined when given. Same
+    aspect as the image (a viewer layer), at most ``max_side`` px on the long side; its scale is
+    :func:`heat_scale_image`."""
+    rgb = grey_rgb(pixels).astype(np.float32)
+    h = np.clip(np.asarray(heat, np.float32), 0, 1)
     show = h > 0.2
-    if lungs is not None:
-        show &= np.asarray(lungs, bool)
     alpha = (0.25 + 0.35 * h)[..., None]
-    rgb = np.where(show[..., None], (1 - alpha) * rgb + alpha * colour, rgb)
+    rgb = np.where(show[..., None], (1 - alpha) * rgb + alpha * heat_colours(h), rgb)
     if lungs is not None:
         _paint(rgb, lungs, LUNG_COLOUR, 0.0, True)
     im = Image.fromarray(rgb.astype(np.uint8))
@@ -86,6 +91,29 @@ def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, lungs: np.ndarray | No
         scale = max_side / max(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
     return im
+
+
+def heat_scale_image(width: int = 420, height: int = 70) -> Image.Image:
+    """The colour bar of :func:`heatmap_overlay`: pulmo's heat scale from 0 to 1 (= the map's maximum over the
+    whole image), grey below 0.2 where nothing is drawn, with tick labels. RGB ``width`` x ``height``."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, height // 6))
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    left, right, top, bar_h = 12, width - 12, height // 3, height // 3
+    values = np.linspace(0.0, 1.0, right - left)[None, :].repeat(bar_h, 0)
+    bar = heat_colours(values)
+    bar[values < 0.2] = 200  # below 0.2 nothing is drawn on the image
+    out.paste(Image.fromarray(bar.astype(np.uint8)), (left, top))
+    draw = ImageDraw.Draw(out)
+    draw.text((left, top - 3), "heat, as a fraction of the map's maximum over the whole image", fill=(30, 30, 30),
+              font=font, anchor="ld")
+    for v in (0.0, 0.2, 0.5, 1.0):
+        x = left + round(v * (right - left - 1))
+        draw.line([(x, top + bar_h), (x, top + bar_h + 4)], fill=(30, 30, 30))
+        draw.text((x, top + bar_h + 5), f"{v:g}" + (" (not drawn below)" if v == 0.2 else ""), fill=(30, 30, 30),
+                  font=font, anchor="mt")
+    return out
 
 
 DETECTION_COLOURS = [(255, 80, 40), (255, 210, 0), (80, 170, 255), (230, 90, 230)]

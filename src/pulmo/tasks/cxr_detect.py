@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import split_by_patient
 from pulmo.datasets.detection import (
+    NEGATIVE_FORMATS,
     chestx_det10_records,
     label_counts,
+    negative_records,
     nih_bbox_records,
     rsna_pneumonia_records,
     tbx11k_records,
@@ -68,6 +70,15 @@ class DetectConfig(TrainConfig):
         test_fraction, val_fraction, split_seed: the patient-grouped hold-outs.
         init_backbone: optional ``.safetensors`` of a torchvision ResNet classifier of the same depth (e.g. a
             ``pulmo train cxr-classify --architecture resnet18`` run) to initialise the body from.
+        negatives: images with no lesion, each ``format=path`` (formats of
+            :data:`pulmo.datasets.detection.NEGATIVE_FORMATS`, e.g. ``covid-radiography=DATA/cxr/COVID-19_Radiography_Dataset``):
+            split by patient like the positives and trained as images without boxes.
+        init_weights: a ``cxr-detect`` weight set (name or ``.safetensors``) of the same architecture and classes to
+            fine-tune from (e.g. the TB-only model, trained on the same TBX11K split).
+        max_fp_per_negative: the operating threshold is the RSNA-best validation threshold, raised until the
+            validation false-positive boxes per negative image are at most this.
+        degrade_p: probability of the resolution augmentation (down to 160-320 px and back up), so the low
+            resolution of one source is not a cue for "no lesion".
         name: name of the weight file and card written to ``out_dir``.
     """
 
@@ -81,6 +92,10 @@ class DetectConfig(TrainConfig):
     val_fraction: float = 0.1
     split_seed: int = 0
     init_backbone: str = ""
+    negatives: list[str] = dataclasses.field(default_factory=list)
+    init_weights: str = ""
+    max_fp_per_negative: float = 0.1
+    degrade_p: float = 0.3
     name: str = DEFAULT_WEIGHTS
     epochs: int = 16
     batch_size: int = 4
@@ -125,6 +140,37 @@ def split_records(records: Sequence[dict], test_fraction: float, val_fraction: f
     return train, val, test
 
 
+def load_negatives(specs: Sequence[str]) -> list[dict[str, Any]]:
+    """Negative records (no boxes) of ``format=path`` specs (see :func:`pulmo.datasets.detection.negative_records`).
+
+    Raises:
+        ConfigError: a spec without ``=`` or with an unknown format. InputError: as ``negative_records``.
+    """
+    records = []
+    for spec in specs:
+        fmt, sep, path = spec.partition("=")
+        if not sep or fmt not in NEGATIVE_FORMATS:
+            raise ConfigError(f"negatives entry {spec!r}: expected format=path with a format of {NEGATIVE_FORMATS}")
+        records += negative_records(fmt, path)
+    return records
+
+
+def negative_key(record: dict[str, Any]) -> str:
+    """``source/file name``: how a card lists a held-out negative image."""
+    return f"{record['source']}/{Path(record['image']).name}"
+
+
+def split_by_source(records: Sequence[dict], test_fraction: float, val_fraction: float,
+                    seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """:func:`split_records` within each ``source`` (so every source has held-out images), concatenated."""
+    parts: tuple[list[dict], list[dict], list[dict]] = ([], [], [])
+    for source in sorted({r["source"] for r in records}):
+        for part, chunk in zip(parts, split_records([r for r in records if r["source"] == source], test_fraction,
+                                                    val_fraction, seed)):
+            part += chunk
+    return parts
+
+
 def prepare_image(image: Image2D, size: int) -> tuple[np.ndarray, tuple[float, float]]:
     """A chest X-ray as the detector's input: float32 ``(size, size)`` in [0, 1] and the (x, y) scale that maps
     working px back to original px.
@@ -149,8 +195,8 @@ class DetectionDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[dict], classes: Sequence[str], size: int, augment: bool = False,
-                 progress: bool = True):
-        self.size, self.augment = size, augment
+                 progress: bool = True, degrade_p: float = 0.0):
+        self.size, self.augment, self.degrade_p = size, augment, degrade_p
         index = {c: i + 1 for i, c in enumerate(classes)}
         self.images, self.boxes, self.labels = [], [], []
         for r in tqdm(records, desc="load images", disable=not progress, leave=False):
@@ -167,6 +213,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = torch.from_numpy(self.images[i]).float()[None] / 255.0
         boxes, labels = torch.from_numpy(self.boxes[i]), torch.from_numpy(self.labels[i])
+        if self.augment and self.degrade_p > 0 and torch.rand(()) < self.degrade_p:
+            image = degrade_resolution(image, int(torch.randint(160, 321, ())))
         if self.transform is not None:
             from torchvision import tv_tensors
 
@@ -176,6 +224,20 @@ class DetectionDataset(Dataset):
                                   "labels": labels})
             image, boxes, labels = out["image"].as_subclass(torch.Tensor), out["boxes"].as_subclass(torch.Tensor), out["labels"]
         return {"image": image.clamp(0, 1), "boxes": boxes.float().reshape(-1, 4), "labels": labels.long()}
+
+
+def degrade_resolution(image: torch.Tensor, low: int) -> torch.Tensor:
+    """``image`` (C, H, W) resized down to ``low`` px on its long side (antialiased) and back up (bilinear):
+    same geometry, less detail, as a low-resolution source (e.g. the 224-px COVID-19 Radiography normals)."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    scale = low / max(h, w)
+    if scale >= 1:
+        return image
+    small = F.interpolate(image[None], size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 def _augmentation():
@@ -240,24 +302,77 @@ def above(preds: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]
     return out
 
 
-def choose_score_threshold(preds: list[dict[str, Any]], gts: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-    """The score threshold maximising the RSNA score (mean over IoU 0.40-0.75 of TP / (TP + FP + FN)) on
-    validation, over :data:`SCORE_GRID`. Returns ``(threshold, {threshold: score})``."""
-    grid = {t: rsna_score(above(preds, t), gts) for t in SCORE_GRID}
+def choose_score_threshold(preds: list[dict[str, Any]], gts: list[dict[str, Any]],
+                           max_fp_per_negative: float | None = None) -> tuple[float, dict[str, float]]:
+    """The operating score threshold on validation, over :data:`SCORE_GRID`: the one maximising the RSNA score
+    (mean over IoU 0.40-0.75 of TP / (TP + FP + FN), on the images with boxes), raised when needed to the lowest
+    threshold whose false-positive boxes per negative image (images without boxes) are at most
+    ``max_fp_per_negative``. Returns ``(threshold, {threshold: RSNA score})``."""
+    pos = [i for i, g in enumerate(gts) if len(g["labels"])]
+    neg = [i for i, g in enumerate(gts) if not len(g["labels"])]
+    grid = {t: rsna_score(above([preds[i] for i in pos], t), [gts[i] for i in pos]) for t in SCORE_GRID}
     grid = {t: (0.0 if np.isnan(v) else v) for t, v in grid.items()}
-    return max(grid, key=lambda t: (grid[t], -abs(t - 0.5))), grid
+    best = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
+    if max_fp_per_negative is not None and neg:
+        quiet = [t for t in SCORE_GRID
+                 if np.mean([np.sum(preds[i]["scores"] >= t) for i in neg]) <= max_fp_per_negative]
+        if quiet:
+            best = max(best, min(quiet))
+    return best, grid
 
 
-def _metrics(preds: list[dict], gts: list[dict], threshold: float) -> dict[str, Any]:
-    m = detection_metrics(preds, gts)
-    m["rsna_score"] = rsna_score(above(preds, threshold), gts)  # the RSNA score counts every box kept
+def image_scores(preds: list[dict[str, Any]]) -> np.ndarray:
+    """Image-level lesion score: the highest box score of each image (0 without boxes), as TBX11K's image-level
+    TB task."""
+    return np.array([float(p["scores"].max()) if len(p["scores"]) else 0.0 for p in preds])
+
+
+def _metrics(preds: list[dict], gts: list[dict], threshold: float, sources: Sequence[str] | None = None,
+             n_resamples: int = 1000) -> dict[str, Any]:
+    """Detection metrics on the images with boxes, plus, when some images have none (negatives), the
+    false-positive boxes per negative image at ``threshold`` (overall and per ``sources``), the image-level AUC
+    (max box score) and AP over all images; 95 % percentile-bootstrap CIs over images."""
+    from pulmo.metrics.classification import bootstrap_ci, roc_auc
+
+    pos = [i for i, g in enumerate(gts) if len(g["labels"])]
+    neg = [i for i, g in enumerate(gts) if not len(g["labels"])]
+    pp, pg = [preds[i] for i in pos], [gts[i] for i in pos]
+    m = detection_metrics(pp, pg) if pos else {"n_images": 0}
+    m["n_images"], m["n_positive_images"], m["n_negative_images"] = len(gts), len(pos), len(neg)
+    if pos:
+        m["rsna_score"] = rsna_score(above(pp, threshold), pg)  # the RSNA score counts every box kept
+        m["ap_50_agnostic_ci95"] = list(bootstrap_ci(
+            lambda idx: float(detection_metrics([pp[i] for i in idx], [pg[i] for i in idx])["ap_50_agnostic"]),
+            len(pos), n_resamples=min(n_resamples, 200)))
     m["score_threshold"] = threshold
+    if neg:
+        fp = np.array([np.sum(preds[i]["scores"] >= threshold) for i in neg], float)
+        m["fp_per_negative_image"] = float(fp.mean())
+        m["fp_per_negative_image_ci95"] = list(bootstrap_ci(lambda idx: float(fp[idx].mean()), len(fp), n_resamples))
+        m["negative_images_with_boxes"] = int((fp > 0).sum())
+        if sources is not None:
+            by: dict[str, Any] = {}
+            for src in sorted({sources[i] for i in neg}):
+                f = np.array([fp[k] for k, i in enumerate(neg) if sources[i] == src])
+                by[src] = {"n": len(f), "fp_per_image": float(f.mean()), "images_with_boxes": int((f > 0).sum()),
+                           "fp_per_image_ci95": list(bootstrap_ci(lambda idx, f=f: float(f[idx].mean()), len(f),
+                                                                  n_resamples))}
+            m["fp_per_negative_image_by_source"] = by
+        if pos:
+            score = image_scores(preds)
+            y = np.array([len(g["labels"]) > 0 for g in gts])
+            m["image_auc"] = roc_auc(score, y)
+            m["image_auc_ci95"] = list(bootstrap_ci(lambda idx: roc_auc(score[idx], y[idx]), len(y), n_resamples))
+            m["ap_50_agnostic_with_negatives"] = detection_metrics(preds, gts)["ap_50_agnostic"]
     return m
 
 
 def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
-    """Train RetinaNet, choose the score threshold on validation, score the test hold-out, and write
-    ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    """Train RetinaNet (optionally with negative images and from a previous weight set), choose the operating
+    threshold on validation, score the test hold-out, and write ``<out_dir>/<name>.safetensors`` (fp16) + card.
+
+    The positives are split as before (so a model fine-tuned from the TB-only weights never sees their test
+    images); each negative source is split by patient with the same fractions."""
     out = Path(config.out_dir)
     save_config(config, out / "config.yaml")
     counts: dict[str, int] = {}
@@ -266,18 +381,30 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
     if not classes:
         raise InputError(f"{config.data}: no boxes in the {config.format} labels; nothing to train on")
     train_r, val_r, test_r = split_records(records, config.test_fraction, config.val_fraction, config.split_seed)
-    logger.info("cxr-detect: classes %s; %d train / %d val / %d test images", classes, len(train_r), len(val_r),
-                len(test_r))
+    negatives = load_negatives(config.negatives)
+    neg_train, neg_val, neg_test = split_by_source(negatives, config.test_fraction, config.val_fraction,
+                                                   config.split_seed)
+    logger.info("cxr-detect: classes %s; %d train / %d val / %d test images (+ %d / %d / %d negatives)", classes,
+                len(train_r), len(val_r), len(test_r), len(neg_train), len(neg_val), len(neg_test))
     kwargs = {"num_classes": len(classes), "fpn_channels": config.fpn_channels, "min_size": config.size,
               "max_size": config.size}
-    model = create_model(config.architecture, **kwargs)
+    if config.init_weights:
+        init_card = resolve_card(config.init_weights)
+        if (init_card.get("architecture"), init_card.get("labels")) != (config.architecture, classes):
+            raise ConfigError(f"init_weights {config.init_weights!r} is a {init_card.get('architecture')} with labels "
+                              f"{init_card.get('labels')}; expected {config.architecture} with {classes}")
+        model = create_model(config.architecture, weights=config.init_weights)
+    else:
+        model = create_model(config.architecture, **kwargs)
     if config.init_backbone:
         from pulmo.models.detection import init_backbone
 
         n = init_backbone(model, load_file(config.init_backbone))
         logger.info("initialised %d backbone tensors from %s", n, config.init_backbone)
-    train_ds = DetectionDataset(train_r, classes, config.size, augment=True, progress=config.progress)
-    val_ds = DetectionDataset(val_r, classes, config.size, progress=config.progress)
+    train_ds = DetectionDataset(train_r + neg_train, classes, config.size, augment=True, progress=config.progress,
+                                degrade_p=config.degrade_p)
+    val_all = val_r + neg_val
+    val_ds = DetectionDataset(val_all, classes, config.size, progress=config.progress)
     val_gt = dataset_ground_truth(val_ds, classes)
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -285,8 +412,8 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
         return sum(v.float() for v in losses.values())
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
-        preds = predict_dataset(m, val_ds, classes)
-        met = detection_metrics(preds, val_gt)
+        # AP over every validation image: false boxes on the negatives lower the precision
+        met = detection_metrics(predict_dataset(m, val_ds, classes), val_gt)
         return {"ap_50_agnostic": met["ap_50_agnostic"], "map_50": met["map_50"]}
 
     summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic", collate_fn=collate)
@@ -295,48 +422,69 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
     model.load_state_dict(load_file(str(out / "best.safetensors")))
     model.eval()
     val_preds = predict_dataset(model, val_ds, classes)
-    threshold, grid = choose_score_threshold(val_preds, val_gt)
-    val_metrics = _metrics(val_preds, val_gt, threshold)
-    test_ds = DetectionDataset(test_r, classes, config.size, progress=config.progress)
-    test_metrics = _metrics(predict_dataset(model, test_ds, classes), dataset_ground_truth(test_ds, classes), threshold)
+    threshold, grid = choose_score_threshold(val_preds, val_gt, config.max_fp_per_negative if negatives else None)
+    val_metrics = _metrics(val_preds, val_gt, threshold, [r["source"] for r in val_all])
+    test_all = test_r + neg_test
+    test_ds = DetectionDataset(test_all, classes, config.size, progress=config.progress)
+    test_metrics = _metrics(predict_dataset(model, test_ds, classes), dataset_ground_truth(test_ds, classes),
+                            threshold, [r["source"] for r in test_all])
+    neg_sources = sorted({r["source"] for r in negatives})
     card = {
         "name": config.name,
         "architecture": config.architecture,
         "model_kwargs": kwargs,
         "task": "cxr-detect",
         "labels": classes,
-        "thresholds": {"score": threshold},
+        "thresholds": {"score": threshold,
+                       "rule": "RSNA-best on validation" + (f", raised to <= {config.max_fp_per_negative} false "
+                                                            "boxes per validation negative image" if negatives else "")},
         "threshold_grid_rsna_score": {str(t): round(v, 4) for t, v in grid.items()},
         "input": {"size": [config.size, config.size], "channels": 1,
                   "normalisation": "normalize_cxr (0.5-99.5 percentile -> [0, 1]), squashed to size x size"},
         "training": {"data": config.data, "format": config.format, "annotations": config.annotations,
+                     "negatives": list(config.negatives),
                      "label_counts": dict(label_counts(train_r)), "n_train": len(train_r), "n_val": len(val_r),
                      "n_test": len(test_r),
-                     "split": f"by patient (TBX11K: by image): test {config.test_fraction:.0%}, validation "
-                              f"{config.val_fraction:.0%}, split seed {config.split_seed}",
+                     "n_negatives": {"train": len(neg_train), "val": len(neg_val), "test": len(neg_test),
+                                     "by_source": {s: sum(r["source"] == s for r in negatives) for s in neg_sources}},
+                     "split": f"by patient (TBX11K: by image; negatives within each source): test "
+                              f"{config.test_fraction:.0%}, validation {config.val_fraction:.0%}, split seed "
+                              f"{config.split_seed}",
                      "val_images": [Path(r["image"]).name for r in val_r],
                      "test_images": [Path(r["image"]).name for r in test_r],
+                     "test_negatives": [negative_key(r) for r in neg_test],
                      "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
                      "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
-                     "loss": "sigmoid focal loss (alpha 0.25, gamma 2) + L1 box regression (torchvision RetinaNet)",
-                     "pretraining": ("backbone initialised from " + config.init_backbone) if config.init_backbone
+                     "loss": "sigmoid focal loss (alpha 0.25, gamma 2) + L1 box regression (torchvision RetinaNet); "
+                             "negative images contribute focal loss only",
+                     "augmentation": f"flip, affine, brightness/contrast; resolution drop p={config.degrade_p}",
+                     "pretraining": ("fine-tuned from " + config.init_weights) if config.init_weights else
+                     ("backbone initialised from " + config.init_backbone) if config.init_backbone
                      else "none: ImageNet weights cannot be downloaded here; trained from scratch"},
         "metrics": {"validation": _round(val_metrics), "test": _round(test_metrics)},
-        "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)",
+        "scope": {"classes": classes,
+                  "trained_on": f"{config.format} images with boxes ({len(train_r)} train)" + (
+                      f" and {len(neg_train)} images without lesions from {', '.join(neg_sources)}" if negatives else
+                      " only (no image without lesions was seen in training)"),
+                  "cannot_see": "lesions of other classes (effusion, nodules, masses, pneumothorax, fractures, ...); "
+                                "lateral views" + (f"; on held-out images without lesions it draws "
+                                                   f"{test_metrics['fp_per_negative_image']:.2f} boxes per image"
+                                                   if "fp_per_negative_image" in test_metrics else "")},
+        "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)"
+                   + ("; negatives from " + ", ".join(neg_sources) + " (see their licences)" if negatives else ""),
     }
     return save_weights(model, out / f"{config.name}.safetensors", card)
 
 
-def _round(m: dict[str, Any]) -> dict[str, Any]:
-    r = {}
-    for k, v in m.items():
-        if isinstance(v, float):
-            r[k] = round(v, 4)
-        elif isinstance(v, dict):
-            r[k] = {kk: round(vv, 4) if isinstance(vv, float) else vv for kk, vv in v.items()}
-        else:
-            r[k] = v
-    return r
+def _round(m: Any) -> Any:
+    """``m`` with every float rounded to 4 decimals, at any depth."""
+    if isinstance(m, float):
+        return round(m, 4)
+    if isinstance(m, dict):
+        return {k: _round(v) for k, v in m.items()}
+    if isinstance(m, (list, tuple)):
+        return [_round(v) for v in m]
+    return m
 
 
 class Detector:
@@ -373,22 +521,29 @@ class Detector:
 
 
 def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path | None = None,
-             weights: str = DEFAULT_WEIGHTS, split: str = "all", progress: bool = True) -> dict[str, Any]:
+             weights: str = DEFAULT_WEIGHTS, split: str = "all", progress: bool = True,
+             negatives: Sequence[str] = ()) -> dict[str, Any]:
     """Detection metrics of a weight set (RetinaNet ``cxr-detect`` or U-Net route ``cxr-detect-unet``) on a
-    labelled dataset, in original pixels:
-    ``{"task": "cxr-detect", "n_images", "labels", "ap_50": {label: AP}, "map_50", "ap_50_agnostic",
-    "rsna_score"}`` (AP over every candidate; the RSNA score over the boxes above the card's threshold).
+    labelled dataset, in original pixels: ``{"task": "cxr-detect", "n_images", "n_positive_images",
+    "n_negative_images", "labels", "ap_50": {label: AP}, "map_50", "ap_50_agnostic" (+ ``_ci95``),
+    "rsna_score", "score_threshold"}`` on the images with boxes (AP over every candidate; the RSNA score over
+    the boxes above the card's threshold). When some images have no boxes (negatives of the dataset itself,
+    e.g. RSNA ``Target`` 0, or ``negatives``): ``fp_per_negative_image`` (+ CI, per source) at the card's
+    threshold, ``image_auc`` (max box score as the image score, + CI) and ``ap_50_agnostic_with_negatives``.
 
     Args:
         split: ``all`` (every image with its file present) or ``test`` (only the images the card lists as
             held out from training, e.g. to re-score TBX11K on the images the model never saw).
+        negatives: ``format=path`` specs of images without lesions (see :func:`load_negatives`); with
+            ``split="test"`` only those the card lists as held out.
 
     Raises:
-        ConfigError: unknown format / split. InputError: unreadable labels or images.
+        ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
     """
     if split not in ("all", "test"):
         raise ConfigError(f"split must be 'all' or 'test', got {split!r}")
     records = load_records(data, format, annotations)
+    negs = load_negatives(negatives)
     if resolve_card(weights).get("task") == "cxr-detect-unet":  # the seed-1 route, same outputs and scoring
         from pulmo.tasks.cxr_detect_unet import UnetBoxDetector
 
@@ -400,11 +555,17 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
         records = [r for r in records if Path(r["image"]).name in held]
         if not records:
             raise InputError(f"{data}: none of the {len(held)} held-out images of {det.card['name']!r} is here")
+        held_neg = set(det.card["training"].get("test_negatives", []))
+        if negs and not held_neg:
+            raise InputError(f"{det.card['name']!r} lists no held-out negative images; use split='all' to score "
+                             "negatives it never trained on")
+        negs = [r for r in negs if negative_key(r) in held_neg]
+    records = records + negs
     t0 = time.perf_counter()
     preds, gts = [], []
     for r in tqdm(records, desc="cxr-detect evaluate", disable=not progress):
         preds += det.predict_raw([read_image(r["image"])])
         gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
-    m = _metrics(preds, gts, det.threshold)
-    return {"task": "cxr-detect", **m, "split": split, "weights": det.card["name"],
+    m = _metrics(preds, gts, det.threshold, [r["source"] for r in records])
+    return {"task": "cxr-detect", **_round(m), "split": split, "weights": det.card["name"],
             "weights_sha256": det.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}

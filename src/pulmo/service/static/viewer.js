@@ -104,7 +104,18 @@
       add("key slice (axial index)", inf.key_slice);
       for (const [k, v] of Object.entries(inf)) if (/_(ml|px)$/.test(k) && !/^(volume|area)_/.test(k)) add(`infection: ${k}`, v);
     }
-    if (f.classification) add("predicted class", f.classification.predicted);
+    if (f.classification) {
+      const c = f.classification;
+      if (c.in_scope === false) {
+        add("finding", "outside the classifier's classes (no diagnosis among normal / bacterial / viral / COVID-19)");
+        if (typeof c.out_of_scope_score === "number") add("out-of-scope score", `${c.out_of_scope_score.toFixed(3)} (threshold ${c.out_of_scope_threshold})`);
+      } else {
+        add("predicted class", c.predicted);
+      }
+      if (c.heatmap_energy_in_lungs) {
+        for (const [m, e] of Object.entries(c.heatmap_energy_in_lungs)) if (typeof e === "number") add(`heatmap weight inside the lungs (${m})`, `${(100 * e).toFixed(0)} %`);
+      }
+    }
     const probs = f.classification && (f.classification.probabilities || f.classification);
     if (probs && typeof probs === "object") {
       for (const [label, p] of Object.entries(probs)) if (typeof p === "number") add(`probability: ${label}`, p.toFixed(3));
@@ -222,6 +233,20 @@
     let maps = f.heatmaps || (f.classification && f.classification.heatmaps);
     if (!maps) return;
     if (!Array.isArray(maps)) maps = Object.entries(maps).map(([label, file]) => ({ label, file }));
+    if (maps.some(({ file }) => file && names.has(file))) {
+      // the colour scale of pulmo.report.heatmap_overlay (same stops), normalised over the whole image
+      const legend = document.createElement("div");
+      legend.className = "heat-legend";
+      legend.id = "heat-legend";
+      const bar = document.createElement("div");
+      bar.className = "heat-bar";
+      bar.style.background = "linear-gradient(to right, #ccc 0%, #ccc 20%, rgb(0,82,230) 20%, " +
+        "rgb(0,102,255) 25%, rgb(0,230,153) 50%, rgb(255,230,0) 75%, rgb(255,26,0) 100%)";
+      const text = document.createElement("span");
+      text.textContent = "heatmap: 0 (grey: not drawn below 0.2) … 1 = the map's maximum over the whole image";
+      legend.append(bar, text);
+      controls.appendChild(legend);
+    }
     for (const { label, file } of maps) {
       if (!file || !names.has(file)) continue;
       const img = document.createElement("img");
