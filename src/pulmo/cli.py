@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--negatives", action="append", default=[],
                    help="cxr-detect: images without lesions as FORMAT=PATH (kermany, covid-radiography, "
                    "covid-chestxray, chestx-det10, folder); scored as false boxes per image and image AUC; repeatable")
+    e.add_argument("--max-candidates-per-scan", dest="max_candidates_per_scan", type=int, default=100,
+                   help="nodule: keep each scan's N most probable candidates for the FROC, as the LUNA16 script's "
+                   "maxNumberOfCADMarks (default 100; 0 = all)")
 
     t = sub.add_parser("train", help="train a model")
     tsub = t.add_subparsers(dest="task", required=True)
@@ -251,7 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.format not in nodule.FORMATS:
             raise ConfigError(f"evaluate nodule needs --format lidc|luna16, got {args.format!r}")
         metrics = nodule.evaluate(args.data, args.format, args.weights or nodule.DEFAULT_WEIGHTS, args.annotations,
-                                  progress=progress)
+                                  progress=progress, max_candidates_per_scan=args.max_candidates_per_scan)
         froc_line = " ".join(f"{k}:{v:.3f}" for k, v in metrics["froc"].items())
         dice = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
         line = f"nodules={metrics['n_nodules']} cpm={metrics['cpm']:.4f} froc[{froc_line}] dice_mean={dice}"

@@ -11,12 +11,16 @@ import pytest
 
 from pulmo.datasets.lidc import (
     KIND_NODULE,
+    KIND_NON_NODULE,
     KIND_SMALL_NODULE,
+    UNKNOWN_DIAMETER_MM,
     NoduleMark,
+    PointMark,
     cluster_marks,
     consensus_mask,
     find_lidc_xml,
     load_lidc_scan,
+    luna16_excluded,
     luna16_reference,
     parse_lidc_xml,
     paste_mask,
@@ -161,6 +165,42 @@ def test_clustering_keeps_one_mark_per_reader():
     assert len(cluster_marks([_mark(0, (0, 0, 0), 10), _mark(1, (8, 0, 0), 10)])) == 2
 
 
+def test_luna16_excluded_lists_reader_marks_of_reference_nodules_and_points_with_diameter_minus_1():
+    """LUNA16 ``annotations_excluded.csv`` rules (noduleCADEvaluationLUNA16.py ignores hits on them): each
+    reader's own mark of a reference nodule, clusters of < 3 readers, and < 3 mm / non-nodule points with
+    diameter -1 (the script takes 10 mm)."""
+    from pulmo.metrics.froc import froc
+
+    # reader 3 outlined the nodule off-centre: its mark at (3.5, 0, 0), 6 mm; the cluster: centre
+    # (0.875, 0, 0), diameter 7.5 mm
+    marks = [_mark(0, (0, 0, 0), 8), _mark(1, (0, 0, 0), 8), _mark(2, (0, 0, 0), 8), _mark(3, (3.5, 0, 0), 6),
+             _mark(0, (60, 0, 0), 5)]
+    clusters = cluster_marks(marks)
+    assert [c.n_readers for c in clusters] == [4, 1]
+    points = [PointMark(1, "s1", KIND_SMALL_NODULE, (0, 0, 0), np.array([-40.0, 0, 0])),
+              PointMark(2, "n1", KIND_NON_NODULE, (0, 0, 0), np.array([0.0, 40, 0]))]
+    rows = luna16_excluded(clusters, points[:1], points[1:], "s")
+    assert [(r["kind"], r["reader"]) for r in rows] == [
+        ("reader_mark", 0), ("reader_mark", 1), ("reader_mark", 2), ("reader_mark", 3),
+        ("nodule_lt_readers", None), (KIND_SMALL_NODULE, 1), (KIND_NON_NODULE, 2)]
+    assert [r["diameter_mm"] for r in rows] == [8, 8, 8, 6, 5, UNKNOWN_DIAMETER_MM, UNKNOWN_DIAMETER_MM]
+    assert rows[3]["coordX"] == 3.5 and all(r["seriesuid"] == "s" for r in rows)
+
+    ref = luna16_reference(clusters, "s")
+    refs = {"s": (np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in ref]), np.array([r["diameter_mm"] for r in ref]))}
+    new = {"s": (np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows]), np.array([r["diameter_mm"] for r in rows]))}
+    # the former pulmo list: clusters of < 3 readers and the points with a 3 mm diameter (1.5 mm radius)
+    old = {"s": (np.array([[60.0, 0, 0], [-40, 0, 0], [0, 40, 0]]), np.array([5.0, 3.0, 3.0]))}
+    # c1 TP; c2 (5.5, 0, 0): outside the reference sphere (4.625 mm from its centre, radius 3.75) and the
+    # 8 mm marks, 2 mm from reader 3's mark (radius 3); c3 (-37, 0, 0) 3 mm from the < 3 mm point; c4 (0, 43, 0) 3 mm from the
+    # non-nodule point: all three are ignored under the LUNA16 rules, false positives under the former ones
+    cands = {"s": (np.array([[1.0, 0, 0], [5.5, 0, 0], [-37, 0, 0], [0, 43, 0]]), np.array([0.9, 0.8, 0.7, 0.6]))}
+    luna = froc(cands, refs, excluded=new, n_bootstrap=0)
+    former = froc(cands, refs, excluded=old, n_bootstrap=0)
+    assert (luna.n_detected, luna.n_false_positives, luna.n_ignored) == (1, 0, 3)
+    assert (former.n_detected, former.n_false_positives, former.n_ignored) == (1, 3, 0)
+
+
 def test_bad_xml_files_raise_input_error(tmp_path: Path, tiny_read: Path):
     bad = tmp_path / "bad.xml"
     bad.write_text("<LidcReadMessage><readingSession>")
@@ -254,6 +294,16 @@ def test_lidc_0001_luna16_reference_agrees_with_luna16_and_consensus_csv(scan):
     assert np.linalg.norm(cluster.bbox_centre_world - csv_centre) < 0.05
     assert np.all(np.abs(centre - csv_centre) < 1.5)
     assert sorted(cluster.characteristic("malignancy")) == sorted(int(v) for v in row["malignancy_scores"].split(";"))
+
+
+def test_lidc_0001_luna16_excluded(scan):
+    """4 reader marks of the 4-reader nodule (own diameters), 9 < 3 mm and 13 non-nodule points at -1."""
+    rows = scan.luna16_excluded()
+    assert Counter(r["kind"] for r in rows) == {"reader_mark": 4, KIND_SMALL_NODULE: 9, KIND_NON_NODULE: 13}
+    marks = [r for r in rows if r["kind"] == "reader_mark"]
+    assert sorted(r["reader"] for r in marks) == [0, 1, 2, 3]
+    assert np.mean([r["diameter_mm"] for r in marks]) == pytest.approx(scan.luna16_reference()[0]["diameter_mm"])
+    assert all(r["diameter_mm"] == -1.0 for r in rows if r["kind"] != "reader_mark")
 
 
 def test_lidc_0001_consensus_mask_is_the_dense_nodule(scan):

@@ -213,3 +213,24 @@ def test_ap_matches_pycocotools(seed):
     assert 0.2 < min(ours.values()) and max(ours.values()) < 0.95  # a non-trivial case
     assert mean_average_precision(preds, gts) == pytest.approx(np.mean(list(reference.values())), abs=1e-9)
     assert average_precision(preds, gts) == pytest.approx(_pycocotools_ap50(preds, gts, True)[None], abs=1e-9)
+
+
+def test_equal_iou_tie_breaks_to_the_last_ground_truth_box_as_pycocotools():
+    """GT A [0, 0, 10, 10] and B [2, 0, 12, 10]; p1 [1, 0, 11, 10] (score .9) has IoU 90/110 with both; p2
+    [4, 0, 14, 10] (score .8) has IoU 60/140 < 0.5 with A and 80/120 with B. pycocotools gives p1 the last of
+    the equal boxes (B), so p2 finds no free box >= 0.5 and is a false positive: precision 1, 1/2 at recall
+    1/2 -> AP 0.5 (taking A first would match both: AP 1)."""
+    pytest.importorskip("pycocotools.cocoeval", exc_type=ImportError,
+                        reason="pycocotools (dev extra) is not importable: the tie-break comparison needs it")
+    gts = [_gt([[0, 0, 10, 10], [2, 0, 12, 10]], ["a", "a"])]
+    preds = [_pred([[1, 0, 11, 10], [4, 0, 14, 10]], [0.9, 0.8], ["a", "a"])]
+    iou = box_iou(preds[0]["boxes"], gts[0]["boxes"])
+    assert iou[0, 0] == iou[0, 1] and iou[1, 0] < 0.5 <= iou[1, 1]
+    reference = _pycocotools_ap50(preds, gts)["a"]
+    assert reference == pytest.approx(0.5, abs=0.01)
+    assert average_precision(preds, gts, "a") == pytest.approx(reference, abs=1e-9)
+    assert average_precision(preds, gts) == pytest.approx(_pycocotools_ap50(preds, gts, True)[None], abs=1e-9)
+    # the order of the ground-truth boxes decides, in both
+    swapped = [_gt([[2, 0, 12, 10], [0, 0, 10, 10]], ["a", "a"])]
+    assert _pycocotools_ap50(preds, swapped)["a"] == pytest.approx(1.0)
+    assert average_precision(preds, swapped, "a") == pytest.approx(1.0)

@@ -123,7 +123,8 @@ def _ct_job(data_dir: Path) -> tuple[str, dict]:
         "lungs": {"mask": "lung_mask.nii.gz", "volume_ml": round(float(lungs.sum()) * voxel_ml, 1)},
         "infection": {"mask": "infection_mask.nii.gz", "labels": ["background", "infection"],
                       "volume_ml": round(float(infection.sum()) * voxel_ml, 2)},
-        "nodules": [{"center_mm": centre, "diameter_mm": 30.0, "probability": 0.9}],
+        "nodules": [{"center_mm": centre, "diameter_mm": 30.0, "volume_mm3": 14137.2, "probability": 0.9,
+                     "slice_index": z}],
         "models": [], "files": {"overlays": [], "viewer": ["volume.nii.gz"]},
     }
     store = JobStore(data_dir / "jobs.sqlite")
@@ -146,6 +147,7 @@ def test_ct_viewer_slices_3d_and_overlays_in_chromium(server, tmp_path):
         table = page.inner_text("#findings-table")
         assert "lung volume (mL)" in table and str(findings["lungs"]["volume_ml"]) in table
         assert page.is_visible("#nodules") and "0.90" in page.inner_text("#nodule-rows")
+        assert "volume (mm³)" in page.inner_text("#nodules thead") and "14137" in page.inner_text("#nodule-rows")
         if not niivue_installed:
             assert page.get_attribute("body", "data-niivue") == "missing"
             assert "npm ci --prefix src/pulmo/service/viewer" in page.inner_text("#niivue-missing")
@@ -165,8 +167,24 @@ def test_ct_viewer_slices_3d_and_overlays_in_chromium(server, tmp_path):
         world = page.evaluate("Array.from(window.pulmoNiivue.frac2mm(window.pulmoNiivue.scene.crosshairPos))")
         lps = [-world[0], -world[1], world[2]]
         assert np.allclose(lps, findings["nodules"][0]["center_mm"], atol=2.6), (lps, findings["nodules"])
+        # the nodule's numbered marker in the axial view: visible, solid (its key slice), centred on the nodule
+        marker = page.locator("#nodule-markers .nodule-marker[data-nodule='1']")
+        assert marker.locator("circle").is_visible() and "off-key" not in marker.get_attribute("class")
+        assert marker.locator("text").text_content() == "1 p=0.90"
+        ring = marker.locator("circle").bounding_box()
+        canvas = page.locator("#niivue-canvas").bounding_box()
+        at = page.evaluate("""() => { const nv = window.pulmoNiivue, c = nv.canvas, dpr = c.width / c.clientWidth;
+            return nv.frac2canvasPos(nv.scene.crosshairPos).map((v) => v / dpr); }""")
+        assert 10 < ring["width"] < canvas["width"] / 2, ring
+        assert abs(ring["x"] + ring["width"] / 2 - canvas["x"] - at[0]) < 3, (ring, canvas, at)
+        assert abs(ring["y"] + ring["height"] / 2 - canvas["y"] - at[1]) < 3, (ring, canvas, at)
+        page.evaluate("window.pulmoNiivue.moveCrosshairInVox(0, 0, 2)")  # 5 mm off: through the 30-mm nodule
+        assert marker.locator("circle").is_visible() and "off-key" in marker.get_attribute("class")
+        page.evaluate("window.pulmoNiivue.moveCrosshairInVox(0, 0, 6)")  # 20 mm off: past its edge
+        assert not marker.locator("circle").is_visible()
         page.click("button[data-slice='render']")
         page.wait_for_timeout(1000)
+        assert not marker.locator("circle").is_visible()  # no axial view in the 3D rendering
         page.screenshot(path=str(ARTIFACTS / "viewer_ct_3d.png"))
     assert not errors, errors
 

@@ -23,8 +23,9 @@ The LUNA16 challenge (Setio et al., "Validation, comparison, and combination of 
 detection of pulmonary nodules in computed tomography images: the LUNA16 challenge", Med. Image Anal. 42,
 2017) uses the nodules >= 3 mm marked by at least 3 of the 4 readers as its reference, with the centre and
 diameter averaged over the readers' marks. :func:`cluster_marks` groups the readers' marks of one nodule,
-:func:`luna16_reference` keeps the clusters with >= 3 readers, :func:`consensus_mask` builds the voxel mask
-agreed by >= 50 % of a cluster's readers.
+:func:`luna16_reference` keeps the clusters with >= 3 readers, :func:`luna16_excluded` lists the reader
+marks LUNA16 counts as excluded findings, :func:`consensus_mask` builds the voxel mask agreed by >= 50 % of a
+cluster's readers.
 
 Coordinates: voxel indices are ``(z, y, x)`` = (slice, row, column) of the :class:`~pulmo.io.Volume`;
 world coordinates are ``(x, y, z)`` in mm, DICOM patient LPS, the convention of LUNA16 ``annotations.csv``.
@@ -689,6 +690,52 @@ def luna16_reference(clusters: list[NoduleCluster], seriesuid: str = "", min_rea
     return rows
 
 
+#: ``diameter_mm`` of an excluded point mark (nodule < 3 mm, non-nodule) in LUNA16 ``annotations_excluded.csv``:
+#: unknown, which the LUNA16 evaluation script maps to 10 mm.
+UNKNOWN_DIAMETER_MM = -1.0
+
+
+def luna16_excluded(clusters: list[NoduleCluster], small_nodules: list[PointMark], non_nodules: list[PointMark],
+                    seriesuid: str = "", min_readers: int = 3) -> list[dict[str, Any]]:
+    """The LUNA16 excluded findings (``annotations_excluded.csv``) of one scan, from its reader marks.
+
+    The LUNA16 evaluation script ``noduleCADEvaluationLUNA16.py`` (Setio et al. 2017) ignores a candidate
+    that hits no reference nodule but one of these findings (within its radius, a diameter ``< 0`` taken as
+    10 mm). Rows, in this order:
+
+    * ``kind="reader_mark"``: every reader's own mark of each reference nodule (cluster with
+      ``>= min_readers`` readers), at the mark's mask centre of mass with the mark's own diameter
+      (LUNA16 lists the individual reader marks of included nodules as excluded findings as well);
+    * ``kind="nodule_lt_readers"``: each cluster of fewer than ``min_readers`` readers, at the mean centre
+      with the mean diameter;
+    * ``kind="nodule_lt3mm"`` / ``"non_nodule"``: every reader's point mark of a nodule < 3 mm or of a
+      non-nodule, with diameter :data:`UNKNOWN_DIAMETER_MM` (-1, as in ``annotations_excluded.csv``;
+      the script then uses 10 mm, a 5 mm radius).
+
+    Args:
+        clusters: the scan's nodule clusters (:func:`cluster_marks`).
+        small_nodules: the nodule < 3 mm point marks.
+        non_nodules: the non-nodule point marks.
+        seriesuid: written into every row.
+        min_readers: readers needed for a reference nodule (3, as LUNA16).
+
+    Returns:
+        Rows ``{"seriesuid", "coordX", "coordY", "coordZ"`` (world mm, LPS) ``, "diameter_mm", "kind",
+        "reader"}`` (``reader`` is ``None`` for a cluster row).
+    """
+    def row(centre: np.ndarray, diameter: float, kind: str, reader: int | None) -> dict[str, Any]:
+        x, y, z = (float(v) for v in centre)
+        return {"seriesuid": seriesuid, "coordX": x, "coordY": y, "coordZ": z, "diameter_mm": float(diameter),
+                "kind": kind, "reader": reader}
+
+    rows = [row(m.centre_world, m.diameter_mm, "reader_mark", m.reader)
+            for c in clusters if c.n_readers >= min_readers for m in c.marks]
+    rows += [row(c.centre_world, c.diameter_mm, "nodule_lt_readers", None)
+             for c in clusters if c.n_readers < min_readers]
+    rows += [row(p.world, UNKNOWN_DIAMETER_MM, p.kind, p.reader) for p in [*small_nodules, *non_nodules]]
+    return rows
+
+
 # ---------------------------------------------------------------------------------------- one scan
 
 
@@ -720,6 +767,10 @@ class LidcScan:
     def luna16_reference(self, min_readers: int = 3) -> list[dict[str, Any]]:
         """See :func:`luna16_reference`."""
         return luna16_reference(self.clusters, self.seriesuid, min_readers)
+
+    def luna16_excluded(self, min_readers: int = 3) -> list[dict[str, Any]]:
+        """See :func:`luna16_excluded`."""
+        return luna16_excluded(self.clusters, self.small_nodules, self.non_nodules, self.seriesuid, min_readers)
 
     def consensus_volume(self, min_readers: int = 3, level: float = 0.5) -> np.ndarray:
         """Bool ``(Z, Y, X)`` union of the consensus masks of the clusters with ``>= min_readers`` readers."""

@@ -8,7 +8,8 @@ pulmonary nodules in computed tomography images: the LUNA16 challenge", Med. Ima
 * ``annotations.csv``: ``seriesuid,coordX,coordY,coordZ,diameter_mm``, the 1186 nodules >= 3 mm marked by
   >= 3 of 4 LIDC readers (world mm, LPS);
 * ``annotations_excluded.csv``: the same columns, findings that count neither as hit nor as false positive
-  (nodules < 3 mm, non-nodules, nodules of 1-2 readers; ``diameter_mm`` is -1 where unknown);
+  (nodules < 3 mm, non-nodules, nodules of 1-2 readers, and the individual reader marks of the reference
+  nodules; ``diameter_mm`` is -1 where unknown, which the evaluation script takes as 10 mm);
 * ``candidates.csv`` / ``candidates_V2.csv``: ``seriesuid,coordX,coordY,coordZ,class`` (1 = within a
   reference nodule), the candidate locations of the false-positive-reduction track;
 * a submission (CAD output): ``seriesuid,coordX,coordY,coordZ,probability``.
@@ -42,7 +43,9 @@ class Luna16Annotation:
     Attributes:
         seriesuid: SeriesInstanceUID of the scan.
         centre: ``(x, y, z)`` world mm (LPS).
-        diameter_mm: nodule diameter in mm; negative or NaN when unknown (excluded findings).
+        diameter_mm: nodule diameter in mm; -1 when unknown (excluded point findings). The LUNA16 script
+            ``noduleCADEvaluationLUNA16.py`` takes a negative diameter as 10 mm and uses any other as it is,
+            so 0 or NaN is never hit (:func:`pulmo.metrics.froc.effective_diameters`).
     """
 
     seriesuid: str

@@ -12,7 +12,8 @@ Inputs, one entry per image and in the same image order:
 
 Average precision (AP) follows MS-COCO (Lin et al. 2014; ``pycocotools`` ``COCOeval``): detections sorted
 by score (stable), each matched greedily to the unmatched ground-truth box of the same class with the
-highest IoU >= the threshold, precision made monotone, then sampled at the 101 recall points 0, 0.01, ..., 1
+highest IoU >= the threshold (on a tie of IoUs the last such box in ground-truth order, as pycocotools'
+``evaluateImg``), precision made monotone, then sampled at the 101 recall points 0, 0.01, ..., 1
 (``interpolation="coco101"``, the default, equal to pycocotools' AP at that single IoU for ``maxDets`` larger
 than the detections per image: no per-image cap is applied here, no crowd / area ranges). The PASCAL VOC
 2010+ all-point AP (area under the monotone precision-recall curve) is ``interpolation="voc"``.
@@ -127,7 +128,12 @@ def ground_truth_labels(ground_truths: Sequence[Mapping[str, Any]]) -> list:
 
 def _match_image(boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """COCO greedy matching of one image and class: (scores sorted descending, true-positive flags)."""
+    """COCO greedy matching of one image and class: (scores sorted descending, true-positive flags).
+
+    Each detection, in decreasing score order (stable), takes the unmatched ground-truth box of highest IoU
+    >= the threshold; among boxes of equal IoU the **last** in ground-truth order wins, as pycocotools
+    ``COCOeval.evaluateImg`` (its loop replaces the best match on ``iou >= best``).
+    """
     order = np.argsort(-scores, kind="mergesort")
     scores = scores[order]
     tp = np.zeros(len(order), bool)
@@ -135,9 +141,10 @@ def _match_image(boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, io
         iou = box_iou(boxes[order], gt_boxes)
         free = np.ones(len(gt_boxes), bool)
         threshold = min(iou_threshold, 1 - 1e-10)  # as pycocotools
+        last = len(gt_boxes) - 1
         for d in range(len(order)):
             candidates = np.where(free, iou[d], -1.0)
-            g = int(np.argmax(candidates))
+            g = last - int(np.argmax(candidates[::-1]))  # the last of equal IoUs, as pycocotools
             if candidates[g] >= threshold:
                 tp[d] = True
                 free[g] = False

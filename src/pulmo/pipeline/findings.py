@@ -1,7 +1,8 @@
 """The result of ``pulmo analyze`` for one input, in original image coordinates.
 
 ``findings.json`` schema (``schema_version`` "1.2"; 1.1 added ``input.gate``; 1.2 added
-``classification.in_scope`` / ``out_of_scope_score`` / ``statement`` and whole-image heatmap normalisation):
+``classification.in_scope`` / ``out_of_scope_score`` / ``statement``, whole-image heatmap normalisation, nodule
+``volume_mm3`` (was ``volume_ml``) and ``key_slice_image``):
 
 * ``schema_version``, ``pulmo_version``, ``created`` (UTC ISO 8601)
 * ``input``: ``path``, ``format``, ``image_size`` ``{"height", "width"}`` (px), ``spacing_mm``
@@ -30,8 +31,11 @@
   ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
   first; an empty list when nothing passes the threshold
 * ``nodules`` (CT volume, when a nodule model is bundled): ``[{"center_xyz_mm", "center_zyx_index",
-  "diameter_mm", "volume_ml", "probability", "slice_index"}]`` (world LPS mm; ``slice_index`` = axial z index),
-  plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
+  "diameter_mm", "volume_mm3", "probability", "slice_index", "key_slice_image"}]``, most probable first:
+  ``center_xyz_mm`` world LPS mm, ``center_zyx_index`` voxel indices (float), ``diameter_mm`` of the
+  equivalent sphere, ``volume_mm3`` in mm³ (replaces the former ``volume_ml``), ``probability`` in [0, 1] at or
+  above the card's threshold, ``slice_index`` the key axial z index, ``key_slice_image`` the PNG of that slice
+  with the nodule's numbered marker; plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
 * ``models``: ``[{"task", "name", "architecture", "sha256", "scope"}]`` (``scope``: the card's ``{"classes",
   "trained_on", "cannot_see"}``; ``calibration_ece`` where the card reports a held-out ECE; detectors add
   their threshold)

@@ -14,6 +14,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.3rem .6rem;t
 th{background:#eef2f6}.imgs{display:flex;gap:1rem;flex-wrap:wrap}.imgs figure{margin:0}
 .imgs img{max-width:520px;width:100%;border:1px solid #ccd}.note{color:#667;font-size:.85rem}
 code{background:#f3f5f7;padding:0 .2rem}details pre{font-size:.8rem}
+table.nodules td.num{text-align:right;font-variant-numeric:tabular-nums}table.nodules img{width:240px;display:block;border:1px solid #ccd}
 """
 
 _LABELS = {
@@ -37,9 +38,46 @@ def _fmt(value: Any) -> str:
 
 
 def _finding_line(row: dict[str, Any]) -> str:
-    """One detection or nodule as a line of text (boxes and centres as bracketed lists)."""
+    """One detection as a line of text (boxes as bracketed lists)."""
     return "; ".join(f"{k.replace('_', ' ')} [{', '.join(f'{x:.1f}' for x in v)}]" if isinstance(v, list | tuple)
                      else f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in row.items())
+
+
+NODULE_COLUMNS = ("#", "centre x, y, z (mm, LPS)", "diameter (mm)", "volume (mm³)", "probability",
+                  "slice index (axial z)", "key slice")
+
+
+def _nodule_volume_mm3(row: dict[str, Any]) -> float | None:
+    """``volume_mm3``; for findings written before it, ``volume_ml`` x 1000; None when neither is there."""
+    if row.get("volume_mm3") is not None:
+        return float(row["volume_mm3"])
+    return float(row["volume_ml"]) * 1000.0 if row.get("volume_ml") is not None else None
+
+
+def _nodule_table(nodules: list[dict[str, Any]]) -> str:
+    """The nodule findings as an HTML table, one row per nodule (columns :data:`NODULE_COLUMNS`): number
+    (1 = most probable, = the label in ``nodule_mask``), world centre (LPS mm, 1 decimal), diameter (mm,
+    1 decimal), volume (mm³, whole number), probability (2 decimals, in [0, 1]), key axial slice index and
+    the key-slice PNG (``key_slice_image``) as a thumbnail linked to the full-size picture."""
+    if not nodules:
+        return '<p class="note">No nodule above the model\'s probability threshold.</p>'
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in NODULE_COLUMNS)
+    rows = []
+    for i, n in enumerate(nodules):
+        centre = n.get("center_xyz_mm") or n.get("center_mm")
+        volume = _nodule_volume_mm3(n)
+        image = n.get("key_slice_image")
+        alt = f"nodule {i + 1}: key axial slice {n.get('slice_index', '?')} with its marker"
+        thumb = (f'<a href="{html.escape(image)}"><img src="{html.escape(image)}" alt="{html.escape(alt)}" '
+                 f'loading="lazy"></a>' if image else "-")
+        cells = [str(i + 1), ", ".join(f"{float(v):.1f}" for v in centre) if centre else "-",
+                 f"{float(n['diameter_mm']):.1f}" if n.get("diameter_mm") is not None else "-",
+                 f"{volume:.0f}" if volume is not None else "-",
+                 f"{float(n['probability']):.2f}" if n.get("probability") is not None else "-",
+                 str(n["slice_index"]) if n.get("slice_index") is not None else "-"]
+        rows.append(f'<tr data-nodule="{i + 1}">' + "".join(f'<td class="num">{html.escape(c)}</td>' for c in cells)
+                    + f"<td>{thumb}</td></tr>")
+    return f'<table class="nodules"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _table(section: dict[str, Any]) -> str:
@@ -89,16 +127,18 @@ def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
                                          "the model looked at the lungs; near the lungs' share of the image "
                                          "(about 0.3) it looked anywhere")
         sections.append(("Classification" + (": outside the classifier's classes" if outside else ""), rows))
-    for key, title in (("detections", "Lesion detections (CXR)"), ("nodules", "Nodules (CT)")):
-        if findings.get(key) is not None:
-            rows = findings[key]
-            sections.append((title, {f"{i + 1}": _finding_line(r) for i, r in enumerate(rows)}
-                                    or {"none": "no finding above the threshold"}))
+    if findings.get("detections") is not None:
+        rows = findings["detections"]
+        sections.append(("Lesion detections (CXR)", {f"{i + 1}": _finding_line(r) for i, r in enumerate(rows)}
+                                                    or {"none": "no finding above the threshold"}))
+    if findings.get("nodules") is not None:
+        sections.append(("Nodules (CT)", _nodule_table(findings["nodules"])))  # HTML, not a key/value section
     scopes = {m.get("task"): m.get("scope") for m in findings.get("models", []) if m.get("scope")}
     section_task = {"Lungs": "lung-seg", "Classification": "cxr-classify",
                     "Classification: outside the classifier's classes": "cxr-classify", "Lesion detections (CXR)": "cxr-detect",
                     "Infection (CT)": "lesion-seg", "Nodules (CT)": "nodule"}
-    body = "".join(f"<h2>{html.escape(t)}</h2>{_table(s)}{_scope_note(scopes.get(section_task.get(t, '')))}"
+    body = "".join(f"<h2>{html.escape(t)}</h2>{s if isinstance(s, str) else _table(s)}"
+                   f"{_scope_note(scopes.get(section_task.get(t, '')))}"
                    for t, s in sections)
     models = "".join(
         f"<tr><td>{html.escape(str(m.get('task')))}</td><td>{html.escape(str(m.get('name')))}</td>"

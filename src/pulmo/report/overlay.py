@@ -151,3 +151,63 @@ def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[s
         draw.rectangle(bbox, fill=(0, 0, 0))
         draw.text((tx, ty), text, fill=colour, font=font)
     return im
+
+
+NODULE_MARKER_COLOUR = (0, 230, 255)  # cyan: apart from the lung (green), infection (red / yellow), nodule tint
+
+
+def nodule_marker_radius_px(diameter_mm: float, spacing_mm: float) -> float:
+    """Radius in pixels of a nodule's marker circle: the nodule's radius plus a 20 % margin and 2 px, so the
+    ring lies just outside the nodule's edge; at least 6 px so that a small nodule's marker stays visible.
+
+    Args:
+        diameter_mm: the nodule's diameter, mm (> 0).
+        spacing_mm: the pixel spacing along the axis the radius is measured on, mm per pixel (> 0).
+    """
+    return max(6.0, 1.2 * diameter_mm / 2.0 / spacing_mm + 2.0)
+
+
+def draw_nodule_markers(im: Image.Image, markers: list[dict], shape_hw: tuple[int, int],
+                        spacing_yx_mm: tuple[float, float], colour: tuple[int, int, int] = NODULE_MARKER_COLOUR
+                        ) -> Image.Image:
+    """Draw numbered nodule markers on an axial picture, in place, and return it.
+
+    Each marker is a circle (an ellipse when the row and column spacings differ) centred on the nodule, sized
+    by its diameter (:func:`nodule_marker_radius_px`), with ``"<number> p=<probability>"`` on a black label
+    above it (below it at the top edge).
+
+    Args:
+        im: the picture of one axial slice (RGB), possibly resized from the slice grid (the markers are
+            scaled to ``im.size``).
+        markers: ``[{"number": int, "center_yx": (row, column) in slice-grid pixels (float),
+            "diameter_mm": float > 0, "probability": float in [0, 1], "focus": bool}]``; a ``focus`` marker
+            (the nodule the picture is about) is drawn with a thicker line, the others thinner.
+        shape_hw: ``(H, W)`` of the slice grid the centres are given in.
+        spacing_yx_mm: ``(row, column)`` pixel spacing of that grid, mm.
+        colour: RGB of the circles and label text.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    if not markers:
+        return im
+    sy, sx = im.height / shape_hw[0], im.width / shape_hw[1]
+    draw = ImageDraw.Draw(im)
+    base_width = max(1, round(max(im.size) / 512))
+    try:
+        font = ImageFont.load_default(size=max(11, round(max(im.size) / 40)))
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    for m in markers:
+        cy, cx = (m["center_yx"][0] + 0.5) * sy, (m["center_yx"][1] + 0.5) * sx
+        ry = nodule_marker_radius_px(m["diameter_mm"], spacing_yx_mm[0]) * sy
+        rx = nodule_marker_radius_px(m["diameter_mm"], spacing_yx_mm[1]) * sx
+        width = base_width * (2 if m.get("focus", True) else 1)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=colour, width=width)
+        text = f"{m['number']} p={m['probability']:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        tx = min(max(0.0, cx - tw / 2), im.width - tw - 4)
+        ty = cy - ry - th - 6 if cy - ry - th - 6 >= 0 else min(cy + ry + 3, im.height - th - 4)
+        draw.rectangle([tx - 2, ty - 2, tx + tw + 2, ty + th + 2], fill=(0, 0, 0))
+        draw.text((tx - left, ty - top), text, fill=colour, font=font)
+    return im

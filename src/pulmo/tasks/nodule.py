@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Volume, read_image
-from pulmo.metrics.froc import FROC_FP_RATES, froc
+from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
 from pulmo.models import create_model
 from pulmo.models.nodulenet import (
     NoduleNet3d,
@@ -223,20 +223,20 @@ class NoduleDetector:
         """Every candidate (probability >= 0.02, for FROC) that touches the lungs, most probable first::
 
             {"center_xyz_mm": [x, y, z] world LPS, "center_zyx_index": [z, y, x] voxels, "diameter_mm",
-             "volume_ml", "probability", "slice_index", "mask": bool crop, "mask_offset": (z, y, x)}
+             "volume_mm3", "probability", "slice_index", "mask": bool crop, "mask_offset": (z, y, x)}
 
         The centre, diameter (equivalent sphere) and volume come from the mask when it is not empty, else
         from the box.
         """
         prep = prepare_ct(volume, self.spacing_mm, lungs, mirror_z=True)
         det = detect_prepared(self.model, prep.image, lung_dist=lung_distance(prep.lungs))
-        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        voxel_mm3 = float(np.prod(volume.spacing))
         found = []
         for box, p, logits in zip(det["boxes"].numpy(), det["probability"].numpy(), det["masks"].float().numpy()):
             mask, offset = _mask_to_original(logits, box, prep, volume.shape)
             if mask.any():
                 centre = np.argwhere(mask).mean(0) + offset
-                vol_mm3 = mask.sum() * voxel_ml * 1000.0
+                vol_mm3 = mask.sum() * voxel_mm3
                 diameter = (6 * vol_mm3 / math.pi) ** (1 / 3)
             else:
                 centre = prep.to_original(box[:3])[0]
@@ -245,7 +245,7 @@ class NoduleDetector:
             world = volume.index_to_world(centre)[0]
             found.append({"center_xyz_mm": [round(float(v), 2) for v in world],
                           "center_zyx_index": [round(float(v), 2) for v in centre],
-                          "diameter_mm": round(float(diameter), 2), "volume_ml": round(float(vol_mm3) / 1000.0, 4),
+                          "diameter_mm": round(float(diameter), 2), "volume_mm3": round(float(vol_mm3), 1),
                           "probability": round(float(p), 4), "slice_index": int(round(centre[0])),
                           "mask": mask, "mask_offset": offset})
         return found
@@ -555,18 +555,36 @@ def _lidc_series(root: Path) -> list[Path]:
 
 
 def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIGHTS, annotations: str | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """LUNA16 FROC / CPM and mask Dice of a weight set:
-    ``{"task": "nodule", "n_scans", "n_nodules", "cpm", "froc": {"0.125": ..., "8": ...}, "dice_mean"}``.
+             progress: bool = True, max_candidates_per_scan: int | None = MAX_CANDIDATES_PER_SCAN) -> dict[str, Any]:
+    """LUNA16 FROC / CPM and mask Dice of a weight set, by the rules of the LUNA16 script
+    ``noduleCADEvaluationLUNA16.py`` (:mod:`pulmo.metrics.froc`)::
+
+        {"task": "nodule", "n_scans", "n_nodules", "cpm", "froc": {"0.125": s, ..., "8": s},
+         "cpm_ci95": [lo, hi], "froc_ci95": {"0.125": [lo, hi], ...},
+         "froc_by_size": {"<6" | "6-10" | ">10": {"n_nodules", "n_detected", "cpm", "froc"}},
+         "operating_point": {"threshold", "sensitivity", "fp_per_scan"}, "n_false_positives", "n_ignored",
+         "max_candidates_per_scan", "dice_mean", ...}
+
+    Sensitivities are in [0, 1], FP rates per scan; the 95 % intervals come from 1000 bootstrap resamples of
+    the scans (seed 0); ``froc_by_size`` splits the reference nodules by diameter (mm) with all false
+    positives kept; ``operating_point`` is read at the weight card's ``thresholds.probability`` (the
+    threshold :meth:`NoduleDetector.findings` reports at).
 
     ``lidc``: every series folder under ``data`` holding an LIDC XML; the reference is the LUNA16 one (nodules
-    >= 3 mm marked by >= 3 readers), hits on the other reader marks are ignored (LUNA16's excluded findings),
+    >= 3 mm marked by >= 3 readers, :func:`pulmo.datasets.lidc.luna16_reference`), hits on the excluded
+    findings are ignored (:func:`pulmo.datasets.lidc.luna16_excluded`: every reader's own mark of a reference
+    nodule, nodules of fewer readers, and nodule < 3 mm and non-nodule points with diameter -1, i.e. 10 mm),
     Dice against the 50 % consensus mask of each reference nodule (0 when it is missed). ``luna16``: ``*.mhd``
     under ``data`` with ``annotations.csv`` (``--annotations`` or ``data/annotations.csv``) and
     ``annotations_excluded.csv`` when present; no masks, so ``dice_mean`` is null.
 
+    Args:
+        max_candidates_per_scan: keep at most this many of each scan's most probable candidates (default
+            100, the script's ``maxNumberOfCADMarks``; 0 or ``None``: all).
+
     Raises:
-        ConfigError: unknown format. InputError: no scans or no reference nodules found.
+        ConfigError: unknown format, or ``max_candidates_per_scan`` not an integer. InputError: no scans or
+            no reference nodules found.
     """
     root = Path(data)
     det = NoduleDetector(weights)
@@ -586,10 +604,9 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
                           np.array([n["probability"] for n in found]))
             ref = [c for c in scan.clusters if c.n_readers >= 3]
             refs[uid] = (np.array([c.centre_world for c in ref]).reshape(-1, 3), np.array([c.diameter_mm for c in ref]))
-            others = [c for c in scan.clusters if c.n_readers < 3]
-            pts = [c.centre_world for c in others] + [p.world for p in scan.small_nodules + scan.non_nodules]
-            excl[uid] = (np.array(pts).reshape(-1, 3), np.array([c.diameter_mm for c in others]
-                                                                + [3.0] * (len(pts) - len(others))))
+            excluded_rows = scan.luna16_excluded()
+            excl[uid] = (np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in excluded_rows]).reshape(-1, 3),
+                         np.array([r["diameter_mm"] for r in excluded_rows], dtype=np.float64))
             for c in ref:
                 truth = paste_consensus(c, scan.volume.shape)
                 best = 0.0
@@ -623,9 +640,13 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
             per_scan.append({"seriesuid": uid, "n_reference": len(refs[uid][1]), "n_candidates": len(found)})
     else:
         raise ConfigError(f"unknown nodule format {format!r}; expected one of {FORMATS}")
-    result = froc(cands, refs, excluded=excl, seriesuids=list(refs))
+    result = froc(cands, refs, excluded=excl, seriesuids=list(refs), max_candidates_per_scan=max_candidates_per_scan)
     return {"task": "nodule", "n_scans": result.n_scans, "n_nodules": result.n_nodules, "cpm": result.cpm,
             "froc": {f"{r:g}": s for r, s in zip(FROC_FP_RATES, result.sensitivities)},
+            "cpm_ci95": None if result.cpm_ci is None else list(result.cpm_ci), "froc_ci95": result.froc_ci_dict(),
+            "froc_by_size": result.by_size_dict(), "operating_point": result.operating_point(det.threshold),
+            "n_false_positives": result.n_false_positives, "n_ignored": result.n_ignored,
+            "max_candidates_per_scan": result.max_candidates_per_scan,
             "dice_mean": float(np.mean(dices)) if dices else None, "format": format,
             "weights": det.card["name"], "weights_sha256": det.card.get("sha256"), "scans": per_scan,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,7 +1,8 @@
 // pulmo viewer: polls the job, then shows its findings.
 // X-ray / 2D slice: the image with toggleable mask layers (lung, infection), heatmaps and labelled boxes when
 // the findings have them. CT volume: NiiVue (from npm, served at /static/niivue/) with axial / coronal /
-// sagittal slices and a 3D rendering, lung / infection / nodule overlays, and a nodule list.
+// sagittal slices and a 3D rendering, lung / infection / nodule overlays, a numbered marker on each nodule in
+// the axial views, and a nodule list (volume in mm³, key-slice picture, "go to").
 "use strict";
 
 (() => {
@@ -312,7 +313,7 @@
       $("niivue-box").hidden = true;
       $("controls3d").hidden = true;
       document.body.dataset.niivue = "missing";
-      renderNodules(f, null);
+      renderNodules(f, null, names);
       return;
     }
     const NV = window.niivue;
@@ -353,21 +354,52 @@
       toggle($("layer-toggles"), layer.label, true, (on) => nv.setOpacity(layer.index, on ? current : 0),
         { value: layer.opacity, onInput: (v) => { current = v; nv.setOpacity(layer.index, v); } });
     }
-    renderNodules(f, nv);
+    renderNodules(f, nv, names);
+    addNoduleMarkers(f, nv);
     window.pulmoNiivue = nv;
     document.body.dataset.niivue = "loaded";
   }
 
-  function renderNodules(f, nv) {
+  // nodules[*].volume_mm3 (mm³); findings written before it have volume_ml (mL)
+  const noduleVolumeMm3 = (n) => (typeof n.volume_mm3 === "number" ? n.volume_mm3
+    : typeof n.volume_ml === "number" ? 1000 * n.volume_ml : null);
+
+  function renderNodules(f, nv, names) {
     if (!Array.isArray(f.nodules) || !f.nodules.length) return;
     const rows = $("nodule-rows");
+    const head = rows.closest("table").tHead.rows[0];
+    head.replaceChildren();
+    for (const label of ["#", "centre x, y, z (LPS mm)", "diameter (mm)", "volume (mm³)", "probability",
+      "key slice (axial index)", "key-slice picture", ""]) {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.appendChild(th);
+    }
     f.nodules.forEach((n, i) => {
       const c = n.center_xyz_mm || n.center_mm;
       const tr = rows.insertRow();
+      tr.dataset.nodule = String(i + 1);
       tr.insertCell().textContent = String(i + 1);
       tr.insertCell().textContent = Array.isArray(c) ? c.map((v) => v.toFixed(1)).join(", ") : "—";
-      tr.insertCell().textContent = fmt(n.diameter_mm);
+      tr.insertCell().textContent = typeof n.diameter_mm === "number" ? n.diameter_mm.toFixed(1) : "—";
+      const volume = noduleVolumeMm3(n);
+      tr.insertCell().textContent = volume === null ? "—" : volume.toFixed(0);
       tr.insertCell().textContent = typeof n.probability === "number" ? n.probability.toFixed(2) : "—";
+      tr.insertCell().textContent = Number.isInteger(n.slice_index) ? String(n.slice_index) : "—";
+      const pic = tr.insertCell();
+      if (n.key_slice_image && names && names.has(n.key_slice_image)) {
+        const a = document.createElement("a");
+        a.href = fileUrl(n.key_slice_image);
+        const img = document.createElement("img");
+        img.src = fileUrl(n.key_slice_image);
+        img.alt = `nodule ${i + 1}: key axial slice with its marker`;
+        img.loading = "lazy";
+        img.className = "nodule-thumb";
+        a.appendChild(img);
+        pic.appendChild(a);
+      } else {
+        pic.textContent = "—";
+      }
       const cell = tr.insertCell();
       if (Array.isArray(c) && nv) {
         const btn = document.createElement("button");
@@ -383,6 +415,80 @@
       }
     });
     $("nodules").hidden = false;
+  }
+
+  // A numbered circle on each nodule in NiiVue's axial view(s), sized by its diameter (radius: 1.2 x the
+  // nodule's radius + 2 px, at least 6 px, as the report's key-slice pictures), labelled "<n> p=<probability>".
+  // Shown while the axial plane crosses the nodule's sphere: solid on its key slice (within half a voxel of its
+  // centre), dashed on the other slices through it. An SVG layer over the canvas, placed again after every
+  // NiiVue draw from the axial tiles' geometry (nv.screenSlices, canvas pixels).
+  function addNoduleMarkers(f, nv) {
+    const ns = "http://www.w3.org/2000/svg";
+    const nodules = (f.nodules || []).map((n, i) => {
+      const c = n.center_xyz_mm || n.center_mm;
+      return { n, i, ras: Array.isArray(c) && c.length === 3 ? [-c[0], -c[1], c[2]] : null };
+    }).filter(({ n, ras }) => ras && typeof n.diameter_mm === "number" && n.diameter_mm > 0);
+    if (!nodules.length) return;
+    const svg = document.createElementNS(ns, "svg");
+    svg.id = "nodule-markers";
+    svg.setAttribute("preserveAspectRatio", "none");
+    const marks = nodules.map(({ n, i }) => {
+      const g = document.createElementNS(ns, "g");
+      g.setAttribute("class", "nodule-marker");
+      g.setAttribute("data-nodule", String(i + 1));
+      const circle = document.createElementNS(ns, "circle");
+      const label = document.createElementNS(ns, "text");
+      label.setAttribute("text-anchor", "middle");
+      label.textContent = `${i + 1} p=${typeof n.probability === "number" ? n.probability.toFixed(2) : "?"}`;
+      g.append(circle, label);
+      g.style.display = "none";
+      svg.appendChild(g);
+      return g;
+    });
+    $("niivue-box").appendChild(svg);
+    const place = () => {
+      const canvas = nv.canvas || $("niivue-canvas");
+      if (!canvas || !canvas.width) return;
+      svg.setAttribute("viewBox", `0 0 ${canvas.width} ${canvas.height}`);
+      const dpr = canvas.clientWidth ? canvas.width / canvas.clientWidth : 1;
+      const vol = nv.volumes[0];
+      const dims = vol && (vol.pixDimsRAS || (vol.hdr && vol.hdr.pixDims));
+      const halfVoxel = (dims && dims[3] > 0 ? dims[3] : 1) / 2;
+      const axial = (nv.screenSlices || []).filter((t) => t.axCorSag === 0 && t.AxyzMxy && t.AxyzMxy.length >= 5);
+      nodules.forEach(({ n, ras }, k) => {
+        const g = marks[k];
+        g.style.display = "none";
+        for (const t of axial) {
+          const v = t.AxyzMxy;  // the tile's plane: z = v2 + v4 (y - v1) - v3 (x - v0), RAS mm
+          const dz = Math.abs(ras[2] - (v[2] + v[4] * (ras[1] - v[1]) - v[3] * (ras[0] - v[0])));
+          if (dz > Math.max(n.diameter_mm / 2, halfVoxel)) continue;
+          const fx = (ras[0] - t.leftTopMM[0]) / t.fovMM[0];
+          const fy = (ras[1] - t.leftTopMM[1]) / t.fovMM[1];
+          if (!(fx >= 0 && fx <= 1 && fy >= 0 && fy <= 1)) continue;
+          let [left, top, width, height] = t.leftTopWidthHeight;
+          let sx = fx;
+          if (width < 0) { left += width; width = -width; sx = 1 - fx; }  // mirrored (radiological) tile
+          const x = left + sx * width, y = top + (1 - fy) * height;
+          const r = Math.max(6 * dpr, (1.2 * n.diameter_mm / 2) * (width / Math.abs(t.fovMM[0])) + 2 * dpr);
+          const [circle, label] = g.children;
+          circle.setAttribute("cx", x); circle.setAttribute("cy", y); circle.setAttribute("r", r);
+          const above = y - r - 5 * dpr > top + 14 * dpr;
+          label.setAttribute("x", x);
+          label.setAttribute("y", above ? y - r - 5 * dpr : y + r + 15 * dpr);
+          label.setAttribute("font-size", 14 * dpr);
+          g.classList.toggle("off-key", dz > halfVoxel);
+          g.style.display = "";
+          break;
+        }
+      });
+    };
+    const draw = nv.drawScene.bind(nv);
+    nv.drawScene = (...args) => {
+      const result = draw(...args);
+      place();
+      return result;
+    };
+    place();
   }
 
   // ---------------------------------------------------------------- overlays and files
