@@ -50,6 +50,10 @@ def test_analyze_nrrd_volume(tmp_path):
     f = json.loads((out / "findings.json").read_text())
     assert f["input"]["format"] == "NrrdImageIO" and f["lungs"]["volume_ml"] > 1000
     assert read_image(out / "infection_mask.nii.gz").shape == (48, 512, 512)
+    # no infection in this scan: the HU post-processing takes the model's 31 mL (base, dome ring) to <= 5 mL
+    inf = f["infection"]
+    assert inf["volume_ml"] <= 5.0 and inf["postprocessing"]["model_volume_in_lungs_ml"] > 20
+    assert inf["postprocessing"]["removed_ml"]["lung_border"] > 0 and "COVID-SemiSeg" in inf["scope"]
 
 
 def test_analyze_single_windowed_ct_slice(tmp_path):
@@ -58,6 +62,7 @@ def test_analyze_single_windowed_ct_slice(tmp_path):
     assert main(["--no-progress", "analyze", str(image), "--modality", "ct", "--out", str(out)]) == 0
     f = json.loads((out / "findings.json").read_text())
     assert f["modality"] == "ct" and f["lungs"] is None and f["infection"]["area_px"] > 0
+    assert "postprocessing" not in f["infection"]  # the HU rules never run on 8-bit slices
     assert (out / "infection_mask.png").is_file()
 
 

@@ -2,8 +2,10 @@
 
 Volumes: each axial slice with lung is cropped to the in-plane bounding box of the whole lung mask (+8 %
 margin), put through the lung window (C -600 / W 1500) and segmented; labels are pasted back into the input
-grid and restricted to the lungs. A single 2D CT slice is accepted too (HU from DICOM, or an already
-windowed 8-bit image).
+grid, restricted to the lungs and cleaned by HU / geometry rules
+(:func:`pulmo.transforms.ct_postprocess.postprocess_infection`: aerated, lung-border, small and nodule-halo
+components removed). A single 2D CT slice is accepted too (HU from DICOM, or an already windowed 8-bit
+image); it is not post-processed.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_sl
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
 from pulmo.transforms import window_hu
+from pulmo.transforms.ct_postprocess import postprocess_infection
 from pulmo.weights import WEIGHTS_DIR, model_entry
 
 logger = logging.getLogger(__name__)
 
 LUNG_METHOD = {"task": "ct-lungs", "name": "hu-threshold-components", "architecture": "HU < -320 + 3D components",
                "sha256": None}
+INFECTION_SCOPE = "trained on COVID-19 pneumonia (COVID-SemiSeg); other diseases not validated"
 
 
 @functools.lru_cache(maxsize=2)
@@ -54,20 +58,26 @@ def _class_volumes(labels: np.ndarray, seg: LesionSegmenter, unit: float) -> dic
 def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     """Run the CT pipeline on a volume.
 
+    The infection labels are post-processed (:func:`pulmo.transforms.ct_postprocess.postprocess_infection`);
+    ``findings.infection["postprocessing"]`` records the rules, their thresholds and the volume each removed,
+    and ``findings.infection["scope"]`` what the model was validated on.
+
     Returns:
-        ``(findings, masks)``: ``masks["lungs"]`` bool, ``masks["infection"]`` uint8 labels and, when a nodule
-        model is bundled, ``masks["nodules"]`` int16 (1.. = nodule number), all ``(Z, Y, X)`` in the input grid.
+        ``(findings, masks)``: ``masks["lungs"]`` bool, ``masks["infection"]`` uint8 labels (post-processed)
+        and, when a nodule model is bundled, ``masks["nodules"]`` int16 (1.. = nodule number), all
+        ``(Z, Y, X)`` in the input grid.
 
     Raises:
         InputError: not HU, or no lungs found.
     """
     lungs = lung_mask_ct(volume)
     seg = lesion_segmenter()
-    infection = np.zeros(volume.shape, np.uint8)
+    raw = np.zeros(volume.shape, np.uint8)
     zs, (rows, cols), slices01 = frame_ct_slices(volume, lungs)
     for z, labels in zip(zs, seg.predict(slices01)):
-        infection[z, rows, cols] = labels
-    infection[~lungs] = 0
+        raw[z, rows, cols] = labels
+    infection, postprocessing = postprocess_infection(raw, volume.hu, lungs, volume.spacing)
+    del raw
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     lung_ml = float(lungs.sum()) * voxel_ml
     inf_ml = float((infection > 0).sum()) * voxel_ml
@@ -85,7 +95,8 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
                    "percent_of_lung": round(100.0 * inf_ml / lung_ml, 2) if lung_ml else None,
                    "n_slices_with_infection": int((per_slice > 0).sum()),
                    "key_slice": int(per_slice.argmax()) if per_slice.any() else None,
-                   **_class_volumes(infection, seg, voxel_ml)},
+                   **_class_volumes(infection, seg, voxel_ml),
+                   "scope": INFECTION_SCOPE, "postprocessing": postprocessing},
         models=[LUNG_METHOD, model_entry(seg.card, "lesion-seg")],
     )
     masks = {"lungs": lungs, "infection": infection}

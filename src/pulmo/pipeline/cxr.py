@@ -72,7 +72,7 @@ def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, 
               "in_scope": pred["in_scope"],
               "out_of_scope_score": None if pred["out_of_scope_score"] is None else round(pred["out_of_scope_score"], 4),
               "out_of_scope_threshold": clf.scope_threshold,
-              "statement": (f"{pred['predicted'].replace('_', ' ')}" if pred["in_scope"] else
+              "statement": (f"{pred['predicted'].replace('_', ' ')}" if pred["in_scope"] is not False else
                             "finding outside the classifier's classes (normal, bacterial pneumonia, viral pneumonia, "
                             "COVID-19): no diagnosis among them is given"),
               "calibrated": True, "temperature": round(clf.temperature, 4), "calibration_ece": ece,

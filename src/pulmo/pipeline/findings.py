@@ -17,10 +17,12 @@
   CT volume: ``volume_ml``, ``method``
 * ``infection`` (CT): ``mask`` (NIfTI, 0 background, 1.. labels), ``labels``, ``volume_ml`` and
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
-  ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model
+  ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model;
+  CT volumes: ``postprocessing`` (the HU rules of :mod:`pulmo.transforms.ct_postprocess`, the model's raw
+  volume and the mL each rule removed) and ``scope`` (what the lesion model was trained on)
 * ``classification`` (CXR, when a classifier is bundled): ``probabilities`` {label: p} (calibrated, sum 1;
   ``other_finding`` = a finding outside the four classes), ``predicted`` (top label), ``in_scope`` (false when
-  the top label is ``other_finding`` or ``out_of_scope_score`` >= ``out_of_scope_threshold``),
+  the top label is ``other_finding`` or ``out_of_scope_score`` >= ``out_of_scope_threshold``; null for a four-class model, which cannot tell),
   ``out_of_scope_score`` (p(other_finding), null for a four-class model), ``statement`` (the diagnosis, or
   "finding outside the classifier's classes ..." when not in scope), ``calibrated`` (temperature scaling),
   ``temperature``, ``calibration_ece`` (held-out ECE of the card), ``lung_masked_input``, ``input_crop``,

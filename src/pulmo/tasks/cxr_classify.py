@@ -639,7 +639,8 @@ class CxrClassifier:
 
     @torch.no_grad()
     def predict(self, image: Image2D, lungs: np.ndarray | None = None) -> dict[str, Any]:
-        """``{"probabilities": {label: p in [0, 1]} (calibrated, sum 1), "predicted": top label, "in_scope": bool,
+        """``{"probabilities": {label: p in [0, 1]} (calibrated, sum 1), "predicted": top label, "in_scope": bool
+        (None for a four-class model, which cannot tell),
         "out_of_scope_score": p(other_finding) or None, "input": (S, S) array, "lungs": (H, W) mask or None,
         "crop_box": (y0, y1, x0, x1) original px}``.
 
@@ -650,7 +651,7 @@ class CxrClassifier:
         has_other = OTHER_FINDING in self.labels
         return {"probabilities": {lab: float(p) for lab, p in zip(self.labels, prob[0])},
                 "predicted": self.labels[int(prob[0].argmax())],
-                "in_scope": bool(in_scope(prob, self.labels, self.scope_threshold)[0]),
+                "in_scope": bool(in_scope(prob, self.labels, self.scope_threshold)[0]) if has_other else None,
                 "out_of_scope_score": float(out_of_scope_scores(prob, self.labels)[0]) if has_other else None,
                 "input": x, "lungs": lungs, "crop_box": box}
 
