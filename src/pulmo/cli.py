@@ -66,16 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest volume read, voxels, checked from the header before decoding (default 1500000000)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
-    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule", "input-gate"])
-    e.add_argument("--data", required=True, help="dataset root in the task's layout")
+    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule", "input-gate",
+                                   "nodule-seg"])
+    e.add_argument("--data", required=True, help="dataset root in the task's layout (nodule-seg: the LIDC-IDRI-slices "
+                   "folder or its .tar.gz)")
     e.add_argument("--format", help="dataset layout (lesion-seg: covid-semiseg; cxr-classify: kermany, folders, "
-                   "covid-chestxray, covid-radiography, tbx11k, montgomery-shenzhen, chestx-det10, nih; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16)")
+                   "covid-chestxray, covid-radiography, tbx11k, montgomery-shenzhen, chestx-det10, nih; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16; nodule-seg: lidc-slices)")
     e.add_argument("--annotations", help="cxr-detect: the label file (TBX11K: the COCO JSON relative to --data; "
                    "ChestX-Det10 JSON; RSNA stage_2_train_labels.csv; NIH BBox_List_2017.csv); nodule --format "
                    "luna16: annotations.csv (default DATA/annotations.csv)")
     e.add_argument("--split", choices=["test", "train", "all"],
                    help="lesion-seg: test (default) or train; cxr-detect: all (default) or test (only the images "
-                   "the model card lists as held out from training)")
+                   "the model card lists as held out from training); nodule-seg: test (default: the patients the card "
+                   "lists as held out) or all")
     e.add_argument("--out", required=True, help="metrics JSON file to write")
     e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
     e.add_argument("--corpus", help="input-gate: a cached rendered corpus .npz (default: render it from --data)")
@@ -172,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--name", help="weight-set name")
     _add_train_flags(no)
 
+    ns = tsub.add_parser("nodule-seg", help="2.5-D U-Net segmenting real LIDC nodules in axial crops")
+    ns.add_argument("--data", help="LIDC-IDRI-slices folder (<patient>/nodule-<k>/{images,mask-0..3}/slice-<i>.png) "
+                    "or its .tar.gz")
+    ns.add_argument("--format", choices=["lidc-slices"], help="dataset layout (default lidc-slices)")
+    ns.add_argument("--architecture", help="registered model name (default monai-unet: MONAI residual U-Net)")
+    ns.add_argument("--features", type=int, help="channels at the first scale, doubled per scale (default 16)")
+    ns.add_argument("--depth", type=int, help="number of scales (default 4: 16-32-64-128 channels)")
+    ns.add_argument("--size", type=int, help="training window, px, the centre of each crop (default 64)")
+    ns.add_argument("--context", type=int, help="slices either side of the centre slice as channels (default 1: 3)")
+    ns.add_argument("--test-fraction", dest="test_fraction", type=float,
+                    help="share of patients held out for testing (default 0.2)")
+    ns.add_argument("--val-fraction", dest="val_fraction", type=float,
+                    help="share of patients for validation: early stopping and the threshold (default 0.1)")
+    ns.add_argument("--split-seed", dest="split_seed", type=int, help="seed of the patient split (default 0)")
+    ns.add_argument("--name", help="weight-set name (default nodule-seg)")
+    _add_train_flags(ns)
+
     ig = tsub.add_parser("input-gate", help="the input gate's 'chest radiograph / CT slice / other' model")
     ig.add_argument("--data", help="data root holding the datasets' cxr/ and ct/ folders in their public layouts (see "
                     "pulmo.datasets.gate_corpus); not needed when --corpus exists")
@@ -212,6 +232,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         lesion_seg,
         lung_seg,
         nodule,
+        nodule_seg,
     )
 
     task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig),
@@ -219,7 +240,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig),
             "cxr-detect": (cxr_detect, cxr_detect.DetectConfig),
             "cxr-detect-unet": (cxr_detect_unet, cxr_detect_unet.UnetDetectConfig),
-            "nodule": (nodule, nodule.NoduleConfig)}
+            "nodule": (nodule, nodule.NoduleConfig), "nodule-seg": (nodule_seg, nodule_seg.NoduleSegConfig)}
     module, config_cls = task[args.task]
     skip = {"command", "task", "verbose", "no_progress", "config", "leave_one_source_out"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
@@ -250,6 +271,16 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"({r['non_cxr']['accepted']}/{r['non_cxr']['n']}) false_refusal_ct_slice="
                 f"{r['ct_slice']['false_refusal_rate']:.4f} false_acceptance_non_ct="
                 f"{r['non_ct']['false_acceptance_rate']:.4f} ece={metrics['ece']:.4f}")
+    elif args.task == "nodule-seg":
+        from pulmo.tasks import nodule_seg
+
+        if args.split == "train":
+            raise ConfigError("evaluate nodule-seg: --split must be test or all")
+        metrics = nodule_seg.evaluate(args.data, args.format or "lidc-slices", args.weights or nodule_seg.DEFAULT_WEIGHTS,
+                                      split=args.split or "test", progress=progress)
+        line = (f"split={metrics['split']} nodules={metrics['n_nodules']} patients={metrics['n_patients']} "
+                f"dice_mean={metrics['dice_mean']:.4f} [{metrics['dice_ci95'][0]:.4f}, {metrics['dice_ci95'][1]:.4f}] "
+                f"iou_mean={metrics['iou_mean']:.4f} skipped_empty={metrics['n_skipped_empty']}")
     elif args.task == "nodule":
         if args.format not in nodule.FORMATS:
             raise ConfigError(f"evaluate nodule needs --format lidc|luna16, got {args.format!r}")

@@ -1,0 +1,494 @@
+"""``nodule-seg``: segmentation of real lung nodules in axial CT crops (LIDC-IDRI, issue 16).
+
+Data: the LIDC-IDRI-slices crops (:mod:`pulmo.datasets.lidc_slices`; Armato et al., Med. Phys. 2011): 8-bit
+lung-windowed axial crops centred on each nodule >= 3 mm, one mask per radiologist. Target: the 50 % consensus
+of the readers who outlined the nodule.
+
+Model: a 2.5-D U-Net, MONAI's residual ``UNet`` (Kerfoot et al. 2018; registry name ``monai-unet``, channels
+16-32-64-128, two residual units per scale, batch norm). Input: 3 adjacent slices as channels (i-1, i, i+1; the
+end slice repeated beyond the stack), grey / 255; output: the logit of the centre slice's mask. Loss: MONAI
+``DiceCELoss`` (soft Dice over the batch + binary cross-entropy). Working size 64 x 64 px at the crops' native
+pixel size (~0.69 mm/px, :data:`~pulmo.datasets.lidc_slices.MM_PER_PX`), never resized, since resizing would change
+the nodule size the model learns: training uses the centre 64 x 64 window of every crop (the nodule is at the
+centre; 128-px crops are centre-cropped); prediction and evaluation run the fully convolutional network on the
+whole crop (64 or 128 px, padded to a multiple of 8), so large nodules are scored against their full masks.
+Augmentation: flips, 90-degree rotations, reversed slice order, small intensity scale/shift/gamma and noise.
+
+Split: by patient (:func:`~pulmo.datasets.lidc_slices.split_nodules`): 20 % of the patients held out for testing,
+10 % for validation (early stopping and the threshold, chosen on validation by mean per-nodule Dice), the rest for
+training. Metrics: per-nodule Dice and IoU of the 3-D mask stacked from the per-slice predictions over the
+nodule's slices, with percentile-bootstrap 95 % intervals over nodules, per number of readers and per estimated
+size; NoduleNet (Tang et al., "NoduleNet: decoupled false positive reduction for pulmonary nodule detection and
+segmentation", MICCAI 2019) reports 83.1 % DSC for its 3-D segmentation branch on LIDC-IDRI, a reference point
+under another protocol (3-D, detected nodules in whole scans, its own consensus masks and folds).
+
+CT volumes in HU become crop-like input through :data:`~pulmo.datasets.lidc_slices.CROP_WINDOW_HU`
+(``hu=True`` in :meth:`NoduleSegmenter.predict`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandLambdad,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from pulmo.datasets.lidc_slices import (
+    CROP_WINDOW_HU,
+    MM_PER_PX,
+    SIZE_BINS_MM,
+    LidcSliceNodule,
+    NoduleSliceDataset,
+    context_stack,
+    hu_to_crop_grey,
+    read_lidc_slices,
+    size_group,
+    split_nodules,
+)
+from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.errors import ConfigError, InputError
+from pulmo.metrics import bootstrap_ci, dice, iou
+from pulmo.models import create_model
+from pulmo.weights import resolve_card, save_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "nodule-seg"
+FORMATS = ("lidc-slices",)
+THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
+#: NoduleNet's reported segmentation DSC on LIDC-IDRI (Tang et al., MICCAI 2019), for reference.
+NODULENET_DSC = 0.831
+READER_GROUPS = ("1", "2", "3", "4")
+SIZE_GROUPS = (f"<{SIZE_BINS_MM[0]:g}mm", f"{SIZE_BINS_MM[0]:g}-{SIZE_BINS_MM[1]:g}mm", f">{SIZE_BINS_MM[1]:g}mm")
+SIZE_UNIT = (f"estimated mm: equivalent diameter (largest axial cross-section, mean over the outlining readers) in "
+             f"px x {MM_PER_PX} mm/px; the crops store no spacing (pulmo.datasets.lidc_slices.MM_PER_PX)")
+
+
+@dataclasses.dataclass
+class NoduleSegConfig(TrainConfig):
+    """Settings of ``pulmo train nodule-seg`` (adds to :class:`TrainConfig`).
+
+    Attributes:
+        data: LIDC-IDRI-slices folder or ``.tar.gz``. format: ``lidc-slices``.
+        architecture: registered model name (``monai-unet``: MONAI residual U-Net).
+        features: channels at the first scale (doubled per scale). depth: scales (4: 16-32-64-128).
+        size: training window in px (square, centre of each crop; a multiple of ``2 ** (depth - 1)``).
+        context: slices either side of the centre slice given as channels (1: 3 channels).
+        test_fraction / val_fraction / split_seed: the patient split (:func:`split_nodules`).
+        name: weight-set name (``<out_dir>/<name>.safetensors`` + ``.json`` card).
+    """
+
+    data: str = ""
+    format: str = "lidc-slices"
+    architecture: str = "monai-unet"
+    features: int = 16
+    depth: int = 4
+    size: int = 64
+    context: int = 1
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    name: str = DEFAULT_WEIGHTS
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    patience: int = 10
+
+
+def _reverse_slices(x: Any) -> Any:
+    """Reverse the slice (channel) order: the nodule seen upside down in z."""
+    return x.flip(0) if isinstance(x, torch.Tensor) else np.ascontiguousarray(np.asarray(x)[::-1])
+
+
+AUGMENTATION = ("flips of both in-plane axes, 90-degree rotations, reversed slice order (p 0.5 each); intensity "
+                "scale +-10 % (p 0.5), shift +-0.04 (p 0.5), gamma 0.8-1.25 (p 0.3), Gaussian noise sd 0.01 (p 0.2)")
+
+
+def nodule_augmentation() -> Compose:
+    """Training augmentation of ``{"image": (C, H, W), "label": (1, H, W)}``: flips of both in-plane axes, 90-degree
+    rotations, reversed slice order (p 0.5 each), intensity scale +-10 % (p 0.5), shift +-0.04 (p 0.5), gamma
+    0.8-1.25 (p 0.3), Gaussian noise sd 0.01 (p 0.2). Geometry applies to image and label alike."""
+    keys = ("image", "label")
+    return Compose([
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys, prob=0.5, spatial_axis=1),
+        RandRotate90d(keys, prob=0.5, max_k=3),
+        RandLambdad("image", func=_reverse_slices, prob=0.5),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),
+        RandShiftIntensityd("image", offsets=0.04, prob=0.5),
+        RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
+        RandGaussianNoised("image", prob=0.2, std=0.01),
+    ])
+
+
+def _model_kwargs(config: NoduleSegConfig) -> dict[str, Any]:
+    return {"in_channels": 2 * config.context + 1, "out_channels": 1, "features": config.features,
+            "depth": config.depth}
+
+
+def _check_config(config: NoduleSegConfig) -> None:
+    if config.format not in FORMATS:
+        raise ConfigError(f"nodule-seg format {config.format!r}; expected one of {FORMATS}")
+    if not config.data:
+        raise ConfigError("nodule-seg needs --data (the LIDC-IDRI-slices folder or its .tar.gz)")
+    if config.context < 0:
+        raise ConfigError(f"context {config.context}; expected 0 or more slices either side")
+    divisor = 2 ** (config.depth - 1)
+    if config.size <= 0 or config.size % divisor:
+        raise ConfigError(f"size {config.size}; expected a positive multiple of {divisor} (2 ** (depth - 1))")
+
+
+def nodule_probabilities(model: torch.nn.Module, images: np.ndarray, context: int = 1, divisor: int = 8,
+                         batch_size: int = 64, bf16: bool = False) -> np.ndarray:
+    """Per-slice nodule probability of a crop stack, slice by slice (2.5-D).
+
+    Args:
+        model: the network (eval mode), ``(B, 2 context + 1, H, W)`` -> ``(B, 1, H, W)`` logits.
+        images: ``(S, H, W)`` uint8 grey levels, or float in [0, 1].
+        context: slices either side fed as channels (edge slices repeated).
+        divisor: the input is padded (edge values) to a multiple of this, then cropped back.
+        batch_size: slices per forward pass.
+        bf16: run the network under bfloat16 autocast (CPU).
+
+    Returns:
+        float32 ``(S, H, W)`` probabilities in [0, 1].
+    """
+    return stacks_probabilities(model, [images], context, divisor, batch_size, bf16)[0]
+
+
+@torch.no_grad()
+def stacks_probabilities(model: torch.nn.Module, stacks: Sequence[np.ndarray], context: int = 1, divisor: int = 8,
+                         batch_size: int = 64, bf16: bool = False) -> list[np.ndarray]:
+    """:func:`nodule_probabilities` of several stacks ``[(S_k, H_k, W_k)]``, slices of equal size batched together
+    across stacks. Returns float32 ``[(S_k, H_k, W_k)]``."""
+    inputs: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+    for k, images in enumerate(stacks):
+        x01 = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+        for i in range(len(x01)):
+            inputs.setdefault(x01.shape[1:], []).append((k, i, context_stack(x01, i, context)))
+    outs = [np.empty(np.shape(s), dtype=np.float32) for s in stacks]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for (h, w), items in inputs.items():
+        ph, pw = (-h) % divisor, (-w) % divisor
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            x = torch.from_numpy(np.stack([c[2] for c in chunk]))
+            if ph or pw:
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+            with autocast:
+                logits = model(x)
+            prob = torch.sigmoid(logits.float())[:, 0, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w].numpy()
+            for (k, i, _), p in zip(chunk, prob):
+                outs[k][i] = p
+    return outs
+
+
+def _group_summary(dices: np.ndarray, ious: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
+    if len(dices) == 0:
+        return {"n": 0, "dice_mean": None, "dice_ci95": None, "iou_mean": None, "iou_ci95": None}
+    return {"n": len(dices), "dice_mean": float(dices.mean()),
+            "dice_ci95": list(bootstrap_ci(lambda i: float(dices[i].mean()), len(dices), n_resamples, seed)),
+            "iou_mean": float(ious.mean()),
+            "iou_ci95": list(bootstrap_ci(lambda i: float(ious[i].mean()), len(ious), n_resamples, seed))}
+
+
+def overlap_report(rows: Sequence[dict[str, Any]], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Summary of per-nodule scores ``[{"dice", "iou", "n_readers", "size_group", "patient_id"}]``.
+
+    Returns:
+        ``{"dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "n_nodules", "n_patients", "by_readers": {"1".."4":
+        {...}}, "by_size": {"<6mm", "6-10mm", ">10mm": {...}}, "size_unit"}``; every group holds ``n``,
+        ``dice_mean``, ``dice_ci95``, ``iou_mean``, ``iou_ci95`` (None when empty). Dice and IoU in [0, 1];
+        intervals: percentile bootstrap over nodules.
+    """
+    d = np.array([r["dice"] for r in rows], dtype=np.float64)
+    j = np.array([r["iou"] for r in rows], dtype=np.float64)
+    overall = _group_summary(d, j, n_resamples, seed)
+    out: dict[str, Any] = {k: overall[k] for k in ("dice_mean", "dice_ci95", "iou_mean", "iou_ci95")}
+    out["n_nodules"] = len(rows)
+    out["n_patients"] = len({r["patient_id"] for r in rows})
+    readers = np.array([str(r["n_readers"]) for r in rows])
+    sizes = np.array([r["size_group"] for r in rows])
+    out["by_readers"] = {g: _group_summary(d[readers == g], j[readers == g], n_resamples, seed) for g in READER_GROUPS}
+    out["by_size"] = {g: _group_summary(d[sizes == g], j[sizes == g], n_resamples, seed) for g in SIZE_GROUPS}
+    out["size_unit"] = SIZE_UNIT
+    return out
+
+
+def _nodule_row(n: LidcSliceNodule, pred: np.ndarray) -> dict[str, Any]:
+    ref = n.consensus
+    return {"nodule": n.key, "patient_id": n.patient_id, "n_readers": n.n_readers, "n_slices": len(n.images),
+            "crop_px": n.crop_px, "diameter_px": round(n.diameter_px, 2), "diameter_mm_est": round(n.diameter_mm, 2),
+            "size_group": size_group(n.diameter_mm), "dice": dice(pred, ref), "iou": iou(pred, ref)}
+
+
+def _dice_at(probs: Sequence[np.ndarray], nodules: Sequence[LidcSliceNodule], threshold: float) -> float:
+    return float(np.mean([dice(p >= threshold, n.consensus) for p, n in zip(probs, nodules)]))
+
+
+def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
+    """Train on the LIDC-IDRI-slices crops, choose the threshold on validation, score the held-out patients, and
+    write ``<out_dir>/<name>.safetensors`` (fp16) + its card.
+
+    ``command`` (the command line that started the run) is recorded in the card.
+
+    Returns:
+        The card (``metrics``: validation and test, see :func:`overlap_report`).
+
+    Raises:
+        ConfigError: bad settings or too few patients to split. InputError: unreadable data.
+    """
+    _check_config(config)
+    out = Path(config.out_dir)
+    save_config(config, out / "config.yaml")
+    data = read_lidc_slices(config.data, progress=config.progress)
+    train_n, val_n, test_n = split_nodules(data.nodules, config.test_fraction, config.val_fraction, config.split_seed)
+    if not train_n or not val_n or not test_n:
+        raise ConfigError(f"the patient split left {len(train_n)} train / {len(val_n)} validation / {len(test_n)} "
+                          "test nodules; every side needs one (use more patients or other fractions)")
+    logger.info("nodule-seg: %d / %d / %d nodules (train / validation / test, by patient); %d all-empty skipped",
+                len(train_n), len(val_n), len(test_n), data.n_skipped_empty)
+    kwargs = _model_kwargs(config)
+    model = create_model(config.architecture, **kwargs)
+    train_ds = NoduleSliceDataset(train_n, config.size, config.context, transform=nodule_augmentation())
+    criterion = DiceCELoss(sigmoid=True, batch=True)
+    divisor = 2 ** (config.depth - 1)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return criterion(m(batch["image"]).float(), batch["label"])
+
+    def val_probabilities(m: torch.nn.Module, bf16: bool = False) -> list[np.ndarray]:
+        return stacks_probabilities(m, [n.images for n in val_n], config.context, divisor, bf16=bf16)
+
+    def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+        return {"dice": _dice_at(val_probabilities(m, config.bf16), val_n, 0.5)}
+
+    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="dice")
+    if summary["rank"] != 0:
+        return {}
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model.eval()
+    probs = val_probabilities(model)
+    grid = {t: _dice_at(probs, val_n, t) for t in THRESHOLD_GRID}
+    threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
+    val_rows = [_nodule_row(n, p >= threshold) for n, p in zip(val_n, probs)]
+    card: dict[str, Any] = {
+        "name": config.name,
+        "architecture": config.architecture,
+        "model_kwargs": kwargs,
+        "task": "nodule-seg",
+        "labels": ["nodule"],
+        "thresholds": {"nodule": threshold},
+        "threshold_grid_dice": {str(t): round(v, 4) for t, v in grid.items()},
+        "input": {"size": [config.size, config.size], "channels": 2 * config.context + 1, "context": config.context,
+                  "slices": "channels = slices i-context .. i+context of the nodule's stack (end slice repeated); "
+                            "output = mask of slice i",
+                  "normalisation": "8-bit crop grey / 255; CT in HU -> grey through the window below, then / 255",
+                  "window_hu": list(CROP_WINDOW_HU),
+                  "window_evidence": "estimated statistically (pulmo.datasets.lidc_slices.CROP_WINDOW_HU)",
+                  "pixel_mm_est": MM_PER_PX,
+                  "framing": f"axial crop centred on the nodule at the crops' native pixel size; training on the "
+                             f"centre {config.size} px window, inference on the whole crop (padded to a multiple "
+                             f"of {divisor})"},
+        "training": {
+            "data": config.data, "format": config.format,
+            "split": {"rule": f"by patient with pulmo.datasets.split_by_patient(exact=True): test = the "
+                              f"{config.test_fraction:.0%} of patients with the smallest patient_fold(seed "
+                              f"{config.split_seed}), validation = {config.val_fraction:.0%} of all patients "
+                              f"from the rest, train = the others",
+                      "n_patients": {"train": len({n.patient_id for n in train_n}),
+                                     "validation": len({n.patient_id for n in val_n}),
+                                     "test": len({n.patient_id for n in test_n})},
+                      "n_nodules": {"train": len(train_n), "validation": len(val_n), "test": len(test_n)},
+                      "validation_patients": sorted({n.patient_id for n in val_n}),
+                      "test_patients": sorted({n.patient_id for n in test_n})},
+            "n_train_slices": len(train_ds), "n_skipped_empty": data.n_skipped_empty,
+            "target": "50 % consensus of the readers who outlined the nodule",
+            "loss": "MONAI DiceCELoss(sigmoid=True, batch=True)",
+            "augmentation": AUGMENTATION,
+            "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"], "seconds": summary["seconds"], "world_size": summary["world_size"],
+            "pretraining": "none (trained from scratch)"},
+        "metrics": {"validation": overlap_report(val_rows), "threshold_from": "validation"},
+        "reference": {"NoduleNet (Tang et al., MICCAI 2019)": {
+            "dsc": NODULENET_DSC, "note": "3-D segmentation branch on LIDC-IDRI, detected nodules in whole scans, "
+                                          "own consensus masks and cross-validation: a reference point, not the "
+                                          "same protocol"}},
+        "scope": {
+            "classes": ["nodule"],
+            "trained_on": "LIDC-IDRI-slices: 8-bit lung-windowed axial crops centred on LIDC nodules >= 3 mm "
+                          "(~0.69 mm/px), 1-4 radiologists' outlines, 50 % consensus masks",
+            "cannot_see": "whole CT slices or scans (it outlines a nodule already found and centred in a crop; it "
+                          "does not detect), nodules < 3 mm and non-nodules (never outlined in LIDC), CT values not "
+                          "mapped through input.window_hu, crops at a very different pixel size (resample to ~0.7 mm/px), "
+                          "3-D context beyond one slice either side"},
+        "license": "Apache-2.0 (weights); trained on LIDC-IDRI (CC BY 3.0: cite Armato et al. 2011)",
+    }
+    seg = NoduleSegmenter(model=model, card=card)
+    test_rows = seg.score(test_n, progress=config.progress)
+    card["metrics"]["test"] = overlap_report(test_rows)
+    card["metrics"]["test"]["n_skipped_empty"] = data.n_skipped_empty
+    logger.info("nodule-seg: threshold %.2f; validation dice %.4f; test dice %.4f (n=%d)", threshold,
+                card["metrics"]["validation"]["dice_mean"], card["metrics"]["test"]["dice_mean"], len(test_rows))
+    return save_weights(model, out / f"{config.name}.safetensors", card)
+
+
+class NoduleSegmenter:
+    """Nodule segmentation of axial crops centred on a nodule, with a trained weight set.
+
+    Args:
+        weights: weight name or ``.safetensors`` path with its card (default ``nodule-seg``).
+        model, card: an already built model and its card (used after training).
+
+    Raises:
+        WeightsError: missing or corrupted weights.
+    """
+
+    def __init__(self, weights: str | None = DEFAULT_WEIGHTS, model: torch.nn.Module | None = None,
+                 card: dict[str, Any] | None = None):
+        if model is None:
+            card = resolve_card(weights)
+            model = create_model(card["architecture"], weights=weights)
+        self.model = model.eval()
+        self.card = card or {}
+        inp = self.card.get("input", {})
+        self.context = int(inp.get("context", 1))
+        self.window = tuple(inp.get("window_hu", CROP_WINDOW_HU))
+        self.threshold = float(self.card.get("thresholds", {}).get("nodule", 0.5))
+        self.divisor = 2 ** (int(self.card.get("model_kwargs", {}).get("depth", 4)) - 1)
+
+    @classmethod
+    def from_weights(cls, weights: str = DEFAULT_WEIGHTS) -> NoduleSegmenter:
+        """The segmenter of a weight name or ``.safetensors`` path (see the class)."""
+        return cls(weights)
+
+    def _grey(self, array: np.ndarray, hu: bool) -> np.ndarray:
+        a = np.asarray(array)
+        if hu:
+            return hu_to_crop_grey(a, self.window)
+        if a.dtype == np.uint8:
+            return a
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise InputError(f"nodule-seg input: expected uint8 grey levels or float in [0, 1] (or hu=True for "
+                             f"HU), got {a.dtype} in [{a.min()}, {a.max()}]")
+        return a.astype(np.float32)
+
+    def probabilities(self, images: np.ndarray, hu: bool = False) -> np.ndarray:
+        """Nodule probability of every slice of a crop stack: float32 ``(S, H, W)`` in [0, 1].
+
+        Args:
+            images: ``(S, H, W)`` consecutive axial slices centred on the nodule: uint8 crop grey levels, float in
+                [0, 1], or HU with ``hu=True`` (mapped through the card's ``window_hu``). H, W any size.
+
+        Raises:
+            InputError: not a 3-D stack, or values outside the expected range.
+        """
+        a = np.asarray(images)
+        if a.ndim != 3 or min(a.shape) < 1:
+            raise InputError(f"nodule-seg input: expected a slice stack (S, H, W), got shape {a.shape}")
+        return nodule_probabilities(self.model, self._grey(a, hu), self.context, self.divisor)
+
+    def predict(self, stack: np.ndarray, hu: bool = False) -> np.ndarray:
+        """Mask of the centre slice of ``2 context + 1`` adjacent slices (3 for the default model).
+
+        Args:
+            stack: ``(2 context + 1, H, W)`` slices i-1, i, i+1 (uint8 grey, float in [0, 1], or HU with ``hu=True``).
+
+        Returns:
+            bool ``(H, W)`` nodule mask of slice i (probability >= the card's validation threshold).
+
+        Raises:
+            InputError: wrong number of slices or values out of range.
+        """
+        a = np.asarray(stack)
+        k = 2 * self.context + 1
+        if a.ndim != 3 or a.shape[0] != k:
+            raise InputError(f"nodule-seg predict: expected {k} adjacent slices (shape ({k}, H, W)), got {a.shape}")
+        prob = self.probabilities(a, hu)[self.context]
+        return prob >= self.threshold
+
+    def segment_nodule(self, images: np.ndarray, hu: bool = False) -> np.ndarray:
+        """Mask of every slice of a nodule's crop stack, slice by slice: bool ``(S, H, W)``.
+
+        Args:
+            images: ``(S, H, W)`` as in :meth:`probabilities`.
+        """
+        return self.probabilities(images, hu) >= self.threshold
+
+    def score(self, nodules: Sequence[LidcSliceNodule], progress: bool = True) -> list[dict[str, Any]]:
+        """Per-nodule rows ``{"nodule", "patient_id", "n_readers", "n_slices", "crop_px", "diameter_px",
+        "diameter_mm_est", "size_group", "dice", "iou"}``: 3-D Dice/IoU of :meth:`segment_nodule` against the 50 %
+        consensus over the nodule's slices, on the whole crop."""
+        rows = []
+        for start in tqdm(range(0, len(nodules), 64), desc="nodule-seg evaluate", disable=not progress, leave=False):
+            chunk = nodules[start:start + 64]
+            probs = stacks_probabilities(self.model, [n.images for n in chunk], self.context, self.divisor)
+            rows += [_nodule_row(n, p >= self.threshold) for n, p in zip(chunk, probs)]
+        return rows
+
+
+def evaluate(data: str | Path, format: str = "lidc-slices", weights: str = DEFAULT_WEIGHTS, split: str = "test",
+             progress: bool = True) -> dict[str, Any]:
+    """Score a weight set on LIDC-IDRI-slices crops.
+
+    Args:
+        data: LIDC-IDRI-slices folder or ``.tar.gz``.
+        format: ``lidc-slices``.
+        weights: weight name or ``.safetensors`` path with its card.
+        split: ``test`` (only the patients the card lists as held out, ``training.split.test_patients``) or ``all``.
+
+    Returns:
+        ``{"task": "nodule-seg", "split", "dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "n", "n_nodules",
+        "n_patients", "n_skipped_empty", "by_readers", "by_size", "size_unit", "threshold", "reference", "weights",
+        "weights_sha256", "seconds", "per_nodule"}`` (see :func:`overlap_report`; ``n`` = ``n_nodules``).
+
+    Raises:
+        ConfigError: unknown format or split, or ``split="test"`` with a card that lists no test patients.
+        InputError: unreadable data, or none of the card's test patients in ``data``. WeightsError: bad weights.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"evaluate nodule-seg supports --format lidc-slices, got {format!r}")
+    if split not in ("test", "all"):
+        raise ConfigError(f"evaluate nodule-seg: split {split!r}; expected 'test' or 'all'")
+    seg = NoduleSegmenter(weights)
+    patients = None
+    if split == "test":
+        patients = (seg.card.get("training", {}).get("split") or {}).get("test_patients")
+        if not patients:
+            raise ConfigError(f"weights {seg.card.get('name')!r}: the card lists no held-out test patients "
+                              "(training.split.test_patients); use --split all")
+    t0 = time.perf_counter()
+    try:
+        ds = read_lidc_slices(data, patients=patients, progress=progress)
+    except InputError:
+        if patients is None:
+            raise
+        raise InputError(f"{data}: none of the {len(patients)} held-out test patients of weights "
+                         f"{seg.card.get('name')!r} is in the data (e.g. {patients[0]})") from None
+    rows = seg.score(ds.nodules, progress=progress)
+    report = overlap_report(rows)
+    return {"task": "nodule-seg", "split": split, **report, "n": report["n_nodules"],
+            "n_skipped_empty": ds.n_skipped_empty, "threshold": seg.threshold,
+            "reference": {"nodulenet_dsc": NODULENET_DSC, "source": "Tang et al., MICCAI 2019 (3-D, other protocol)"},
+            "weights": seg.card.get("name"), "weights_sha256": seg.card.get("sha256"),
+            "seconds": round(time.perf_counter() - t0, 2), "per_nodule": rows}

@@ -1,0 +1,132 @@
+"""nodule-seg: a tiny train -> evaluate -> predict run on generated crops in the LIDC-IDRI-slices layout, and the
+CLI evaluate JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pulmo.cli import main
+from pulmo.errors import ConfigError, InputError
+from pulmo.tasks.nodule_seg import NODULENET_DSC, NoduleSegConfig, NoduleSegmenter, evaluate, train
+from tests.datasets.test_lidc_slices import write_nodule
+
+SIZE = 32
+KEYS = ("task", "dice_mean", "iou_mean", "n_nodules", "n_patients", "n_skipped_empty", "by_readers", "by_size",
+        "weights", "weights_sha256", "seconds")
+
+
+def _make_dataset(root: Path, n_patients: int = 10) -> Path:
+    """Bright discs (the nodules) on a dark noisy background, 1-4 readers with jittered radii, 3-5 slices."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for p in range(n_patients):
+        for k in range(1 + p % 2):
+            n_slices = 3 + (p + k) % 3
+            radius = rng.uniform(3, 8)
+            profile = radius * np.sqrt(np.clip(1 - np.linspace(-0.8, 0.8, n_slices) ** 2, 0.05, 1))
+            images = np.empty((n_slices, SIZE, SIZE), np.uint8)
+            masks = np.zeros((4, n_slices, SIZE, SIZE), bool)
+            n_readers = 1 + (p + k) % 4
+            for i, r in enumerate(profile):
+                disc = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 <= r ** 2
+                images[i] = np.clip(np.where(disc, 130, 20) + rng.normal(0, 8, disc.shape), 0, 255).astype(np.uint8)
+                for reader in range(n_readers):
+                    rr = r + rng.uniform(-0.7, 0.7)
+                    masks[reader, i] = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 <= rr ** 2
+            write_nodule(root, f"LIDC-IDRI-{p + 1:04d}", k, images, masks)
+    # one nodule nobody outlined
+    write_nodule(root, "LIDC-IDRI-0001", 7, np.full((2, SIZE, SIZE), 20, np.uint8), np.zeros((4, 2, SIZE, SIZE), bool))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train through the CLI for a few optimiser steps (tiny network) and return (data root, weights path)."""
+    tmp = tmp_path_factory.mktemp("nodule_seg")
+    data = _make_dataset(tmp / "LIDC-IDRI-slices")
+    out = tmp / "run"
+    code = main(["--no-progress", "train", "nodule-seg", "--data", str(data), "--out-dir", str(out), "--epochs", "2",
+                 "--max-steps-per-epoch", "3", "--batch-size", "8", "--features", "4", "--depth", "3",
+                 "--size", str(SIZE), "--lr", "0.01", "--threads", "1"])
+    assert code == 0
+    return data, out / "nodule-seg.safetensors"
+
+
+def test_train_writes_weights_and_card(trained):
+    _, weights = trained
+    assert weights.is_file() and weights.with_suffix(".json").is_file()
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["task"] == "nodule-seg" and card["architecture"] == "monai-unet" and card["dtype"] == "float16"
+    assert card["model_kwargs"] == {"in_channels": 3, "out_channels": 1, "features": 4, "depth": 3}
+    assert 0.2 <= card["thresholds"]["nodule"] <= 0.8
+    split = card["training"]["split"]
+    assert split["n_patients"] == {"train": 7, "validation": 1, "test": 2}
+    assert not set(split["test_patients"]) & set(split["validation_patients"])
+    assert card["training"]["n_skipped_empty"] == 1
+    test = card["metrics"]["test"]
+    assert test["n_patients"] == 2 and 0.0 <= test["dice_mean"] <= 1.0
+    assert test["dice_ci95"][0] <= test["dice_mean"] <= test["dice_ci95"][1]
+    assert set(test["by_readers"]) == {"1", "2", "3", "4"} and set(test["by_size"]) == {"<6mm", "6-10mm", ">10mm"}
+    assert sum(g["n"] for g in test["by_readers"].values()) == test["n_nodules"]
+    assert card["reference"]["NoduleNet (Tang et al., MICCAI 2019)"]["dsc"] == NODULENET_DSC
+    assert set(card["scope"]) == {"classes", "trained_on", "cannot_see"}
+    assert card["input"]["window_hu"] == [-1000.0, 900.0]
+
+
+def test_evaluate_test_split_uses_the_held_out_patients(trained):
+    data, weights = trained
+    card = json.loads(weights.with_suffix(".json").read_text())
+    m = evaluate(data, "lidc-slices", str(weights), split="test", progress=False)
+    assert all(k in m for k in KEYS) and m["task"] == "nodule-seg"
+    assert {r["patient_id"] for r in m["per_nodule"]} == set(card["training"]["split"]["test_patients"])
+    assert m["n_nodules"] == card["metrics"]["test"]["n_nodules"]
+    assert m["dice_mean"] == pytest.approx(card["metrics"]["test"]["dice_mean"], abs=0.02)  # fp16 weights
+    everything = evaluate(data, "lidc-slices", str(weights), split="all", progress=False)
+    assert everything["n_nodules"] == 15 and everything["n_patients"] == 10 and everything["n_skipped_empty"] == 1
+    with pytest.raises(ConfigError, match="lidc-slices"):
+        evaluate(data, "covid-semiseg", str(weights))
+    with pytest.raises(ConfigError, match="'test' or 'all'"):
+        evaluate(data, "lidc-slices", str(weights), split="train")
+
+
+def test_segmenter_predicts_the_centre_slice(trained):
+    _, weights = trained
+    seg = NoduleSegmenter.from_weights(str(weights))
+    stack = np.full((3, SIZE, SIZE), 20, np.uint8)
+    mask = seg.predict(stack)
+    assert mask.shape == (SIZE, SIZE) and mask.dtype == bool
+    big = np.full((5, 40, 48), 20, np.uint8)               # any size: padded to a multiple of 4 internally
+    assert seg.segment_nodule(big).shape == (5, 40, 48)
+    hu = np.full((3, SIZE, SIZE), -850.0)
+    assert seg.predict(hu, hu=True).shape == (SIZE, SIZE)
+    with pytest.raises(InputError, match="3 adjacent slices"):
+        seg.predict(np.zeros((2, SIZE, SIZE), np.uint8))
+    with pytest.raises(InputError, match=r"float in \[0, 1\]"):
+        seg.predict(np.full((3, SIZE, SIZE), -850.0))
+
+
+def test_cli_evaluate_writes_the_json_schema(trained, tmp_path):
+    data, weights = trained
+    out = tmp_path / "m.json"
+    code = main(["--no-progress", "evaluate", "nodule-seg", "--data", str(data), "--format", "lidc-slices",
+                 "--out", str(out), "--split", "all", "--weights", str(weights)])
+    assert code == 0
+    m = json.loads(out.read_text())
+    assert all(k in m for k in KEYS)
+    assert m["task"] == "nodule-seg" and m["split"] == "all" and m["n_nodules"] == 15
+    assert 0.0 <= m["dice_mean"] <= 1.0 and 0.0 <= m["iou_mean"] <= m["dice_mean"] + 1e-9
+    assert set(m["by_readers"]) == {"1", "2", "3", "4"}
+    assert m["weights_sha256"] == json.loads(weights.with_suffix(".json").read_text())["sha256"]
+    assert main(["--no-progress", "evaluate", "nodule-seg", "--data", str(data), "--out", str(out), "--split", "train",
+                 "--weights", str(weights)]) == 2
+
+
+def test_train_refuses_bad_settings(tmp_path):
+    with pytest.raises(ConfigError, match="--data"):
+        train(NoduleSegConfig(out_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        train(NoduleSegConfig(data=str(tmp_path), size=60, out_dir=str(tmp_path)))
