@@ -22,6 +22,8 @@ from pulmo.tasks.ct_lungs import lung_mask_ct, lung_mask_slice
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
+from pulmo.tasks.nodule_seg import DEFAULT_WEIGHTS as NODULE_SEG_WEIGHTS
+from pulmo.tasks.nodule_seg import DETECTOR_MASK_METHOD, MASK_METHOD, NoduleSegmenter, refine_nodule_masks
 from pulmo.transforms import window_hu
 from pulmo.transforms.ct_postprocess import postprocess_infection
 from pulmo.weights import WEIGHTS_DIR, model_entry
@@ -48,6 +50,16 @@ def nodule_detector(weights: str = NODULE_WEIGHTS) -> NoduleDetector | None:
     return NoduleDetector(weights)
 
 
+@functools.lru_cache(maxsize=2)
+def nodule_segmenter(weights: str = NODULE_SEG_WEIGHTS) -> NoduleSegmenter | None:
+    """The bundled nodule mask refiner (``nodule-seg``), loaded once per process; None when no such weights are
+    bundled (the detector's masks are kept)."""
+    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
+        logger.info("no bundled %s weights: nodule masks from the detector's mask head", weights)
+        return None
+    return NoduleSegmenter(weights)
+
+
 def _class_volumes(labels: np.ndarray, seg: LesionSegmenter, unit: float) -> dict[str, float]:
     if len(seg.labels) < 3:
         return {}
@@ -65,7 +77,9 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     Returns:
         ``(findings, masks)``: ``masks["lungs"]`` bool, ``masks["infection"]`` uint8 labels (post-processed)
         and, when a nodule model is bundled, ``masks["nodules"]`` int16 (1.. = nodule number), all
-        ``(Z, Y, X)`` in the input grid.
+        ``(Z, Y, X)`` in the input grid. When ``nodule-seg`` weights are bundled too, each nodule's mask,
+        ``diameter_mm`` and ``volume_mm3`` come from them (:func:`pulmo.tasks.nodule_seg.refine_nodule_masks`)
+        and ``findings.models`` lists them; every nodule's ``mask_method`` says which model outlined it.
 
     Raises:
         InputError: not HU, or no lungs found.
@@ -105,6 +119,15 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
         findings.nodules, masks["nodules"] = det.findings(volume, lungs)
         findings.nodule_mask = "nodule_mask.nii.gz"
         findings.models.append(model_entry(det.card, "nodule", probability_threshold=det.threshold))
+        refiner = nodule_segmenter() if findings.nodules else None
+        if refiner is not None:
+            masks["nodules"], findings.nodules = refine_nodule_masks(volume.hu, volume.spacing, findings.nodules,
+                                                                     masks["nodules"], refiner)
+            if any(n["mask_method"] == MASK_METHOD for n in findings.nodules):
+                findings.models.append(model_entry(refiner.card, "nodule-seg", threshold=refiner.threshold))
+        else:
+            for n in findings.nodules:
+                n["mask_method"] = DETECTOR_MASK_METHOD
     return findings, masks
 
 

@@ -33,11 +33,13 @@
   ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
   first; an empty list when nothing passes the threshold
 * ``nodules`` (CT volume, when a nodule model is bundled): ``[{"center_xyz_mm", "center_zyx_index",
-  "diameter_mm", "volume_mm3", "probability", "slice_index", "key_slice_image"}]``, most probable first:
-  ``center_xyz_mm`` world LPS mm, ``center_zyx_index`` voxel indices (float), ``diameter_mm`` of the
+  "diameter_mm", "volume_mm3", "probability", "slice_index", "key_slice_image", "mask_method"}]``, most probable
+  first: ``center_xyz_mm`` world LPS mm, ``center_zyx_index`` voxel indices (float), ``diameter_mm`` of the
   equivalent sphere, ``volume_mm3`` in mm³ (replaces the former ``volume_ml``), ``probability`` in [0, 1] at or
   above the card's threshold, ``slice_index`` the key axial z index, ``key_slice_image`` the PNG of that slice
-  with the nodule's numbered marker; plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
+  with the nodule's numbered marker, ``mask_method`` the model whose outline gives the mask, diameter and volume:
+  ``"nodule-seg (2.5-D U-Net, real LIDC crops)"`` (when ``nodule-seg`` weights are bundled, listed in ``models``)
+  or ``"nodule (NoduleNet mask head)"``; plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
 * ``models``: ``[{"task", "name", "architecture", "sha256", "scope"}]`` (``scope``: the card's ``{"classes",
   "trained_on", "cannot_see"}``; ``calibration_ece`` where the card reports a held-out ECE; detectors add
   their threshold)

@@ -23,7 +23,9 @@ segmentation", MICCAI 2019) reports 83.1 % DSC for its 3-D segmentation branch o
 under another protocol (3-D, detected nodules in whole scans, its own consensus masks and folds).
 
 CT volumes in HU become crop-like input through :data:`~pulmo.datasets.lidc_slices.CROP_WINDOW_HU`
-(``hu=True`` in :meth:`NoduleSegmenter.predict`).
+(``hu=True`` in :meth:`NoduleSegmenter.predict`). In the CT pipeline, :func:`refine_nodule_masks` replaces the
+``nodule`` detector's masks (its mask head was trained on synthetic nodules) by this model's outlines on crops
+around each detected nodule, when ``nodule-seg`` weights are bundled.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +54,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 from safetensors.torch import load_file
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from pulmo.datasets.lidc_slices import (
@@ -492,3 +496,223 @@ def evaluate(data: str | Path, format: str = "lidc-slices", weights: str = DEFAU
             "reference": {"nodulenet_dsc": NODULENET_DSC, "source": "Tang et al., MICCAI 2019 (3-D, other protocol)"},
             "weights": seg.card.get("name"), "weights_sha256": seg.card.get("sha256"),
             "seconds": round(time.perf_counter() - t0, 2), "per_nodule": rows}
+
+
+# ---------------------------------------------------------------------------------------------- CT pipeline
+
+#: ``mask_method`` of a detected nodule whose mask :func:`refine_nodule_masks` replaced.
+MASK_METHOD = "nodule-seg (2.5-D U-Net, real LIDC crops)"
+#: ``mask_method`` of a detected nodule that keeps the mask of the detector's mask head (:mod:`pulmo.tasks.nodule`).
+DETECTOR_MASK_METHOD = "nodule (NoduleNet mask head)"
+#: Axial margin (mm) around the detected sphere: slices within ``radius + margin`` of the centre are segmented.
+REFINE_MARGIN_MM = 3.0
+#: In-plane pixel sizes within this relative distance of the crops' (:data:`MM_PER_PX`) are used as they are (the
+#: crops are at the scans' native spacing, 0.46-0.98 mm in LIDC, so the model has seen this spread); beyond it the
+#: slice crops are resampled to the crops' pixel size.
+RESAMPLE_TOLERANCE = 0.25
+#: Crop sides (px at the crops' scale) of the dataset: the first that holds the detected sphere + margin is used.
+REFINE_CROP_PX = (64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineWindow:
+    """Where :func:`refine_nodule_masks` looks for one nodule, in the volume's voxel grid.
+
+    Attributes:
+        z: ``(z0, z1)`` the axial slices segmented (``z0 <= z < z1``, centre ± radius + margin, clipped to the
+            volume); ``z_context`` ``(c0, c1)`` the slices read for them (one more either side for 3-slice context
+            where the volume has them).
+        side: crop side in px (64 or 128, :data:`REFINE_CROP_PX`).
+        origin_yx: voxel coordinates (continuous) of crop pixel ``(0, 0)``; ``step_yx``: voxels per crop pixel
+            (1.0 = native spacing, no resampling). Crop pixel ``(i, j)`` is at voxel ``origin + (i, j) * step``.
+        rows, cols: ``(lo, hi)`` the voxel rows / columns (``lo <= y < hi``) whose centres the crop covers
+            (clipped to the volume): the refined mask never leaves ``z x rows x cols``.
+        pixel_mm: ``(y, x)`` crop pixel size in mm.
+    """
+
+    z: tuple[int, int]
+    z_context: tuple[int, int]
+    side: int
+    origin_yx: tuple[float, float]
+    step_yx: tuple[float, float]
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    pixel_mm: tuple[float, float]
+
+    @property
+    def resampled(self) -> bool:
+        """True when the crop is resampled (another pixel size than the scan's)."""
+        return self.step_yx != (1.0, 1.0)
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        """The window as index slices of the volume ``(z, rows, cols)``."""
+        return slice(*self.z), slice(*self.rows), slice(*self.cols)
+
+
+def refine_window(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], centre_zyx: Sequence[float],
+                  radius_mm: float, context: int = 1, pixel_mm: float = MM_PER_PX,
+                  margin_mm: float = REFINE_MARGIN_MM, resample_tolerance: float = RESAMPLE_TOLERANCE) -> RefineWindow:
+    """The crop window of one nodule (see :class:`RefineWindow` and :func:`refine_nodule_masks`).
+
+    Axially: slices whose centre is within ``radius_mm + margin_mm`` of the nodule centre's slice (at least one
+    either side), plus ``context`` slices either side for the 2.5-D input. In-plane: a square of
+    :data:`REFINE_CROP_PX` side (the smallest holding ``2 (radius_mm + margin_mm)``) centred on the nodule; at the
+    scan's own pixel size when it is within ``resample_tolerance`` (relative) of ``pixel_mm``, with the crop
+    centred on the centre voxel (no interpolation); else resampled to ``pixel_mm`` and centred on the continuous
+    centre.
+    """
+    zc, yc, xc = (float(v) for v in centre_zyx)
+    n_z, n_y, n_x = (int(v) for v in shape_zyx)
+    sz, sy, sx = (float(v) for v in spacing_zyx)
+    reach_mm = max(float(radius_mm), 0.0) + margin_mm
+    zi = int(np.clip(round(zc), 0, n_z - 1))
+    half_z = max(1, math.ceil(reach_mm / sz))
+    z0, z1 = max(0, zi - half_z), min(n_z, zi + half_z + 1)
+    steps = tuple(1.0 if abs(s / pixel_mm - 1.0) <= resample_tolerance else pixel_mm / s for s in (sy, sx))
+    px_mm = (sy * steps[0], sx * steps[1])
+    need = 2.0 * reach_mm / min(px_mm)
+    side = next((s for s in REFINE_CROP_PX if need <= s), REFINE_CROP_PX[-1])
+    origin, ranges = [], []
+    for c, step, n in zip((yc, xc), steps, (n_y, n_x)):
+        a = (round(c) if step == 1.0 else c) - (side // 2) * step
+        lo = max(0, math.ceil(a - 0.5 * step - 1e-9))
+        hi = min(n, math.floor(a + (side - 0.5) * step - 1e-9) + 1)
+        origin.append(float(a))
+        ranges.append((int(lo), int(max(lo, hi))))
+    return RefineWindow(z=(z0, z1), z_context=(max(0, z0 - context), min(n_z, z1 + context)), side=side,
+                        origin_yx=(origin[0], origin[1]), step_yx=(float(steps[0]), float(steps[1])),
+                        rows=ranges[0], cols=ranges[1], pixel_mm=(float(px_mm[0]), float(px_mm[1])))
+
+
+def _refine_one(hu: np.ndarray, spacing: np.ndarray, nodule: dict[str, Any], segmenter: NoduleSegmenter,
+                pixel_mm: float, margin_mm: float, resample_tolerance: float
+                ) -> tuple[RefineWindow, np.ndarray | None]:
+    """One nodule's refined mask: ``(window, bool (len z, len rows, len cols) or None)``; None when the
+    network marks no component at (or within the detected radius of) the centre."""
+    centre = np.asarray(nodule["center_zyx_index"], np.float64)
+    radius = float(nodule.get("diameter_mm") or 0.0) / 2.0
+    w = refine_window(hu.shape, spacing, centre, radius, segmenter.context, pixel_mm, margin_mm, resample_tolerance)
+    (z0, z1), (c0, c1) = w.z, w.z_context
+    if z1 <= z0 or w.rows[1] <= w.rows[0] or w.cols[1] <= w.cols[0]:
+        return w, None
+    # the crop stack in HU, at the crops' scale (exact voxel copies when not resampled; edge values beyond the scan)
+    grid = [a + np.arange(w.side) * s for a, s in zip(w.origin_yx, w.step_yx)]
+    coords = np.stack(np.meshgrid(*grid, indexing="ij"))
+    stack = np.stack([ndimage.map_coordinates(hu[z].astype(np.float32, copy=False), coords, order=1,
+                                              mode="nearest") for z in range(c0, c1)])
+    prob = segmenter.probabilities(stack, hu=True)[z0 - c0:z1 - c0]     # crop window -> grey, 2.5-D, slice by slice
+    # back onto the volume grid: the voxels whose centres the crop covers, bilinear in the probabilities
+    back = [(np.arange(lo, hi) - a) / s for (lo, hi), a, s in zip((w.rows, w.cols), w.origin_yx, w.step_yx)]
+    back_coords = np.stack(np.meshgrid(*back, indexing="ij"))
+    mask = np.stack([ndimage.map_coordinates(p, back_coords, order=1, mode="nearest") for p in prob])
+    mask = mask >= segmenter.threshold
+    if not mask.any():
+        return w, None
+    components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    offset = np.array([z0, w.rows[0], w.cols[0]])
+    ci = np.rint(centre).astype(int) - offset
+    if all(0 <= i < n for i, n in zip(ci, mask.shape)) and components[tuple(ci)]:
+        keep = components[tuple(ci)]
+    else:                                          # centre voxel not marked: the nearest component within the radius
+        pts = np.argwhere(mask)
+        dist = np.sqrt((((pts + offset - centre) * spacing) ** 2).sum(axis=1))
+        nearest = int(dist.argmin())
+        if dist[nearest] > max(radius, float(spacing[1:].max())):
+            return w, None
+        keep = components[tuple(pts[nearest])]
+    return w, components == keep
+
+
+def refine_nodule_masks(hu_volume: np.ndarray, spacing_zyx: Sequence[float], nodules: Sequence[dict[str, Any]],
+                        label_mask: np.ndarray, segmenter: NoduleSegmenter, margin_mm: float = REFINE_MARGIN_MM,
+                        resample_tolerance: float = RESAMPLE_TOLERANCE) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Replace the detector's nodule masks by ``nodule-seg``'s outlines (the CT pipeline's mask refinement).
+
+    For each nodule (number ``k`` = its position in ``nodules`` + 1 = label ``k`` of ``label_mask``), with its
+    detected centre ``center_zyx_index`` and sphere ``diameter_mm``:
+
+    1. **crop** (:func:`refine_window`): the axial slices within ``radius + margin_mm`` of the centre slice (at
+       least one either side), each cropped to a 64 x 64 square (128 x 128 when the sphere + margin does not fit)
+       centred on the nodule, the crops' framing. Pixel size: the scan's own when within ``resample_tolerance``
+       of the crops' ``input.pixel_mm_est`` (~0.69 mm, :data:`MM_PER_PX`; the crops are at native spacing, no
+       interpolation then), else bilinear resampling of the HU slices to that pixel size;
+    2. **window**: HU -> 8-bit grey through the card's ``input.window_hu`` (:data:`CROP_WINDOW_HU`,
+       :func:`~pulmo.datasets.lidc_slices.hu_to_crop_grey`), exactly as the training crops;
+    3. **segment** slice by slice with 3-slice context (slices i-1, i, i+1 of the scan; the slices either side
+       of the window are read for context where the volume has them), probability >= the card's threshold,
+       mapped back onto the volume grid (bilinear in the probabilities when resampled);
+    4. **component**: the 3-D connected component (26-connectivity) containing the centre voxel; when the
+       centre voxel is not marked, the component nearest to the centre if within the detected radius (at least
+       one in-plane voxel). No component: the detector's mask is kept;
+    5. **labels**: the nodules are written in order, a voxel keeping the first (most probable) nodule that claims
+       it, as the detector does; a refined nodule's voxels are its kept component only (its old mask is
+       dropped), an unrefined nodule keeps its old voxels.
+
+    Recomputed for every refined nodule from its voxels in the returned label mask: ``volume_mm3`` = voxels x
+    voxel volume (mm³, rounded to 0.1) and ``diameter_mm`` = the equivalent-sphere diameter ``(6 V / pi)^(1/3)``
+    (mm, rounded to 0.01; the detector's definition). The centre, ``probability`` and ``slice_index`` stay the
+    detector's. Every nodule gets ``mask_method``: :data:`MASK_METHOD` (refined) or :data:`DETECTOR_MASK_METHOD`.
+
+    Args:
+        hu_volume: float ``(Z, Y, X)`` CT in Hounsfield units.
+        spacing_zyx: ``(z, y, x)`` voxel size in mm, each > 0.
+        nodules: the detector's findings entries (each with ``center_zyx_index`` ``[z, y, x]`` continuous voxel
+            indices and ``diameter_mm``), most probable first; not modified.
+        label_mask: int ``(Z, Y, X)``, 0 background, ``k`` = nodule ``k`` (1..len(nodules)); not modified.
+        segmenter: a :class:`NoduleSegmenter` (``nodule-seg`` weights).
+        margin_mm: axial and in-plane margin (mm) beyond the detected radius, >= 0.
+        resample_tolerance: relative pixel-size difference up to which the scan's pixels are used as they are, >= 0.
+
+    Returns:
+        ``(label_mask, nodules)``: a new label map of ``label_mask``'s shape and dtype, and new nodule dicts (copies
+        with ``mask_method`` and, when refined, new ``diameter_mm`` and ``volume_mm3``), in the same order.
+
+    Raises:
+        InputError: ``hu_volume`` not 3-D or not finite-valued floats/ints, ``label_mask`` of another shape or with
+            labels beyond ``len(nodules)``, a spacing that is not three positive numbers, a nodule without a
+            3-value ``center_zyx_index``, or a negative ``margin_mm`` / ``resample_tolerance``.
+    """
+    hu = np.asarray(hu_volume)
+    labels = np.asarray(label_mask)
+    spacing = np.asarray(spacing_zyx, np.float64).ravel()
+    if hu.ndim != 3 or not (np.issubdtype(hu.dtype, np.floating) or np.issubdtype(hu.dtype, np.integer)):
+        raise InputError(f"refine_nodule_masks: expected a (Z, Y, X) HU volume, got {hu.dtype} of shape {hu.shape}")
+    if labels.shape != hu.shape or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"refine_nodule_masks: label mask {labels.dtype} {labels.shape}; expected integer labels of "
+                         f"the volume's shape {hu.shape}")
+    if spacing.shape != (3,) or not np.isfinite(spacing).all() or (spacing <= 0).any():
+        raise InputError(f"refine_nodule_masks: spacing {list(spacing)}; expected three positive mm (z, y, x)")
+    if margin_mm < 0 or resample_tolerance < 0:
+        raise InputError(f"refine_nodule_masks: margin_mm {margin_mm} and resample_tolerance {resample_tolerance} "
+                         "must be >= 0")
+    n_labels = int(labels.max()) if labels.size else 0
+    if n_labels > len(nodules) or (labels.size and labels.min() < 0):
+        raise InputError(f"refine_nodule_masks: label mask holds labels up to {n_labels} for {len(nodules)} nodules")
+    for k, n in enumerate(nodules, 1):
+        c = n.get("center_zyx_index")
+        if c is None or np.shape(c) != (3,) or not np.isfinite(np.asarray(c, np.float64)).all():
+            raise InputError(f"refine_nodule_masks: nodule {k} has no finite center_zyx_index [z, y, x] ({c!r})")
+    pixel_mm = float(segmenter.card.get("input", {}).get("pixel_mm_est", MM_PER_PX))
+    voxel_mm3 = float(np.prod(spacing))
+    boxes = ndimage.find_objects(labels, max_label=len(nodules)) if len(nodules) else []
+    out = np.zeros_like(labels)
+    rows = []
+    for k, n in enumerate(nodules, 1):
+        window, refined = _refine_one(hu, spacing, n, segmenter, pixel_mm, margin_mm, resample_tolerance)
+        row = dict(n)
+        if refined is None:
+            if boxes[k - 1] is not None:
+                region, old = out[boxes[k - 1]], labels[boxes[k - 1]] == k
+                region[old & (region == 0)] = k
+            row["mask_method"] = DETECTOR_MASK_METHOD
+            logger.info("nodule %d: nodule-seg marks nothing at its centre; the detector's mask is kept", k)
+        else:
+            region = out[window.slices]
+            claimed = refined & (region == 0)
+            region[claimed] = k
+            vol_mm3 = float(claimed.sum()) * voxel_mm3
+            row.update(diameter_mm=round((6.0 * vol_mm3 / math.pi) ** (1.0 / 3.0), 2), volume_mm3=round(vol_mm3, 1),
+                       mask_method=MASK_METHOD)
+        rows.append(row)
+    return out, rows
