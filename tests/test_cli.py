@@ -57,7 +57,8 @@ def test_analyze_one_xray(tmp_path, capsys):
     assert "overlay.png" in html and "<h2>Lungs</h2>" in html and "area (px)" in html
     assert "report.html" in capsys.readouterr().out
     cls = findings["classification"]  # the bundled classifier with heatmaps inside the lungs
-    assert set(cls["probabilities"]) == {"normal", "bacterial_pneumonia", "viral_pneumonia", "covid19"}
+    assert set(cls["probabilities"]) == {"normal", "bacterial_pneumonia", "viral_pneumonia", "covid19", "other_finding"}
+    assert isinstance(cls["in_scope"], bool) and 0 <= cls["out_of_scope_score"] <= 1
     assert sum(cls["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert cls["predicted"] == max(cls["probabilities"], key=cls["probabilities"].get) and cls["calibrated"]
     for method, name in cls["heatmaps"].items():
