@@ -64,6 +64,16 @@ def label_layers(labels: np.ndarray, n_labels: int) -> list[tuple[np.ndarray, tu
 _HEAT_STOPS = np.array([[0, 0, 0.5], [0, 0.4, 1], [0, 0.9, 0.6], [1, 0.9, 0], [1, 0.1, 0]], np.float32) * 255
 
 
+def label_font(size: int):
+    """Pillow's default font at ``size`` px (the fixed-size bitmap font on Pillow < 10.1)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
 def heat_colours(heat: np.ndarray) -> np.ndarray:
     """RGB float32 ``(..., 3)`` (0-255) of a [0, 1] heat value on pulmo's heat scale (dark blue 0 -> red 1)."""
     h = np.clip(np.asarray(heat, np.float32), 0, 1)
@@ -96,9 +106,9 @@ def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, lungs: np.ndarray | No
 def heat_scale_image(width: int = 420, height: int = 70) -> Image.Image:
     """The colour bar of :func:`heatmap_overlay`: pulmo's heat scale from 0 to 1 (= the map's maximum over the
     whole image), grey below 0.2 where nothing is drawn, with tick labels. RGB ``width`` x ``height``."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
-    font = ImageFont.load_default(size=max(10, height // 6))
+    font = label_font(max(10, height // 6))
     out = Image.new("RGB", (width, height), (255, 255, 255))
     left, right, top, bar_h = 12, width - 12, height // 3, height // 3
     values = np.linspace(0.0, 1.0, right - left)[None, :].repeat(bar_h, 0)
@@ -125,7 +135,7 @@ def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[s
     """The image with labelled boxes (seed 2's picture): each ``{"label", "score", "box_xyxy"}`` (original
     px) drawn as a rectangle with ``"<name> <score>"`` above it; one colour per label; lungs outlined when
     given. ``names`` maps labels to display names (e.g. TBX11K's clinical terms)."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     rgb = grey_rgb(pixels).astype(np.float32)
     if lungs is not None:
@@ -136,10 +146,7 @@ def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[s
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(im)
     width = max(2, round(max(im.size) / 400))
-    try:
-        font = ImageFont.load_default(size=max(12, round(max(im.size) / 50)))
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
+    font = label_font(max(12, round(max(im.size) / 50)))
     order = list(labels or sorted({d["label"] for d in detections}))
     for d in detections:
         colour = DETECTION_COLOURS[order.index(d["label"]) % len(DETECTION_COLOURS)] if d["label"] in order else (255, 255, 255)
@@ -186,17 +193,14 @@ def draw_nodule_markers(im: Image.Image, markers: list[dict], shape_hw: tuple[in
         spacing_yx_mm: ``(row, column)`` pixel spacing of that grid, mm.
         colour: RGB of the circles and label text.
     """
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     if not markers:
         return im
     sy, sx = im.height / shape_hw[0], im.width / shape_hw[1]
     draw = ImageDraw.Draw(im)
     base_width = max(1, round(max(im.size) / 512))
-    try:
-        font = ImageFont.load_default(size=max(11, round(max(im.size) / 40)))
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
+    font = label_font(max(11, round(max(im.size) / 40)))
     for m in markers:
         cy, cx = (m["center_yx"][0] + 0.5) * sy, (m["center_yx"][1] + 0.5) * sx
         ry = nodule_marker_radius_px(m["diameter_mm"], spacing_yx_mm[0]) * sy
