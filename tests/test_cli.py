@@ -45,6 +45,8 @@ def test_analyze_one_xray(tmp_path, capsys):
     assert findings["classification"]["calibration_ece"] == findings["models"][1]["calibration_ece"] > 0
     report = (out / "report.html").read_text()
     assert report.count("Model scope.") == 3 and "held-out ECE" in report
+    # the classifier's leave-one-source-out result travels with its probabilities (the shortcut is not hidden)
+    assert "AUC 0.44" in findings["models"][1]["scope"]["external_check"] and "On a source it never saw" in report
     assert findings["input"]["image_size"] == {"height": 1024, "width": 1024}
     assert findings["lungs"]["area_cm2"] is None  # PNG: spacing unknown
     assert 0.10 < findings["lungs"]["area_px"] / 1024**2 < 0.5

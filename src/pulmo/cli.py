@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-candidates-per-scan", dest="max_candidates_per_scan", type=int, default=100,
                    help="nodule: keep each scan's N most probable candidates for the FROC, as the LUNA16 script's "
                    "maxNumberOfCADMarks (default 100; 0 = all)")
+    e.add_argument("--second-stage", dest="second_stage", default="auto",
+                   help="nodule: false-positive reduction weights (name or .safetensors), 'auto' (default: the "
+                   "bundled nodule-fpr when present) or 'none' (the detector alone)")
 
     t = sub.add_parser("train", help="train a model")
     tsub = t.add_subparsers(dest="task", required=True)
@@ -189,8 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     ns.add_argument("--val-fraction", dest="val_fraction", type=float,
                     help="share of patients for validation: early stopping and the threshold (default 0.1)")
     ns.add_argument("--split-seed", dest="split_seed", type=int, help="seed of the patient split (default 0)")
+    ns.add_argument("--loss", choices=["dice-ce-batch", "dice-ce-sample"],
+                    help="dice-ce-batch: one soft Dice over the batch + BCE (default); dice-ce-sample: Dice per slice")
+    ns.add_argument("--no-tta", dest="tta", action="store_false", default=None,
+                    help="no flip test-time augmentation at validation/test time (default: the mean of 4 flips)")
     ns.add_argument("--name", help="weight-set name (default nodule-seg)")
     _add_train_flags(ns)
+
+    fp = tsub.add_parser("nodule-fpr", help="second-stage nodule classifier: real LIDC nodules against real "
+                         "non-nodule CT points (false-positive reduction)")
+    fp.add_argument("--data", help="LIDC-IDRI-slices folder or .tar.gz (the positives)")
+    fp.add_argument("--scans", action="append", help="a CT series for negatives, PATH or PATH=LABEL (a label volume "
+                    "of its lesions, kept out of the negatives); repeatable")
+    fp.add_argument("--held-out-scan", dest="held_out_scan", help="name (folder or file name) of one --scans series "
+                    "never trained on and scored (leave-one-scan-out); default none")
+    fp.add_argument("--n-random", dest="n_random", type=int, help="random vessel / border / parenchyma points per "
+                    "kind and scan (default 300)")
+    fp.add_argument("--target-sensitivity", dest="target_sensitivity", type=float,
+                    help="the threshold keeps this share of the validation patients' nodules (default 0.95)")
+    fp.add_argument("--architecture", help="registered classifier (default resnet18)")
+    fp.add_argument("--split-seed", dest="split_seed", type=int, help="seed of the patient split (default 0, as "
+                    "nodule-seg)")
+    fp.add_argument("--name", help="weight-set name (default nodule-fpr)")
+    _add_train_flags(fp)
 
     ig = tsub.add_parser("input-gate", help="the input gate's 'chest radiograph / CT slice / other' model")
     ig.add_argument("--data", help="data root holding the datasets' cxr/ and ct/ folders in their public layouts (see "
@@ -232,6 +256,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         lesion_seg,
         lung_seg,
         nodule,
+        nodule_fpr,
         nodule_seg,
     )
 
@@ -240,7 +265,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig),
             "cxr-detect": (cxr_detect, cxr_detect.DetectConfig),
             "cxr-detect-unet": (cxr_detect_unet, cxr_detect_unet.UnetDetectConfig),
-            "nodule": (nodule, nodule.NoduleConfig), "nodule-seg": (nodule_seg, nodule_seg.NoduleSegConfig)}
+            "nodule": (nodule, nodule.NoduleConfig), "nodule-seg": (nodule_seg, nodule_seg.NoduleSegConfig),
+            "nodule-fpr": (nodule_fpr, nodule_fpr.NoduleFprConfig)}
     module, config_cls = task[args.task]
     skip = {"command", "task", "verbose", "no_progress", "config", "leave_one_source_out"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
@@ -285,7 +311,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.format not in nodule.FORMATS:
             raise ConfigError(f"evaluate nodule needs --format lidc|luna16, got {args.format!r}")
         metrics = nodule.evaluate(args.data, args.format, args.weights or nodule.DEFAULT_WEIGHTS, args.annotations,
-                                  progress=progress, max_candidates_per_scan=args.max_candidates_per_scan)
+                                  progress=progress, max_candidates_per_scan=args.max_candidates_per_scan,
+                                  second_stage=None if args.second_stage == "none" else args.second_stage)
         froc_line = " ".join(f"{k}:{v:.3f}" for k, v in metrics["froc"].items())
         dice = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
         line = f"nodules={metrics['n_nodules']} cpm={metrics['cpm']:.4f} froc[{froc_line}] dice_mean={dice}"

@@ -220,6 +220,7 @@ class _FakeDetector:
     def __init__(self) -> None:
         self.card = {"name": "nodule-fake", "architecture": "fake", "task": "nodule", "sha256": None, "scope": None}
         self.threshold = 0.5
+        self.second_stage = None  # no false-positive reduction stage
 
     def findings(self, volume, lungs):
         labels = _box(volume.shape, (10, 56, 33), (1, 5, 5)).astype(np.int16)

@@ -18,6 +18,7 @@ import numpy as np
 from pulmo.errors import InputError
 from pulmo.io import Image2D, Volume
 from pulmo.pipeline.findings import Findings
+from pulmo.pipeline.progress import report_stage
 from pulmo.tasks.ct_lungs import lung_mask_ct, lung_mask_slice
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
@@ -84,12 +85,17 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     Raises:
         InputError: not HU, or no lungs found.
     """
+    report_stage("ct", "lungs")
     lungs = lung_mask_ct(volume)
+    report_stage("ct", "infection")
     seg = lesion_segmenter()
     raw = np.zeros(volume.shape, np.uint8)
     zs, (rows, cols), slices01 = frame_ct_slices(volume, lungs)
-    for z, labels in zip(zs, seg.predict(slices01)):
-        raw[z, rows, cols] = labels
+    chunk = 8  # the segmenter's batch: the same labels as one call, with progress between batches
+    for start in range(0, len(slices01), chunk):
+        for z, labels in zip(zs[start:start + chunk], seg.predict(slices01[start:start + chunk], batch_size=chunk)):
+            raw[z, rows, cols] = labels
+        report_stage("ct", "infection", (start + chunk) / max(1, len(slices01)))
     infection, postprocessing = postprocess_infection(raw, volume.hu, lungs, volume.spacing)
     del raw
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
@@ -114,11 +120,17 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
         models=[LUNG_METHOD, model_entry(seg.card, "lesion-seg")],
     )
     masks = {"lungs": lungs, "infection": infection}
+    report_stage("ct", "nodules")
     det = nodule_detector()
     if det is not None:
         findings.nodules, masks["nodules"] = det.findings(volume, lungs)
         findings.nodule_mask = "nodule_mask.nii.gz"
-        findings.models.append(model_entry(det.card, "nodule", probability_threshold=det.threshold))
+        if det.second_stage is None:
+            findings.models.append(model_entry(det.card, "nodule", probability_threshold=det.threshold))
+        else:
+            findings.models.append(model_entry(det.card, "nodule", role="candidates (first stage)"))
+            findings.models.append(model_entry(det.second_stage.card, "nodule-fpr",
+                                               probability_threshold=det.threshold))
         refiner = nodule_segmenter() if findings.nodules else None
         if refiner is not None:
             masks["nodules"], findings.nodules = refine_nodule_masks(volume.hu, volume.spacing, findings.nodules,
@@ -136,6 +148,7 @@ def analyze_ct_slice(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
 
     Returns ``(findings, masks)`` with 2D masks ``(H, W)``; lungs are found only when the slice is in HU.
     """
+    report_stage("ct", "infection")
     seg = lesion_segmenter()
     hu_input = image.source.get("format") == "DICOM"
     lungs = None

@@ -41,7 +41,7 @@
   ``"nodule-seg (2.5-D U-Net, real LIDC crops)"`` (when ``nodule-seg`` weights are bundled, listed in ``models``)
   or ``"nodule (NoduleNet mask head)"``; plus ``nodule_mask`` (NIfTI in the input geometry, 1.. = nodule number)
 * ``models``: ``[{"task", "name", "architecture", "sha256", "scope"}]`` (``scope``: the card's ``{"classes",
-  "trained_on", "cannot_see"}``; ``calibration_ece`` where the card reports a held-out ECE; detectors add
+  "trained_on", "cannot_see"}`` and, where a whole source was left out, ``external_check``: how the model did there; ``calibration_ece`` where the card reports a held-out ECE; detectors add
   their threshold)
 * ``files``: the other files written (``overlay``, ``report``)
 """

@@ -87,12 +87,15 @@ def _table(section: dict[str, Any]) -> str:
 
 
 def _scope_note(scope: dict[str, Any] | None) -> str:
-    """One paragraph under a finding: the classes its model knows, its training data, what it cannot see."""
+    """One paragraph under a finding: the classes its model knows, its training data, what it cannot see, and how
+    it did on a source it never saw (``external_check``, when the card has one)."""
     if not scope:
         return ""
     return (f'<p class="scope"><b>Model scope.</b> Knows only: {html.escape(", ".join(scope.get("classes", [])))}. '
             f'Trained on: {html.escape(str(scope.get("trained_on", "?")))}. '
-            f'Cannot see: {html.escape(str(scope.get("cannot_see", "?")))}.</p>')
+            f'Cannot see: {html.escape(str(scope.get("cannot_see", "?")))}.'
+            + (f' <b>On a source it never saw:</b> {html.escape(str(scope["external_check"]))}.'
+               if scope.get("external_check") else "") + '</p>')
 
 
 def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:

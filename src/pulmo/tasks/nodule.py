@@ -51,11 +51,13 @@ from pulmo.models.nodulenet import (
     rpn_targets,
 )
 from pulmo.tasks.ct_lungs import lung_mask_ct
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import WEIGHTS_DIR, resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "nodule"
+#: The bundled second stage (:mod:`pulmo.tasks.nodule_fpr`), used when present.
+FPR_WEIGHTS = "nodule-fpr"
 HU_WINDOW = (-1200.0, 600.0)
 FORMATS = ("lidc", "luna16")
 
@@ -209,21 +211,40 @@ def _mask_to_original(mask_logits: np.ndarray, box: np.ndarray, prep: PreparedCT
 class NoduleDetector:
     """Nodules in a CT volume with a bundled or trained ``nodule`` weight set.
 
+    Args:
+        weights: the first stage (``nodule`` weight name or ``.safetensors`` path).
+        second_stage: the false-positive reduction stage (:class:`pulmo.tasks.nodule_fpr.NoduleFpr`): a weight
+            name or path, ``"auto"`` (the bundled ``nodule-fpr`` when it exists) or None (first stage only). With
+            it, each candidate's ``probability`` is the second stage's, ``detector_probability`` the first's, and
+            :attr:`threshold` is the second stage's operating threshold.
+
     Raises:
         WeightsError: missing or corrupted weights.
     """
 
-    def __init__(self, weights: str = DEFAULT_WEIGHTS):
+    def __init__(self, weights: str = DEFAULT_WEIGHTS, second_stage: str | None = "auto"):
         self.card = resolve_card(weights)
         self.model = create_model(self.card["architecture"], weights=weights).eval()
         self.spacing_mm = float(self.card["input"]["spacing_mm"])
-        self.threshold = float(self.card["thresholds"]["probability"])
+        self.detector_threshold = float(self.card["thresholds"]["probability"])
+        self.second_stage = None
+        if second_stage == "auto":
+            second_stage = FPR_WEIGHTS if (WEIGHTS_DIR / f"{FPR_WEIGHTS}.json").is_file() else None
+        if second_stage:
+            from pulmo.tasks.nodule_fpr import NoduleFpr
+
+            self.second_stage = NoduleFpr(second_stage)
+        self.threshold = self.second_stage.threshold if self.second_stage else self.detector_threshold
 
     def detect(self, volume: Volume, lungs: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """Every candidate (probability >= 0.02, for FROC) that touches the lungs, most probable first::
+        """Every candidate (first-stage probability >= 0.02, for FROC) that touches the lungs, most probable
+        first::
 
             {"center_xyz_mm": [x, y, z] world LPS, "center_zyx_index": [z, y, x] voxels, "diameter_mm",
              "volume_mm3", "probability", "slice_index", "mask": bool crop, "mask_offset": (z, y, x)}
+
+        plus ``detector_probability`` (the first stage's) when a second stage is set; ``probability`` is then the
+        second stage's.
 
         The centre, diameter (equivalent sphere) and volume come from the mask when it is not empty, else
         from the box.
@@ -248,6 +269,11 @@ class NoduleDetector:
                           "diameter_mm": round(float(diameter), 2), "volume_mm3": round(float(vol_mm3), 1),
                           "probability": round(float(p), 4), "slice_index": int(round(centre[0])),
                           "mask": mask, "mask_offset": offset})
+        if self.second_stage is not None and found:
+            p2 = self.second_stage.probabilities(volume.hu, volume.spacing, [n["center_zyx_index"] for n in found])
+            for n, p in zip(found, p2):
+                n["detector_probability"], n["probability"] = n["probability"], round(float(p), 4)
+            found.sort(key=lambda n: -n["probability"])
         return found
 
     def findings(self, volume: Volume, lungs: np.ndarray | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -555,7 +581,8 @@ def _lidc_series(root: Path) -> list[Path]:
 
 
 def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIGHTS, annotations: str | None = None,
-             progress: bool = True, max_candidates_per_scan: int | None = MAX_CANDIDATES_PER_SCAN) -> dict[str, Any]:
+             progress: bool = True, max_candidates_per_scan: int | None = MAX_CANDIDATES_PER_SCAN,
+             second_stage: str | None = "auto") -> dict[str, Any]:
     """LUNA16 FROC / CPM and mask Dice of a weight set, by the rules of the LUNA16 script
     ``noduleCADEvaluationLUNA16.py`` (:mod:`pulmo.metrics.froc`)::
 
@@ -581,13 +608,16 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
     Args:
         max_candidates_per_scan: keep at most this many of each scan's most probable candidates (default
             100, the script's ``maxNumberOfCADMarks``; 0 or ``None``: all).
+        second_stage: the false-positive reduction weights (see :class:`NoduleDetector`; ``"auto"``: the bundled
+            ``nodule-fpr`` when present; None: the first stage alone). Candidates are then ranked by it and
+            ``operating_point`` is read at its threshold; ``second_stage`` in the output names it.
 
     Raises:
         ConfigError: unknown format, or ``max_candidates_per_scan`` not an integer. InputError: no scans or
             no reference nodules found.
     """
     root = Path(data)
-    det = NoduleDetector(weights)
+    det = NoduleDetector(weights, second_stage=second_stage)
     cands, refs, excl, dices, per_scan = {}, {}, {}, [], []
     t0 = time.perf_counter()
     if format == "lidc":
@@ -648,7 +678,11 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
             "n_false_positives": result.n_false_positives, "n_ignored": result.n_ignored,
             "max_candidates_per_scan": result.max_candidates_per_scan,
             "dice_mean": float(np.mean(dices)) if dices else None, "format": format,
-            "weights": det.card["name"], "weights_sha256": det.card.get("sha256"), "scans": per_scan,
+            "weights": det.card["name"], "weights_sha256": det.card.get("sha256"),
+            "second_stage": None if det.second_stage is None else {
+                "weights": det.second_stage.card.get("name"), "weights_sha256": det.second_stage.card.get("sha256"),
+                "threshold": det.second_stage.threshold},
+            "scans": per_scan,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 

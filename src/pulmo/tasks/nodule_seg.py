@@ -98,6 +98,11 @@ class NoduleSegConfig(TrainConfig):
         features: channels at the first scale (doubled per scale). depth: scales (4: 16-32-64-128).
         size: training window in px (square, centre of each crop; a multiple of ``2 ** (depth - 1)``).
         context: slices either side of the centre slice given as channels (1: 3 channels).
+        loss: ``dice-ce-batch`` (MONAI ``DiceCELoss(batch=True)``: one soft Dice over the whole batch + BCE) or
+            ``dice-ce-sample`` (soft Dice per slice, averaged, + BCE: small nodules weigh as much as large ones,
+            as in the per-nodule metric).
+        tta: average the probabilities over the 4 in-plane flips at validation and test time (also written to the
+            card, so :class:`NoduleSegmenter` does the same).
         test_fraction / val_fraction / split_seed: the patient split (:func:`split_nodules`).
         name: weight-set name (``<out_dir>/<name>.safetensors`` + ``.json`` card).
     """
@@ -112,6 +117,8 @@ class NoduleSegConfig(TrainConfig):
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     split_seed: int = 0
+    loss: str = "dice-ce-batch"
+    tta: bool = True
     name: str = DEFAULT_WEIGHTS
     epochs: int = 30
     batch_size: int = 32
@@ -145,6 +152,11 @@ def nodule_augmentation() -> Compose:
     ])
 
 
+LOSSES = ("dice-ce-batch", "dice-ce-sample")
+#: In-plane flips averaged by test-time augmentation (axes of the (S, H, W) stack; () = the image as it is).
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))
+
+
 def _model_kwargs(config: NoduleSegConfig) -> dict[str, Any]:
     return {"in_channels": 2 * config.context + 1, "out_channels": 1, "features": config.features,
             "depth": config.depth}
@@ -155,6 +167,8 @@ def _check_config(config: NoduleSegConfig) -> None:
         raise ConfigError(f"nodule-seg format {config.format!r}; expected one of {FORMATS}")
     if not config.data:
         raise ConfigError("nodule-seg needs --data (the LIDC-IDRI-slices folder or its .tar.gz)")
+    if config.loss not in LOSSES:
+        raise ConfigError(f"nodule-seg loss {config.loss!r}; expected one of {LOSSES}")
     if config.context < 0:
         raise ConfigError(f"context {config.context}; expected 0 or more slices either side")
     divisor = 2 ** (config.depth - 1)
@@ -163,7 +177,7 @@ def _check_config(config: NoduleSegConfig) -> None:
 
 
 def nodule_probabilities(model: torch.nn.Module, images: np.ndarray, context: int = 1, divisor: int = 8,
-                         batch_size: int = 64, bf16: bool = False) -> np.ndarray:
+                         batch_size: int = 64, bf16: bool = False, tta: bool = False) -> np.ndarray:
     """Per-slice nodule probability of a crop stack, slice by slice (2.5-D).
 
     Args:
@@ -173,18 +187,48 @@ def nodule_probabilities(model: torch.nn.Module, images: np.ndarray, context: in
         divisor: the input is padded (edge values) to a multiple of this, then cropped back.
         batch_size: slices per forward pass.
         bf16: run the network under bfloat16 autocast (CPU).
+        tta: average over the 4 in-plane flips (:data:`TTA_FLIPS`; 4x the compute).
 
     Returns:
         float32 ``(S, H, W)`` probabilities in [0, 1].
     """
-    return stacks_probabilities(model, [images], context, divisor, batch_size, bf16)[0]
+    return stacks_probabilities(model, [images], context, divisor, batch_size, bf16, tta)[0]
+
+
+def stacks_probabilities(model: torch.nn.Module, stacks: Sequence[np.ndarray], context: int = 1, divisor: int = 8,
+                         batch_size: int = 64, bf16: bool = False, tta: bool = False) -> list[np.ndarray]:
+    """:func:`nodule_probabilities` of several stacks ``[(S_k, H_k, W_k)]``, slices of equal size batched together
+    across stacks; with ``tta`` the mean over the in-plane flips :data:`TTA_FLIPS`. Returns float32
+    ``[(S_k, H_k, W_k)]``."""
+    if not tta:
+        return _stacks_probabilities(model, stacks, context, divisor, batch_size, bf16)
+    total = [np.zeros(np.shape(s), dtype=np.float32) for s in stacks]
+    for axes in TTA_FLIPS:
+        flipped = [np.ascontiguousarray(np.flip(s, axes)) if axes else s for s in stacks]
+        for t, p in zip(total, _stacks_probabilities(model, flipped, context, divisor, batch_size, bf16)):
+            t += np.flip(p, axes) if axes else p
+    return [t / len(TTA_FLIPS) for t in total]
+
+
+def centre_component(mask: np.ndarray) -> np.ndarray:
+    """The 3-D connected component (26-connectivity) of ``mask`` at the centre voxel of the stack, or, when the
+    centre is not marked, the one nearest to it (in voxels): the nodule the crop is centred on, without the vessels
+    and neighbours marked elsewhere in the crop. ``mask``: bool ``(S, H, W)``; returns bool of the same shape
+    (all False when ``mask`` is)."""
+    if not mask.any():
+        return mask.copy()
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    centre = np.array(mask.shape) // 2
+    keep = labels[tuple(centre)]
+    if not keep:
+        pts = np.argwhere(mask)
+        keep = labels[tuple(pts[((pts - centre) ** 2).sum(axis=1).argmin()])]
+    return labels == keep
 
 
 @torch.no_grad()
-def stacks_probabilities(model: torch.nn.Module, stacks: Sequence[np.ndarray], context: int = 1, divisor: int = 8,
-                         batch_size: int = 64, bf16: bool = False) -> list[np.ndarray]:
-    """:func:`nodule_probabilities` of several stacks ``[(S_k, H_k, W_k)]``, slices of equal size batched together
-    across stacks. Returns float32 ``[(S_k, H_k, W_k)]``."""
+def _stacks_probabilities(model: torch.nn.Module, stacks: Sequence[np.ndarray], context: int, divisor: int,
+                          batch_size: int, bf16: bool) -> list[np.ndarray]:
     inputs: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
     for k, images in enumerate(stacks):
         x01 = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
@@ -240,6 +284,7 @@ def overlap_report(rows: Sequence[dict[str, Any]], n_resamples: int = 1000, seed
 
 
 def _nodule_row(n: LidcSliceNodule, pred: np.ndarray) -> dict[str, Any]:
+    """Per-nodule scores of the predicted mask stack ``pred`` (bool ``(S, H, W)``, already post-processed)."""
     ref = n.consensus
     return {"nodule": n.key, "patient_id": n.patient_id, "n_readers": n.n_readers, "n_slices": len(n.images),
             "crop_px": n.crop_px, "diameter_px": round(n.diameter_px, 2), "diameter_mm_est": round(n.diameter_mm, 2),
@@ -247,7 +292,7 @@ def _nodule_row(n: LidcSliceNodule, pred: np.ndarray) -> dict[str, Any]:
 
 
 def _dice_at(probs: Sequence[np.ndarray], nodules: Sequence[LidcSliceNodule], threshold: float) -> float:
-    return float(np.mean([dice(p >= threshold, n.consensus) for p, n in zip(probs, nodules)]))
+    return float(np.mean([dice(centre_component(p >= threshold), n.consensus) for p, n in zip(probs, nodules)]))
 
 
 def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
@@ -275,14 +320,14 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
     kwargs = _model_kwargs(config)
     model = create_model(config.architecture, **kwargs)
     train_ds = NoduleSliceDataset(train_n, config.size, config.context, transform=nodule_augmentation())
-    criterion = DiceCELoss(sigmoid=True, batch=True)
+    criterion = DiceCELoss(sigmoid=True, batch=config.loss == "dice-ce-batch")
     divisor = 2 ** (config.depth - 1)
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return criterion(m(batch["image"]).float(), batch["label"])
 
     def val_probabilities(m: torch.nn.Module, bf16: bool = False) -> list[np.ndarray]:
-        return stacks_probabilities(m, [n.images for n in val_n], config.context, divisor, bf16=bf16)
+        return stacks_probabilities(m, [n.images for n in val_n], config.context, divisor, bf16=bf16, tta=config.tta)
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         return {"dice": _dice_at(val_probabilities(m, config.bf16), val_n, 0.5)}
@@ -295,7 +340,7 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
     probs = val_probabilities(model)
     grid = {t: _dice_at(probs, val_n, t) for t in THRESHOLD_GRID}
     threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
-    val_rows = [_nodule_row(n, p >= threshold) for n, p in zip(val_n, probs)]
+    val_rows = [_nodule_row(n, centre_component(p >= threshold)) for n, p in zip(val_n, probs)]
     card: dict[str, Any] = {
         "name": config.name,
         "architecture": config.architecture,
@@ -303,6 +348,8 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
         "task": "nodule-seg",
         "labels": ["nodule"],
         "thresholds": {"nodule": threshold},
+        "postprocessing": {"tta": "mean over the 4 in-plane flips" if config.tta else "none",
+                           "component": "the 3-D connected component at (or nearest to) the crop's centre"},
         "threshold_grid_dice": {str(t): round(v, 4) for t, v in grid.items()},
         "input": {"size": [config.size, config.size], "channels": 2 * config.context + 1, "context": config.context,
                   "slices": "channels = slices i-context .. i+context of the nodule's stack (end slice repeated); "
@@ -328,7 +375,8 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
                       "test_patients": sorted({n.patient_id for n in test_n})},
             "n_train_slices": len(train_ds), "n_skipped_empty": data.n_skipped_empty,
             "target": "50 % consensus of the readers who outlined the nodule",
-            "loss": "MONAI DiceCELoss(sigmoid=True, batch=True)",
+            "loss": (f"MONAI DiceCELoss(sigmoid=True, batch={config.loss == 'dice-ce-batch'}) "
+                     f"({config.loss})"),
             "augmentation": AUGMENTATION,
             "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
             "best_epoch": summary["best_epoch"], "seconds": summary["seconds"], "world_size": summary["world_size"],
@@ -380,6 +428,7 @@ class NoduleSegmenter:
         self.window = tuple(inp.get("window_hu", CROP_WINDOW_HU))
         self.threshold = float(self.card.get("thresholds", {}).get("nodule", 0.5))
         self.divisor = 2 ** (int(self.card.get("model_kwargs", {}).get("depth", 4)) - 1)
+        self.tta = str(self.card.get("postprocessing", {}).get("tta", "none")) != "none"
 
     @classmethod
     def from_weights(cls, weights: str = DEFAULT_WEIGHTS) -> NoduleSegmenter:
@@ -410,7 +459,7 @@ class NoduleSegmenter:
         a = np.asarray(images)
         if a.ndim != 3 or min(a.shape) < 1:
             raise InputError(f"nodule-seg input: expected a slice stack (S, H, W), got shape {a.shape}")
-        return nodule_probabilities(self.model, self._grey(a, hu), self.context, self.divisor)
+        return nodule_probabilities(self.model, self._grey(a, hu), self.context, self.divisor, tta=self.tta)
 
     def predict(self, stack: np.ndarray, hu: bool = False) -> np.ndarray:
         """Mask of the centre slice of ``2 context + 1`` adjacent slices (3 for the default model).
@@ -432,12 +481,13 @@ class NoduleSegmenter:
         return prob >= self.threshold
 
     def segment_nodule(self, images: np.ndarray, hu: bool = False) -> np.ndarray:
-        """Mask of every slice of a nodule's crop stack, slice by slice: bool ``(S, H, W)``.
+        """Mask of the nodule a crop stack is centred on, slice by slice: bool ``(S, H, W)``, the probabilities at
+        or above the card's threshold, then only the 3-D component at the centre (:func:`centre_component`).
 
         Args:
             images: ``(S, H, W)`` as in :meth:`probabilities`.
         """
-        return self.probabilities(images, hu) >= self.threshold
+        return centre_component(self.probabilities(images, hu) >= self.threshold)
 
     def score(self, nodules: Sequence[LidcSliceNodule], progress: bool = True) -> list[dict[str, Any]]:
         """Per-nodule rows ``{"nodule", "patient_id", "n_readers", "n_slices", "crop_px", "diameter_px",
@@ -446,8 +496,9 @@ class NoduleSegmenter:
         rows = []
         for start in tqdm(range(0, len(nodules), 64), desc="nodule-seg evaluate", disable=not progress, leave=False):
             chunk = nodules[start:start + 64]
-            probs = stacks_probabilities(self.model, [n.images for n in chunk], self.context, self.divisor)
-            rows += [_nodule_row(n, p >= self.threshold) for n, p in zip(chunk, probs)]
+            probs = stacks_probabilities(self.model, [n.images for n in chunk], self.context, self.divisor,
+                                         tta=self.tta)
+            rows += [_nodule_row(n, centre_component(p >= self.threshold)) for n, p in zip(chunk, probs)]
         return rows
 
 
