@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pulmo.cli import main
+from pulmo.cli import build_parser, main
 from pulmo.datasets import image_mask_records, split_by_patient
 from pulmo.metrics import dice
 from tests.conftest import ROOT, data_path
@@ -31,6 +33,13 @@ def test_models(capsys):
     out = capsys.readouterr().out
     assert "unet-seed1" in out and "monai-unet" in out and "lung-seg-unet" in out
     assert "n=?" not in out and out.count("scope: trained on") >= 6  # every bundled model says what it cannot see
+    table = out.split("bundled weights")[1].split("scope of each")[0].strip().splitlines()[1:]
+    header, rule, rows = table[0], table[1], table[2:]
+    assert header.split()[:3] == ["name", "task", "architecture"] and set(rule) <= {"-", " "}
+    assert len(rows) >= 6 and all(r[header.index("task") - 1] == " " != r[header.index("task")]
+                                  for r in rows)  # aligned columns
+    detect = next(r for r in rows if r.startswith("cxr-detect "))
+    assert "score 0.35" in detect and "test AP50 0." in detect
 
 
 def test_analyze_one_xray(tmp_path, capsys):
@@ -175,3 +184,29 @@ def test_train_cli_tiny(tiny_lung_dataset, tmp_path, capsys):
     assert card["training"]["command"].startswith("pulmo --no-progress train lung-seg --config")
     assert card["metrics"]["shenzhen/visible_channel"]["n"] >= 1
     assert (tmp_path / "run" / "config.yaml").read_text().count("size: 32") == 1
+
+
+@pytest.mark.parametrize("verb", ["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "cxr-detect-unet", "nodule",
+                                  "nodule-seg", "nodule-fpr", "input-gate"])
+def test_every_train_flag_has_help_and_its_default(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", verb, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out.split("\noptions:", 1)[1]  # the flags' section, not the usage line
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    verb_parser = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    for action in verb_parser._actions:
+        if action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        block = _flag_help(out, flag)
+        assert len(block.split()) > 1, (flag, block)  # a help text follows the flag (and its metavar)
+    assert "(default" in _flag_help(out, "--epochs")  # the config dataclass's default
+
+
+def _flag_help(help_text: str, flag: str) -> str:
+    """What ``--help`` prints for one flag: from its line to the next flag's line."""
+    match = re.search(rf"^  (?:-\w, )?{re.escape(flag)}\b(.*?)(?=^  -|^\S|\Z)", help_text, re.MULTILINE | re.DOTALL)
+    assert match, flag
+    return match.group(1)

@@ -8,12 +8,15 @@ available yet.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import logging
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from pulmo.errors import ConfigError, PulmoError
 
@@ -21,6 +24,62 @@ from pulmo.errors import ConfigError, PulmoError
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:  # their INFO lines narrate every attribute copied and every request: shown with -v only
+        for name in ("highdicom", "dicomweb_client"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+#: train verb -> (task module, its config dataclass); imported only when that verb runs or shows its help
+_TRAIN_TASKS = {"lung-seg": ("lung_seg", "LungSegConfig"), "lesion-seg": ("lesion_seg", "LesionSegConfig"),
+                "input-gate": ("input_gate", "InputGateConfig"), "cxr-classify": ("cxr_classify", "CxrClassifyConfig"),
+                "cxr-detect": ("cxr_detect", "DetectConfig"), "cxr-detect-unet": ("cxr_detect_unet", "UnetDetectConfig"),
+                "nodule": ("nodule", "NoduleConfig"), "nodule-seg": ("nodule_seg", "NoduleSegConfig"),
+                "nodule-fpr": ("nodule_fpr", "NoduleFprConfig")}
+
+#: help of the flags many train verbs share, by dest (a verb's own help text wins)
+_FLAG_HELP = {
+    "out_dir": "folder of the run: the weights + card, best.safetensors, last.pt, history.jsonl, config.yaml",
+    "epochs": "most training epochs", "batch_size": "samples per optimiser step",
+    "lr": "peak learning rate of the optimiser", "patience": "early stop after this many epochs without a better "
+    "validation metric", "bf16": "bfloat16 autocast on the CPU", "channels_last": "channels-last memory format",
+    "num_workers": "DataLoader worker processes (0 = in the main process)", "threads": "torch CPU threads (0 = torch's default)",
+    "seed": "random seed (initialisation, augmentation, sampling)", "resume": "continue from OUT_DIR/last.pt",
+    "max_steps_per_epoch": "cap on optimiser steps per epoch, for smoke runs (0 = the whole epoch)",
+    "features": "channels at the first scale", "size": "input size, px (square)", "data": "dataset root",
+    "format": "dataset layout", "spacing_mm": "isotropic resampling spacing, mm", "patch": "training crop edge, voxels",
+    "samples_per_epoch": "training crops per epoch", "cache_dir": "folder for preprocessed images, reused by later runs",
+    "architecture": "registered model name (see pulmo models)", "name": "weight-set name",
+}
+
+
+def _train_task(verb: str) -> tuple[Any, type]:
+    """The task module and config dataclass of a ``pulmo train`` verb."""
+    module = importlib.import_module(f"pulmo.tasks.{_TRAIN_TASKS[verb][0]}")
+    return module, getattr(module, _TRAIN_TASKS[verb][1])
+
+
+class _TrainHelp(argparse.Action):
+    """``-h`` of a train verb: every flag with a help text and the default of the task's config dataclass."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        verb = parser.prog.split()[-1]
+        _, config_cls = _train_task(verb)
+        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
+                             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+                    for f in dataclasses.fields(config_cls)}
+        for action in parser._actions:
+            if action.dest in (argparse.SUPPRESS, "help"):
+                continue
+            text = action.help or _FLAG_HELP.get(action.dest, action.dest.replace("_", " "))
+            if "default" not in text and action.dest in defaults:
+                value = defaults[action.dest]
+                text += f" (default {'none' if value in (None, [], (), '') else value})"
+            action.help = text.replace("%", "%%") if "%%" not in text else text
+        parser.print_help()
+        parser.exit()
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -57,13 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="analyse an image, a DICOM series or a folder of images")
-    a.add_argument("input", help="an image file, a DICOM series folder or a folder of images")
+    a.add_argument("input", help="an image file, a DICOM series folder, a folder of images, or a DICOMweb study URL "
+                   "http(s)://HOST[:PORT]/ROOT/studies/<StudyInstanceUID>")
     a.add_argument("--out", required=True, help="output folder: new, empty, or a previous pulmo output (whose results are replaced)")
     a.add_argument("--modality", choices=["cxr", "ct"], help="force the modality of a 2D image")
     a.add_argument("--max-pixels", dest="max_pixels", type=_positive_int, default=50_000_000,
                    help="largest 2D image read, pixels, checked from the header before decoding (default 50000000)")
     a.add_argument("--max-voxels", dest="max_voxels", type=_positive_int, default=1_500_000_000,
                    help="largest volume read, voxels, checked from the header before decoding (default 1500000000)")
+    a.add_argument("--store", action="store_true",
+                   help="with a DICOMweb study URL: send the SEG and SR back to the study (STOW-RS)")
+    a.add_argument("--dicomweb-token", dest="dicomweb_token", default=os.environ.get("PULMO_DICOMWEB_TOKEN"),
+                   help="bearer token for the DICOMweb server (default: $PULMO_DICOMWEB_TOKEN; credentials in the URL "
+                   "are refused)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
     e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule", "input-gate",
@@ -94,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model")
     tsub = t.add_subparsers(dest="task", required=True)
+    _add_verb = tsub.add_parser
+
+    def add_verb(name: str, **kwargs: Any) -> argparse.ArgumentParser:  # every train verb: -h with the defaults
+        p = _add_verb(name, add_help=False, **kwargs)
+        p.add_argument("-h", "--help", action=_TrainHelp, help="show this help (with the defaults) and exit")
+        return p
+
+    tsub.add_parser = add_verb  # type: ignore[method-assign]
     ls = tsub.add_parser("lung-seg", help="lung segmentation U-Net")
     ls.add_argument("--visible-data", dest="visible_data", action="append",
                     help="images/ + masks/ root (visible lung fields); repeatable")
@@ -243,31 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 900; 0 = none)")
     sv.add_argument("--job-memory-gb", dest="job_memory_gb", type=float, default=8.0,
                     help="memory limit of each worker process (RLIMIT_DATA), GiB (default 8; 0 = none; else >= 2)")
+    sv.add_argument("--dicomweb", dest="dicomweb_url", metavar="URL",
+                    help="DICOMweb root (http(s)://HOST[:PORT]/ROOT) where every finished job's DICOM SEG and SR are "
+                    "stored, and jobs may name a study on it ({\"dicomweb_study\": UID})")
+    sv.add_argument("--dicomweb-token", dest="dicomweb_token", default=os.environ.get("PULMO_DICOMWEB_TOKEN"),
+                    help="bearer token for that server (default: $PULMO_DICOMWEB_TOKEN)")
     return parser
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from pulmo.engine import load_config
-    from pulmo.tasks import (
-        cxr_classify,
-        cxr_detect,
-        cxr_detect_unet,
-        input_gate,
-        lesion_seg,
-        lung_seg,
-        nodule,
-        nodule_fpr,
-        nodule_seg,
-    )
 
-    task = {"lung-seg": (lung_seg, lung_seg.LungSegConfig), "lesion-seg": (lesion_seg, lesion_seg.LesionSegConfig),
-            "input-gate": (input_gate, input_gate.InputGateConfig),
-            "cxr-classify": (cxr_classify, cxr_classify.CxrClassifyConfig),
-            "cxr-detect": (cxr_detect, cxr_detect.DetectConfig),
-            "cxr-detect-unet": (cxr_detect_unet, cxr_detect_unet.UnetDetectConfig),
-            "nodule": (nodule, nodule.NoduleConfig), "nodule-seg": (nodule_seg, nodule_seg.NoduleSegConfig),
-            "nodule-fpr": (nodule_fpr, nodule_fpr.NoduleFprConfig)}
-    module, config_cls = task[args.task]
+    module, config_cls = _train_task(args.task)
     skip = {"command", "task", "verbose", "no_progress", "config", "leave_one_source_out"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     overrides["progress"] = False if args.no_progress else None
@@ -361,33 +421,57 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the held-out figure ``pulmo models`` shows per card: (metrics split, key, printed name), first match wins
+_HEADLINE_METRICS = (("test", "macro_f1", "test macro-F1"), ("test", "ap_50_agnostic", "test AP50"),
+                     ("test", "dice_mean", "test Dice"), ("test", "accuracy", "test accuracy"),
+                     ("visible_convention_pooled", "dice_mean", "val Dice"), ("validation", "dice_mean", "val Dice"),
+                     ("validation_synthetic_crops", "cpm", "synthetic CPM"))
+
+
+def _headline(card: dict) -> str:
+    """The card's held-out metric as ``name value (n=N)``, or ``-`` when it has none of the known ones."""
+    metrics = card.get("metrics") or {}
+    for split, key, label in _HEADLINE_METRICS:
+        block = metrics.get(split)
+        if isinstance(block, dict) and isinstance(block.get(key), (int, float)):
+            n = next((block[k] for k in ("n", "n_images", "n_nodules") if isinstance(block.get(k), int)),
+                     metrics.get("n_val_slices") or metrics.get("n_val_crops"))
+            return f"{label} {block[key]:.3f}" + (f" (n={n})" if n else "")
+    return "-"
+
+
+def _threshold(card: dict) -> str:
+    """The card's operating threshold(s) as printed numbers (``-`` for an arg-max model)."""
+    th = card.get("thresholds") or {}
+    values = {k: v for k, v in th.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return ", ".join(f"{k} {v:.3g}" for k, v in values.items()) or "-"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
 def _models(args: argparse.Namespace) -> int:
     from pulmo import list_models
     from pulmo.weights import list_weights, weight_bytes
 
-    archs = list_models()
-    width = max(len(m["name"]) for m in archs) + 2
-    task_width = max(len(m["task"]) for m in archs) + 2
     print("architectures:")
-    for m in archs:
-        print(f"  {m['name']:<{width}}{m['task']:<{task_width}}{m['description']}")
-    cards = list_weights()
-    width = max(len(c["name"]) for c in cards) + 2
-    print("bundled weights:")
-    for c in cards:
-        metrics = c.get("metrics", {})
-        n_default = metrics.get("n_val_slices")
-        best = "; ".join(f"{k} dice {v['dice_mean']:.3f}" + (f" (n={v.get('n', n_default)})" if v.get("n", n_default)
-                                                            else "")
-                         for k, v in metrics.items() if isinstance(v, dict) and "dice_mean" in v)
-        print(f"  {c['name']:<{width}}task={c['task']} arch={c['architecture']} {weight_bytes(c) / 2**20:.1f} MiB "
-              f"sha256={c.get('sha256', '')[:12]}")
-        print(f"      labels={c.get('labels')} input={c.get('input', {}).get('size')} license: {c.get('license', '?')}")
+    print(_table([[m["name"], m["task"], m["description"]] for m in list_models()],
+                 ["name", "task", "description"]))
+    rows = []
+    for c in list_weights():
+        labels = c.get("labels") or []
+        rows.append([c["name"], c["task"], c["architecture"], ", ".join(map(str, labels)) or "-", _threshold(c),
+                     _headline(c), f"{weight_bytes(c) / 2**20:.1f} MiB", c.get("sha256", "")[:12]])
+    print("\nbundled weights (the whole card: pulmo/weights/<name>.json; the method and results: docs/<task>.md):")
+    print(_table(rows, ["name", "task", "architecture", "labels", "threshold", "held-out metric", "size", "sha256"]))
+    print("\nscope of each bundled model:")
+    for c in list_weights():
         scope = c.get("scope") or {}
-        if scope:
-            print(f"      scope: trained on {scope.get('trained_on')}; cannot see: {scope.get('cannot_see')}")
-        if best:
-            print(f"      validation: {best}")
+        print(f"  {c['name']}: scope: trained on {scope.get('trained_on', '?')}; "
+              f"cannot see: {scope.get('cannot_see', '?')}")
     return 0
 
 
@@ -396,7 +480,19 @@ def _analyze(args: argparse.Namespace) -> int:
     from pulmo.pipeline import analyze_path
 
     limits = InputLimits(max_pixels=args.max_pixels, max_voxels=args.max_voxels)
-    result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress, limits=limits)
+    from pulmo.io.dicomweb import is_dicomweb_url
+
+    if is_dicomweb_url(args.input):
+        from pulmo.pipeline.dicomweb import analyze_dicomweb
+
+        result = analyze_dicomweb(args.input, args.out, modality=args.modality, progress=not args.no_progress,
+                                  limits=limits, store=args.store, token=args.dicomweb_token)
+    elif args.store:
+        raise ConfigError("--store sends the SEG and SR back to a DICOMweb server: give a study URL "
+                          "http(s)://HOST[:PORT]/ROOT/studies/<StudyInstanceUID> as the input")
+    else:
+        result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress,
+                              limits=limits)
     for line in result.lines:
         print(line)
     return result.exit_code
@@ -407,7 +503,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
                  max_upload_mb=args.max_upload_mb, job_timeout_s=args.job_timeout_s,
-                 job_memory_gb=args.job_memory_gb, log_level=logging.DEBUG if args.verbose else logging.INFO)
+                 job_memory_gb=args.job_memory_gb, log_level=logging.DEBUG if args.verbose else logging.INFO,
+                 dicomweb_url=args.dicomweb_url, dicomweb_token=args.dicomweb_token if args.dicomweb_url else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,6 +235,7 @@ def fake_detector(monkeypatch):
 def test_pipeline_without_nodule_seg_weights_is_unchanged(fake_detector, monkeypatch, tmp_path):
     ct.nodule_segmenter.cache_clear()
     monkeypatch.setattr(ct, "WEIGHTS_DIR", tmp_path)  # no nodule-seg.json bundled
+    monkeypatch.setattr(ct, "REFINE_NODULE_MASKS", True)
     try:
         assert ct.nodule_segmenter() is None
     finally:
@@ -247,6 +248,23 @@ def test_pipeline_without_nodule_seg_weights_is_unchanged(fake_detector, monkeyp
     np.testing.assert_array_equal(masks["nodules"], labels)
     assert [m["task"] for m in findings.models][-1] == "nodule"
     assert "nodule-seg" not in [m["task"] for m in findings.models]
+
+
+def test_refinement_is_opt_in_even_with_bundled_weights(monkeypatch):
+    """The pipeline keeps the detector's masks unless PULMO_REFINE_NODULES=1 (the mask head measured closer to the
+    reference on the two whole scans here); with the switch on, bundled weights are used."""
+    from pulmo.weights import WEIGHTS_DIR
+
+    ct.nodule_segmenter.cache_clear()
+    try:
+        monkeypatch.setattr(ct, "REFINE_NODULE_MASKS", False)
+        assert ct.nodule_segmenter() is None
+        ct.nodule_segmenter.cache_clear()
+        monkeypatch.setattr(ct, "REFINE_NODULE_MASKS", True)
+        if (WEIGHTS_DIR / "nodule-seg.json").is_file():
+            assert ct.nodule_segmenter() is not None
+    finally:
+        ct.nodule_segmenter.cache_clear()
 
 
 def test_pipeline_refines_with_bundled_nodule_seg_weights(fake_detector, monkeypatch):

@@ -168,7 +168,7 @@ def test_ct_viewer_slices_3d_and_overlays_in_chromium(server, tmp_path):
         lps = [-world[0], -world[1], world[2]]
         assert np.allclose(lps, findings["nodules"][0]["center_mm"], atol=2.6), (lps, findings["nodules"])
         # the nodule's numbered marker in the axial view: visible, solid (its key slice), centred on the nodule
-        marker = page.locator("#nodule-markers .nodule-marker[data-nodule='1']")
+        marker = page.locator("#nodule-markers .nodule-marker[data-nodule='1'][data-plane='axial']")
         assert marker.locator("circle").is_visible() and "off-key" not in marker.get_attribute("class")
         assert marker.locator("text").text_content() == "1 p=0.90"
         ring = marker.locator("circle").bounding_box()
@@ -225,6 +225,45 @@ def test_viewer_draws_visible_boxes_on_a_tb_xray(server, tmp_path):
     assert not errors, errors
 
 
+def test_home_page_uploads_an_xray_shows_its_progress_opens_the_viewer_and_deletes_it(server, tmp_path):
+    """A person with only a browser: pick the real example X-ray on the home page, send it, watch the job row go
+    to done (with its key finding and result links), open its viewer from the row, then delete the job."""
+    base, _, _, _ = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with browser(tmp_path) as (page, errors):
+        page.goto(f"{base}/")
+        page.wait_for_selector("#upload-section")
+        page.set_input_files("#pick-files", str(EXAMPLE_CXR))
+        assert "1 file" in page.inner_text("#selection")
+        page.click("#send")
+        page.wait_for_selector("body[data-upload='accepted']", timeout=60_000)
+        row = page.wait_for_selector("#job-rows tr[data-job]", timeout=30_000)
+        job_id = row.get_attribute("data-job")
+        seen = set()
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline:  # the row's status as the page shows it, polled live
+            status = page.get_attribute(f"tr[data-job='{job_id}']", "data-status")
+            seen.add(status)
+            if status in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert status == "done", (seen, page.inner_text("#job-rows"))
+        done_row = f"tr[data-job='{job_id}']"
+        assert page.inner_text(f"{done_row} td.finding").strip() not in ("", "—")
+        assert page.query_selector(f"{done_row} td.results a[title='report.html']") is not None
+        page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+        page.click(f"{done_row} a.open-viewer")
+        page.wait_for_selector("body[data-state='ready']", timeout=60_000)
+        assert page.url.endswith(f"/viewer/{job_id}")
+        page.go_back()
+        page.wait_for_selector(done_row, timeout=30_000)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click(f"{done_row} button.delete-job")
+        page.wait_for_selector(done_row, state="detached", timeout=30_000)
+        assert httpx.get(f"{base}/api/v1/jobs/{job_id}").status_code == 404
+        assert not errors, errors
+
+
 def test_viewer_shows_the_xray_findings_in_chromium(server, tmp_path):
     """Upload the real example X-ray, wait for the worker, and check the viewer page; then stop the server
     with Ctrl-C and check it exits cleanly and logged ids, never file names."""
@@ -242,6 +281,7 @@ def test_viewer_shows_the_xray_findings_in_chromium(server, tmp_path):
         assert "accepted as frontal chest radiograph" in table and "input gate p(cxr)" in table
         assert page.inner_text("#status").startswith("done")
         assert page.eval_on_selector("#base-image", "img => img.complete && img.naturalWidth") == 1024
+        page.locator("#overlays").scroll_into_view_if_needed()  # the gallery's images load lazily, when in view
         page.wait_for_function("() => [...document.querySelectorAll('img.overlay-image')]"
                                ".some(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
         mask = page.locator("canvas[data-mask='lung_mask.png']")
@@ -266,3 +306,4 @@ def test_viewer_shows_the_xray_findings_in_chromium(server, tmp_path):
     assert proc.wait(30) == 0
     log = log_path.read_text()
     assert f"job {job_id}: done" in log and EXAMPLE_CXR.stem not in log  # ids in the log, never file names
+

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 import pulmo.pipeline
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.service import ServiceConfig, create_app
-from pulmo.service.store import JobStore
+from pulmo.service.store import SCHEMA_VERSION, JobStore
 from pulmo.service.worker import WorkerPool, run_job
 from tests.conftest import ROOT
 from tests.service import _workers
@@ -156,7 +156,7 @@ def test_an_old_store_gains_the_error_code_column(tmp_path):
     job = store.get("a")
     assert job["error"] == "old" and job["error_code"] is None
     with sqlite3.connect(path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 @pytest.mark.parametrize(("setting", "needle"), [({"job_timeout_s": -1}, "job_timeout_s"),

@@ -151,7 +151,7 @@ def test_lung_crop_box_and_fallback():
     image, _ = synthetic_cxr(96, 0)
     from pulmo.io import Image2D
 
-    x, mask, box = pre(Image2D(image.astype(np.float32), None, {}), lungs=np.pad(np.ones((40, 40), bool), 28))
+    x, _mask, box = pre(Image2D(image.astype(np.float32), None, {}), lungs=np.pad(np.ones((40, 40), bool), 28))
     assert x.shape == (32, 32) and 0 <= x.min() and x.max() <= 1 and box == (24, 72, 24, 72)
     with pytest.raises(Exception, match="crop must be"):
         Preprocessor(32, False, crop="chest")

@@ -18,8 +18,9 @@ def setup() -> tuple[int, int]:
     if not is_distributed():
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        # gloo, also on a CUDA machine: the trainer keeps model and batches on the CPU (and autocasts on the CPU),
+        # and NCCL only reduces CUDA tensors, so picking it whenever CUDA is present made torchrun fail there.
+        dist.init_process_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -108,6 +108,8 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
     A chest X-ray goes through lung segmentation (PNG lung mask); a CT volume (DICOM series folder, NIfTI,
     mhd, NRRD) through lung extraction and infection segmentation (NIfTI masks in the input geometry);
     a single CT slice (DICOM CT, or an image with ``modality="ct"``) through infection segmentation.
+    A DICOM input also gets ``seg.dcm`` (DICOM SEG of every mask) and ``sr.dcm`` (TID 1500 measurement report),
+    see :mod:`pulmo.pipeline.dicom_results`; when they cannot be built, ``files["dicom_error"]`` says why.
 
     Args:
         path: an image file, a volume file or a DICOM series folder.
@@ -131,7 +133,9 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
             CT given as an X-ray.
     """
     from pulmo.gate import screen
+    from pulmo.pipeline.progress import report_stage
 
+    report_stage("cxr" if modality == "cxr" else "ct", "reading")
     image, effective, decision = screen(path, modality, limits)
     from pulmo.pipeline.ct import analyze_ct_slice, analyze_ct_volume
     from pulmo.pipeline.cxr import analyze_cxr
@@ -150,7 +154,19 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(
         {"input": str(path), "modality": effective, "models": findings.models}, sort_keys=False))
-    return writer(image, findings, masks, out_dir)
+    report_stage("ct" if effective == "ct" else "cxr", "report")
+    data = writer(image, findings, masks, out_dir)
+    from pulmo.pipeline.dicom_results import is_dicom_input, write_dicom_results
+    if is_dicom_input(image):  # DICOM in, DICOM out: seg.dcm + sr.dcm, listed in findings.json "files"
+        try:
+            data["files"].update(write_dicom_results(image, data, masks, out_dir))
+        except PulmoError as exc:
+            logger.warning("no DICOM SEG / SR written: %s", exc)
+            data["files"]["dicom_error"] = _one_line(exc)
+        import json
+
+        (out_dir / "findings.json").write_text(json.dumps(data, indent=2) + "\n")
+    return data
 
 
 def _single_series_folder(folder: Path) -> bool:

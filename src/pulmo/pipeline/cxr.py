@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from pulmo.io import Image2D
 from pulmo.pipeline.findings import Findings
+from pulmo.pipeline.progress import report_stage
 from pulmo.tasks.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
 from pulmo.tasks.cxr_classify import CxrClassifier
 from pulmo.tasks.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
@@ -92,8 +93,11 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
         ``(findings, masks)`` where ``masks["lungs"]`` is the bool lung mask ``(H, W)`` at the original size.
     """
     seg = lung_segmenter()
+    report_stage("cxr", "lungs")
     mask = seg.predict(image)
+    report_stage("cxr", "classify")
     classification, heatmaps, clf_entry = classify(image, mask)
+    report_stage("cxr", "detect")
     detections, det_entry = detect(image)
     area_px = int(mask.sum())
     area_cm2 = None

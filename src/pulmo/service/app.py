@@ -2,13 +2,17 @@
 
 Routes (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 
-* ``POST /api/v1/jobs`` (multipart, field ``files``; optional field ``modality`` = ``cxr`` | ``ct``)
-  -> 202 ``{"id", "status": "queued", ...}``
-* ``GET /api/v1/jobs`` -> ``{"jobs": [...]}``; ``GET /api/v1/jobs/{id}`` -> ``{"id", "status", "error", ...}``
+* ``POST /api/v1/jobs`` (multipart, field ``files``; optional field ``modality`` = ``cxr`` | ``ct``; or, with
+  ``--dicomweb``, JSON ``{"dicomweb_study": "<StudyInstanceUID>"}``) -> 202 ``{"id", "status": "queued", ...}``
+* ``GET /api/v1/jobs`` -> ``{"jobs": [...]}``; ``GET /api/v1/jobs/{id}`` -> ``{"id", "status", "error", "stage",
+  "progress", "key_finding", ...}``
 * ``GET /api/v1/jobs/{id}/findings`` -> the job's ``findings.json``
 * ``GET /api/v1/jobs/{id}/files`` and ``GET /api/v1/jobs/{id}/files/{name}`` -> result files
 * ``DELETE /api/v1/jobs/{id}``; ``GET /api/v1/health`` (no auth)
-* ``GET /viewer/{id}`` -> the viewer page; ``/static/`` its files; ``/static/niivue/`` NiiVue from npm
+* ``GET /api/v1/jobs/{id}/volume``, ``GET /api/v1/jobs/{id}/slices/{plane}/{index}.png`` -> CT slices rendered
+  on demand for the viewer (:mod:`pulmo.service.slices`)
+* ``GET /`` -> the home page (upload, job list with live progress); ``GET /viewer/{id}`` -> the viewer page;
+  ``/static/`` their files; ``/static/niivue/`` NiiVue from npm
 
 Errors are JSON ``{"detail": message, "code": key}`` with a 4xx status; an unexpected exception is a 500
 of the same shape naming only the exception type and a reference (its traceback, which may quote a
@@ -35,7 +39,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -54,6 +58,7 @@ from pulmo.service.errors import (
     UnknownJobError,
     UploadTooLargeError,
 )
+from pulmo.service.slices import add_slice_routes
 from pulmo.service.store import STATUSES, JobStore
 from pulmo.service.throttle import AuthThrottle
 from pulmo.service.uploads import SavedFile, client_basename, mib, prepare_upload, remove_tree, stored_name
@@ -79,6 +84,14 @@ _UPLOAD_BODY = {
                                      "the DICOM files of one CT series, or a .zip of a series"},
             "modality": {"type": "string", "enum": ["cxr", "ct"],
                          "description": "modality of a 2D image whose file does not say (optional)"},
+        },
+    }}, "application/json": {"schema": {
+        "type": "object",
+        "required": ["dicomweb_study"],
+        "properties": {
+            "dicomweb_study": {"type": "string", "description": "Study Instance UID of a study on the --dicomweb "
+                                                                  "server: its CT or CR / DX series is fetched and analysed"},
+            "modality": {"type": "string", "enum": ["cxr", "ct"], "description": "as for an upload (optional)"},
         },
     }}},
 }
@@ -219,6 +232,7 @@ def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     job_id = job["id"]
     view = {k: job[k] for k in ("id", "status", "error", "error_code", "created", "started", "finished", "kind",
                                 "modality", "n_files", "upload_bytes", "attempts")}
+    view.update({k: job.get(k) for k in ("stage", "progress", "key_finding")})  # live progress (service/progress.py)
     view["links"] = {"self": f"{API}/jobs/{job_id}", "findings": f"{API}/jobs/{job_id}/findings",
                      "files": f"{API}/jobs/{job_id}/files", "viewer": f"/viewer/{job_id}"}
     return view
@@ -246,7 +260,7 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
     store = JobStore(config.db_path)
     pool = WorkerPool(config.data_dir, store, config.workers, max_attempts=config.max_attempts,
                       poll_interval=config.poll_interval, log_level=log_level, job_timeout_s=config.job_timeout_s,
-                      job_memory_bytes=config.job_memory_bytes)
+                      job_memory_bytes=config.job_memory_bytes, dicomweb=config.dicomweb)
     lock = _DataDirLock(config.data_dir)
     throttle = AuthThrottle(config.auth_max_failures, config.auth_window_s, config.auth_backoff_s,
                             config.auth_backoff_max_s)
@@ -342,6 +356,8 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
         if declared and declared.isdigit() and int(declared) > config.max_upload_bytes:
             raise UploadTooLargeError(_too_large(config.max_upload_bytes))
         ctype = request.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            return await _create_dicomweb_job(request)
         if not ctype.startswith("multipart/form-data"):
             raise EmptyUploadError(f"expected a multipart/form-data body with the files in the field 'files'; got "
                                    f"Content-Type {ctype[:60]!r}")
@@ -400,6 +416,42 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
             raise
         logger.info("job %s: accepted (%s, %d files, %d bytes)", job_id, prepared.kind, len(saved), total)
         return _job_view(store.get(job_id))
+
+    async def _create_dicomweb_job(request: Request) -> JSONResponse:
+        """A job on a study of the ``--dicomweb`` server: ``{"dicomweb_study": UID[, "modality": "cxr"|"ct"]}``;
+        the worker fetches and analyses it (:mod:`pulmo.service.dicomweb`)."""
+        from pulmo.errors import InputError
+        from pulmo.service.dicomweb import KIND, check_study_uid, write_job_file
+
+        if config.dicomweb is None:
+            raise ServiceError("expected a multipart/form-data body with the files in the field 'files'; a JSON body "
+                               "{\"dicomweb_study\": UID} needs a server started with --dicomweb URL",
+                               code="dicomweb_not_configured")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ServiceError("the JSON body cannot be parsed; expected {\"dicomweb_study\": \"<StudyInstanceUID>\"}",
+                               code="bad_json") from None
+        if not isinstance(body, dict) or set(body) - {"dicomweb_study", "modality"}:
+            raise ServiceError("expected a JSON object {\"dicomweb_study\": \"<StudyInstanceUID>\"} (and optionally "
+                               "\"modality\")", code="bad_json")
+        try:
+            study_uid = check_study_uid(body.get("dicomweb_study"))
+        except InputError as exc:
+            raise ServiceError(str(exc), code="bad_study_uid") from None
+        hint = body.get("modality")
+        if hint is not None and hint not in ("cxr", "ct"):
+            raise ServiceError(f"modality {str(hint)[:20]!r}: expected 'cxr' or 'ct'", code="bad_modality")
+        job_id = uuid.uuid4().hex
+        job_dir = config.jobs_dir / job_id
+        try:
+            input_rel = write_job_file(job_dir / "input", study_uid)
+            store.create(job_id, input_rel, KIND, 0, 0, modality_hint=hint)
+        except BaseException:
+            remove_tree(job_dir)
+            raise
+        logger.info("job %s: accepted (dicomweb study)", job_id)
+        return JSONResponse(_job_view(store.get(job_id)), status_code=202, headers={"Location": f"{API}/jobs/{job_id}"})
 
     @app.get(f"{API}/jobs", tags=["jobs"], dependencies=auth, summary="list jobs, newest first")
     def list_jobs(status: str | None = Query(None, description="only jobs of this status"),
@@ -473,9 +525,15 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
     def favicon() -> Response:
         return Response(status_code=204)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    home_html = (STATIC_DIR / "home.html").read_text(encoding="utf-8")
+
+    @app.get("/", tags=["viewer"], response_class=Response,
+             summary="the home page: upload a study, watch the jobs, open their viewers, download their results")
+    def root() -> Response:
+        return Response(home_html, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    add_slice_routes(app, auth, _output_dir, API)
 
     if config.niivue_dir is not None and (config.niivue_dir / "niivue.umd.js").is_file():
         app.mount("/static/niivue", StaticFiles(directory=config.niivue_dir), name="niivue")
@@ -488,7 +546,8 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pulmo-data", workers: int = 1,
           token: str | None = None, max_upload_mb: float = 512.0, log_level: int = logging.INFO,
-          job_timeout_s: float = 900.0, job_memory_gb: float = 8.0) -> int:
+          job_timeout_s: float = 900.0, job_memory_gb: float = 8.0, dicomweb_url: str | None = None,
+          dicomweb_token: str | None = None) -> int:
     """Run the service with uvicorn until interrupted (SIGINT / SIGTERM stop it in order).
 
     Args:
@@ -501,6 +560,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
         log_level: logging level of the service and its workers.
         job_timeout_s: wall-time limit of one job, s (0 = none); see :class:`ServiceConfig`.
         job_memory_gb: memory limit of each worker process, GiB (0 = none); see :class:`ServiceConfig`.
+        dicomweb_url: DICOMweb root where every finished job's SEG and SR are stored and ``dicomweb_study`` jobs
+            are fetched from (``None``: none); ``dicomweb_token`` its bearer token.
 
     Returns:
         0 after a clean shutdown.
@@ -511,7 +572,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
     import uvicorn
 
     config = ServiceConfig(data_dir=Path(data_dir), workers=workers, token=token, max_upload_mb=max_upload_mb,
-                           job_timeout_s=job_timeout_s, job_memory_gb=job_memory_gb)
+                           job_timeout_s=job_timeout_s, job_memory_gb=job_memory_gb, dicomweb_url=dicomweb_url,
+                           dicomweb_token=dicomweb_token)
     app = create_app(config, log_level=log_level)
     for handler in logging.getLogger().handlers:  # the library may name input files: ids and sizes only
         handler.addFilter(WithholdLibraryDetails(only_pulmo=True))

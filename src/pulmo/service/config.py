@@ -52,6 +52,10 @@ class ServiceConfig:
         auth_backoff_s: the first back-off, seconds; it doubles with every further failure during or
             right after a back-off, up to ``auth_backoff_max_s``.
         auth_backoff_max_s: the longest back-off, seconds.
+        dicomweb_url: a DICOMweb root (``http(s)://HOST[:PORT]/ROOT``): every finished job's DICOM SEG and SR
+            are stored there (STOW-RS), and jobs can name a study on it (``{"dicomweb_study": UID}``); ``None``
+            = no PACS link (see :mod:`pulmo.service.dicomweb`).
+        dicomweb_token: bearer token for that server, or ``None``.
     """
 
     data_dir: Path
@@ -71,6 +75,8 @@ class ServiceConfig:
     auth_window_s: float = 60.0
     auth_backoff_s: float = 10.0
     auth_backoff_max_s: float = 900.0
+    dicomweb_url: str | None = None
+    dicomweb_token: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -92,9 +98,24 @@ class ServiceConfig:
         for name in ("auth_window_s", "auth_backoff_s", "auth_backoff_max_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive number of seconds")
+        if self.dicomweb_url is not None:
+            self.dicomweb_url = self.dicomweb.url  # validated: http(s), no credentials in the URL
         if self.niivue_dir is None:
             self.niivue_dir = NIIVUE_DIST
         self.niivue_dir = Path(self.niivue_dir)
+
+    @property
+    def dicomweb(self):
+        """The :class:`pulmo.service.dicomweb.DicomWebSettings`, or ``None`` without ``dicomweb_url``.
+
+        Raises:
+            ConfigError: a URL that is not http(s), or holds credentials; an empty token.
+        """
+        if self.dicomweb_url is None:
+            return None
+        from pulmo.service.dicomweb import DicomWebSettings
+
+        return DicomWebSettings(self.dicomweb_url, self.dicomweb_token)
 
     @property
     def db_path(self) -> Path:

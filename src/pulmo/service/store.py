@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "running", "done", "failed")
 
 _SCHEMA = """
@@ -48,14 +48,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker        INTEGER,
     error         TEXT,
     error_code    TEXT,
+    stage         TEXT,
+    progress      REAL,
+    key_finding   TEXT,
     findings      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created);
 """
 
 _PUBLIC = ("id, status, created, started, finished, kind, modality, n_files, upload_bytes, attempts, error, "
-           "error_code")
-_MIGRATIONS = {"error_code": "ALTER TABLE jobs ADD COLUMN error_code TEXT"}  # columns added after version 1
+           "error_code, stage, progress, key_finding")
+_MIGRATIONS = {"error_code": "ALTER TABLE jobs ADD COLUMN error_code TEXT",  # columns added after version 1
+               "stage": "ALTER TABLE jobs ADD COLUMN stage TEXT",  # version 3: live progress
+               "progress": "ALTER TABLE jobs ADD COLUMN progress REAL",
+               "key_finding": "ALTER TABLE jobs ADD COLUMN key_finding TEXT"}
 
 
 def _iso(t: float | None) -> str | None:
@@ -68,7 +74,8 @@ class JobStore:
     Args:
         path: the database file (its folder is created; the schema too).
 
-    A store of schema version 1 (no ``error_code`` column) is upgraded in place.
+    A store of an older schema (version 1: no ``error_code``; version 2: no ``stage``, ``progress``,
+    ``key_finding``) is upgraded in place.
 
     Raises:
         sqlite3.DatabaseError: the file exists but is not a SQLite database of this schema.
@@ -178,12 +185,13 @@ class JobStore:
             if row is None:
                 return None
             con.execute("UPDATE jobs SET status = 'running', started = ?, worker = ?, attempts = attempts + 1, "
-                        "error = NULL, error_code = NULL WHERE id = ?", (time.time(), worker, row[0]))
+                        "error = NULL, error_code = NULL, stage = NULL, progress = 0.0 WHERE id = ?",
+                        (time.time(), worker, row[0]))
             job = con.execute("SELECT * FROM jobs WHERE id = ?", (row[0],)).fetchone()
         return dict(job)
 
     def finish(self, job_id: str, status: str, *, error: str | None = None, findings: dict[str, Any] | None = None,
-               modality: str | None = None, error_code: str | None = None) -> bool:
+               modality: str | None = None, error_code: str | None = None, key_finding: str | None = None) -> bool:
         """Record the end of a running job.
 
         Args:
@@ -193,6 +201,10 @@ class JobStore:
             findings: the findings of a done job.
             modality: ``cxr`` / ``ct`` as analysed.
             error_code: why a job failed (see the module docstring).
+            key_finding: a one-line summary of the findings for the job list (no patient data).
+
+        A done job's ``progress`` becomes 1.0; ``stage`` keeps the last stage reported (for a failed job: the
+        stage it failed in).
 
         Returns:
             ``False`` when the row is gone (deleted meanwhile) or no longer running (re-queued after the
@@ -206,8 +218,21 @@ class JobStore:
         text = None if findings is None else json.dumps(findings)
         with self._connect() as con:
             cur = con.execute("UPDATE jobs SET status = ?, finished = ?, error = ?, error_code = ?, findings = ?, "
-                              "modality = ?, worker = NULL WHERE id = ? AND status = 'running'",
-                              (status, time.time(), error, error_code, text, modality, job_id))
+                              "modality = ?, worker = NULL, key_finding = ?, "
+                              "progress = CASE WHEN ? = 'done' THEN 1.0 ELSE progress END "
+                              "WHERE id = ? AND status = 'running'",
+                              (status, time.time(), error, error_code, text, modality, key_finding, status, job_id))
+            return cur.rowcount == 1
+
+    def set_progress(self, job_id: str, stage: str, progress: float) -> bool:
+        """Record the stage and progress (0..1 of the whole analysis) of a running job.
+
+        Returns:
+            ``False`` when the job is gone or no longer running.
+        """
+        with self._connect() as con:
+            cur = con.execute("UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND status = 'running'",
+                              (stage, round(float(progress), 4), job_id))
             return cur.rowcount == 1
 
     def fail_running(self, job_id: str, worker: int, error: str, error_code: str) -> bool:
@@ -233,8 +258,8 @@ class JobStore:
                 f"WHERE {where} AND attempts >= ?",
                 (time.time(), (f"the analysis was interrupted {max_attempts} times (worker crashed, was killed or "
                                "the server stopped); not retried"), *args, max_attempts)).rowcount
-            requeued = con.execute(f"UPDATE jobs SET status = 'queued', started = NULL, worker = NULL WHERE {where}",
-                                   args).rowcount
+            requeued = con.execute(f"UPDATE jobs SET status = 'queued', started = NULL, worker = NULL, stage = NULL, "
+                                   f"progress = NULL WHERE {where}", args).rowcount
         return requeued, failed
 
     # -- helpers ----------------------------------------------------------------------------------------------

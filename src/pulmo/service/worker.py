@@ -45,7 +45,7 @@ DISPLAY_MAX_SIDE = 2048
 _ENV_LOCK = threading.Lock()
 _NO_JOB = b"\0" * 32
 # PulmoError subclasses by name (most specific first in each MRO) -> the job's error code
-_ERROR_CODES = {"OutOfScopeError": "out_of_scope", "InputError": "bad_input", "WeightsError": "weights_error",
+_ERROR_CODES = {"OutOfScopeError": "out_of_scope", "DicomWebError": "dicomweb_error", "InputError": "bad_input", "WeightsError": "weights_error",
                 "NotAvailableError": "not_available", "ConfigError": "config_error"}
 
 
@@ -147,6 +147,9 @@ def _setup_worker_logging(level: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if level > logging.DEBUG:  # DICOM SEG / SR and DICOMweb narrate every attribute and request at INFO
+        for name in ("highdicom", "dicomweb_client"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # warnings of readers (pydicom, ...) go through the filter too
 
 
@@ -225,7 +228,8 @@ def _clean_message(message: str, job_dir: Path) -> str:
     return re.sub(r"\b\d+(?:\.\d+){5,}\b", "<uid>", message)
 
 
-def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_bytes: int = 0) -> str:
+def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_bytes: int = 0,
+            dicomweb: Any = None) -> str:
     """Run one claimed job and record its end.
 
     A :class:`pulmo.errors.PulmoError` fails the job with its message (server paths removed) and an error
@@ -239,6 +243,8 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
         jobs_dir: the folder of the jobs' files.
         job: the claimed job's row.
         memory_limit_bytes: the worker's memory limit, for the message of a job that ran out (0 = none).
+        dicomweb: the :class:`pulmo.service.dicomweb.DicomWebSettings` of ``--dicomweb`` (``None``: none): a
+            ``dicomweb`` job's study is fetched from there, and a DICOM input's SEG and SR are stored there.
 
     Returns:
         The final status: ``done``, ``failed``, ``deleted`` (the job was deleted while it ran; its files are
@@ -248,6 +254,8 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
 
     from pulmo.errors import PulmoError
     from pulmo.pipeline import analyze_image
+    from pulmo.pipeline.progress import progress_listener
+    from pulmo.service.progress import StoreProgress, key_finding
 
     job_id = job["id"]
     job_dir = jobs_dir / job_id
@@ -258,11 +266,22 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
     status, error, error_code, findings, modality = "failed", None, None, None, None
     try:
         remove_tree(out_dir)  # a previous, interrupted attempt
-        input_path = job_dir / job["input"]
-        findings = analyze_image(input_path, out_dir, modality=job.get("modality_hint"))
+        input_path, fetched = job_dir / job["input"], None
+        if job.get("kind") == "dicomweb":
+            from pulmo.service.dicomweb import fetch_job_input
+
+            input_path, fetched = fetch_job_input(job_dir, job["input"], dicomweb)
+        progress = StoreProgress(store, job_id)  # stage + progress into the job's row, for GET /api/v1/jobs/{id}
+        with progress_listener(progress):
+            findings = analyze_image(input_path, out_dir, modality=job.get("modality_hint"))
+        progress("report", 0.95)
         write_viewer_files(input_path, out_dir, findings)
         if isinstance(findings.get("input"), dict):  # the path inside the job folder, not the server's layout
             findings["input"]["path"] = job["input"]
+            if dicomweb is not None:
+                from pulmo.service.dicomweb import store_job_results
+
+                findings["input"]["dicomweb"] = {**(fetched or {}), **store_job_results(out_dir, findings, dicomweb)}
         (out_dir / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
         status, modality = "done", findings.get("modality")
     except PulmoError as exc:
@@ -288,7 +307,8 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
             logger.error("job %s: internal error %s (traceback in its error.log)", job_id, type(exc).__name__)
     seconds = time.perf_counter() - t0
     if not store.finish(job_id, status, error=error, findings=findings if status == "done" else None,
-                        modality=modality, error_code=error_code):
+                        modality=modality, error_code=error_code,
+                        key_finding=key_finding(findings) if status == "done" and findings else None):
         if store.internal(job_id) is None:
             remove_tree(job_dir)
             logger.info("job %s: deleted while running; files removed", job_id)
@@ -301,7 +321,8 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
 
 
 def worker_main(data_dir: str, slot: int, stop_conn: Any, poll_interval: float = 0.2,
-                log_level: int = logging.INFO, busy: BusyState | None = None, memory_limit_bytes: int = 0) -> None:
+                log_level: int = logging.INFO, busy: BusyState | None = None, memory_limit_bytes: int = 0,
+                dicomweb: Any = None) -> None:
     """Entry point of a worker process: claim and run jobs until told to stop.
 
     Args:
@@ -314,6 +335,7 @@ def worker_main(data_dir: str, slot: int, stop_conn: Any, poll_interval: float =
         log_level: level of the worker's log handler.
         busy: where the worker publishes its running job for the pool's time limit (``None``: nowhere).
         memory_limit_bytes: ``RLIMIT_DATA`` of the process (0 = none; see the module docstring).
+        dicomweb: the service's :class:`pulmo.service.dicomweb.DicomWebSettings`, or ``None``.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us in order
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -340,7 +362,7 @@ def worker_main(data_dir: str, slot: int, stop_conn: Any, poll_interval: float =
         if busy is not None:
             busy.start(job["id"])
         try:
-            run_job(store, jobs_dir, job, memory_limit_bytes)
+            run_job(store, jobs_dir, job, memory_limit_bytes, dicomweb=dicomweb)
         finally:
             if busy is not None:
                 busy.clear()
@@ -362,11 +384,12 @@ class WorkerPool:
         job_memory_bytes: ``RLIMIT_DATA`` of each worker process (0 = none).
         target: the worker entry point, called as :func:`worker_main` (tests wrap it; it must be importable by
             name in a fresh interpreter).
+        dicomweb: the :class:`pulmo.service.dicomweb.DicomWebSettings` passed to each worker (``None``: none).
     """
 
     def __init__(self, data_dir: Path, store: JobStore, workers: int, max_attempts: int = 3,
                  poll_interval: float = 0.2, log_level: int = logging.INFO, job_timeout_s: float = 0.0,
-                 job_memory_bytes: int = 0, target: Any = None) -> None:
+                 job_memory_bytes: int = 0, target: Any = None, dicomweb: Any = None) -> None:
         self.data_dir = Path(data_dir)
         self.store = store
         self.n = workers
@@ -376,6 +399,7 @@ class WorkerPool:
         self.job_timeout_s = job_timeout_s
         self.job_memory_bytes = job_memory_bytes
         self.target = target or worker_main
+        self.dicomweb = dicomweb
         self._ctx = mp.get_context("spawn")
         self._procs: dict[int, Any] = {}
         self._busy: dict[int, BusyState] = {}
@@ -388,7 +412,8 @@ class WorkerPool:
         busy = BusyState(self._ctx)
         proc = self._ctx.Process(target=self.target, name=f"pulmo-worker-{slot}", daemon=True,
                                  args=(str(self.data_dir), slot, receiver, self.poll_interval, self.log_level),
-                                 kwargs={"busy": busy, "memory_limit_bytes": self.job_memory_bytes})
+                                 kwargs={"busy": busy, "memory_limit_bytes": self.job_memory_bytes,
+                                         **({"dicomweb": self.dicomweb} if self.dicomweb is not None else {})})
         with _ENV_LOCK:  # the child inherits the environment at spawn: one OpenMP thread from its first import
             saved = os.environ.get("OMP_NUM_THREADS")
             os.environ["OMP_NUM_THREADS"] = "1"

@@ -267,7 +267,7 @@ class NoduleDetector:
             found.append({"center_xyz_mm": [round(float(v), 2) for v in world],
                           "center_zyx_index": [round(float(v), 2) for v in centre],
                           "diameter_mm": round(float(diameter), 2), "volume_mm3": round(float(vol_mm3), 1),
-                          "probability": round(float(p), 4), "slice_index": int(round(centre[0])),
+                          "probability": round(float(p), 4), "slice_index": round(centre[0]),
                           "mask": mask, "mask_offset": offset})
         if self.second_stage is not None and found:
             p2 = self.second_stage.probabilities(volume.hu, volume.spacing, [n["center_zyx_index"] for n in found])

@@ -456,8 +456,6 @@ def train(config: NoduleFprConfig, command: str = "") -> dict[str, Any]:
     neg_train = np.concatenate([tr.crops for tr, _ in splits])
     val_pos = np.stack([nodule_crops(n, 1.0)[0] for n in val_n])
     val_neg = np.concatenate([va.crops for _, va in splits])
-    crops = np.concatenate([pos_train, neg_train])
-    labels = np.concatenate([np.ones(len(pos_train)), np.zeros(len(neg_train))])
     logger.info("nodule-fpr: %d positive / %d negative training crops; validation %d / %d", len(pos_train),
                 len(neg_train), len(val_pos), len(val_neg))
     model = create_model(config.architecture, in_channels=2 * CONTEXT + 1, num_classes=1)
@@ -497,9 +495,9 @@ def train(config: NoduleFprConfig, command: str = "") -> dict[str, Any]:
                              f"pixels when within {RESAMPLE_TOLERANCE:.0%} of pixel_mm, else resampled"},
         "training": {
             "data": config.data, "scans": list(config.scans), "held_out_scan": config.held_out_scan or None,
-            "n_crops": {"train_positive": int(len(pos_train)), "train_negative": int(len(neg_train)),
-                        "negative_repeat": repeat, "validation_positive": int(len(val_pos)),
-                        "validation_negative": int(len(val_neg))},
+            "n_crops": {"train_positive": len(pos_train), "train_negative": len(neg_train),
+                        "negative_repeat": repeat, "validation_positive": len(val_pos),
+                        "validation_negative": len(val_neg)},
             "negatives_by_kind": {s.name: {k: s.kinds.count(k) for k in NEGATIVE_KINDS} for s in trained},
             "split": {"rule": "positives by patient as nodule-seg (split_nodules, same fractions and seed); "
                               f"negatives: the top {config.val_negative_fraction:.0%} of each training scan's "

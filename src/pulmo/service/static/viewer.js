@@ -1,8 +1,9 @@
 // pulmo viewer: polls the job, then shows its findings.
 // X-ray / 2D slice: the image with toggleable mask layers (lung, infection), heatmaps and labelled boxes when
 // the findings have them. CT volume: NiiVue (from npm, served at /static/niivue/) with axial / coronal /
-// sagittal slices and a 3D rendering, lung / infection / nodule overlays, a numbered marker on each nodule in
-// the axial views, and a nodule list (volume in mm³, key-slice picture, "go to").
+// sagittal slices and a 3D rendering, lung / infection / nodule overlays, window presets, a numbered marker on
+// each nodule in every 2D view, and a nodule list (volume in mm³, key-slice picture, "go to"); and, with or without
+// NiiVue, every slice of the three planes rendered by the server (ct2d.js; the only CT view without NiiVue).
 "use strict";
 
 (() => {
@@ -126,6 +127,7 @@
     for (const m of f.models || []) {
       add(`model (${m.task})`, `${m.name || "?"} · ${m.architecture || "?"}${m.sha256 ? ` · sha256 ${m.sha256.slice(0, 12)}` : ""}`);
       if (m.scope) add(`scope (${m.task})`, `knows only ${(m.scope.classes || []).join(", ")}; cannot see: ${m.scope.cannot_see || "?"}`);
+      if (m.scope && m.scope.external_check) add(`on a source it never saw (${m.task})`, m.scope.external_check);
       if (typeof m.calibration_ece === "number") add(`calibration (${m.task})`, `held-out ECE ${m.calibration_ece.toFixed(3)}`);
     }
     add("pulmo version", f.pulmo_version);
@@ -305,15 +307,29 @@
     });
   }
 
+  // the window presets of the CT views (HU), as pulmo.service.slices.WINDOWS
+  const CT_WINDOWS = { lung: { center: -600, width: 1500 }, mediastinum: { center: 40, width: 400 },
+    bone: { center: 400, width: 1800 } };
+
   async function render3D(f, names) {
     $("view3d").hidden = false;
-    const ok = await loadScript("/static/niivue/niivue.umd.js");
+    // every slice of the three planes from the server (ct2d.js): the whole 2D viewer without NiiVue, a tab with it
+    let slices = null;
+    try {
+      slices = await window.PulmoSlices.load($("ct2d"), jobId, f);
+    } catch (err) {
+      showMessage(`the 2D slices cannot be shown: ${err.message || err}`);
+    }
+    const forced2d = new URLSearchParams(location.search).get("niivue") === "off";  // ?niivue=off: the 2D viewer only
+    const ok = !forced2d && await loadScript("/static/niivue/niivue.umd.js");
     if (!ok || !window.niivue) {
-      $("niivue-missing").hidden = false;
+      $("niivue-missing").hidden = forced2d;
       $("niivue-box").hidden = true;
       $("controls3d").hidden = true;
-      document.body.dataset.niivue = "missing";
-      renderNodules(f, null, names);
+      $("ct2d").hidden = false;
+      if (slices) slices.redraw();
+      document.body.dataset.niivue = forced2d ? "off" : "missing";
+      renderNodules(f, null, names, slices);
       return;
     }
     const NV = window.niivue;
@@ -354,7 +370,36 @@
       toggle($("layer-toggles"), layer.label, true, (on) => nv.setOpacity(layer.index, on ? current : 0),
         { value: layer.opacity, onInput: (v) => { current = v; nv.setOpacity(layer.index, v); } });
     }
-    renderNodules(f, nv, names);
+    // window presets: NiiVue's display range of the CT; the 2D slices follow (and a window set there, NiiVue)
+    const applyWindow = (w) => {
+      nv.volumes[0].cal_min = w.center - w.width / 2;
+      nv.volumes[0].cal_max = w.center + w.width / 2;
+      nv.updateGLVolume();
+      for (const b of $("nv-window").querySelectorAll("button")) b.classList.toggle("active", b.dataset.window === w.name);
+    };
+    for (const [name, w] of Object.entries(CT_WINDOWS)) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.window = name;
+      b.textContent = name;
+      b.addEventListener("click", () => (slices ? slices.setWindow({ ...w, name }) : applyWindow({ ...w, name })));
+      $("nv-window").appendChild(b);
+    }
+    if (slices) slices.onWindow = applyWindow;
+    // tabs: NiiVue (3D + its slices) or the server's 2D slices
+    $("view-tabs").hidden = !slices;
+    for (const btn of $("view-tabs").querySelectorAll("button")) {
+      btn.addEventListener("click", () => {
+        const two = btn.dataset.view === "slices";
+        $("niivue-box").hidden = two;
+        $("controls3d").hidden = two;
+        $("ct2d").hidden = !two;
+        for (const b of $("view-tabs").querySelectorAll("button")) b.classList.toggle("active", b === btn);
+        if (two && slices) slices.redraw();
+        if (!two) nv.drawScene();
+      });
+    }
+    renderNodules(f, nv, names, slices);
     addNoduleMarkers(f, nv);
     window.pulmoNiivue = nv;
     document.body.dataset.niivue = "loaded";
@@ -364,7 +409,7 @@
   const noduleVolumeMm3 = (n) => (typeof n.volume_mm3 === "number" ? n.volume_mm3
     : typeof n.volume_ml === "number" ? 1000 * n.volume_ml : null);
 
-  function renderNodules(f, nv, names) {
+  function renderNodules(f, nv, names, slices) {
     if (!Array.isArray(f.nodules) || !f.nodules.length) return;
     const rows = $("nodule-rows");
     const head = rows.closest("table").tHead.rows[0];
@@ -401,29 +446,38 @@
         pic.textContent = "—";
       }
       const cell = tr.insertCell();
-      if (Array.isArray(c) && nv) {
+      if ((Array.isArray(c) && nv) || slices) {
         const btn = document.createElement("button");
         btn.type = "button";
         btn.textContent = "go to";
+        btn.title = `show nodule ${i + 1} in every view`;
         btn.addEventListener("click", () => {
-          // findings are in LPS mm; NiiVue's world space is RAS (the NIfTI convention)
-          nv.scene.crosshairPos = nv.mm2frac([-c[0], -c[1], c[2]]);
-          $("slice-buttons").querySelector("button[data-slice='axial']").click();
-          nv.drawScene();
+          if (slices) slices.goToNodule(i + 1);
+          if (Array.isArray(c) && nv) {
+            // findings are in LPS mm; NiiVue's world space is RAS (the NIfTI convention)
+            nv.scene.crosshairPos = nv.mm2frac([-c[0], -c[1], c[2]]);
+            if (!$("niivue-box").hidden) $("slice-buttons").querySelector("button[data-slice='axial']").click();
+            nv.drawScene();
+          }
         });
         cell.appendChild(btn);
+        tr.classList.add("jump");
+        tr.addEventListener("dblclick", () => btn.click());
       }
     });
     $("nodules").hidden = false;
   }
 
-  // A numbered circle on each nodule in NiiVue's axial view(s), sized by its diameter (radius: 1.2 x the
-  // nodule's radius + 2 px, at least 6 px, as the report's key-slice pictures), labelled "<n> p=<probability>".
-  // Shown while the axial plane crosses the nodule's sphere: solid on its key slice (within half a voxel of its
-  // centre), dashed on the other slices through it. An SVG layer over the canvas, placed again after every
-  // NiiVue draw from the axial tiles' geometry (nv.screenSlices, canvas pixels).
+  // A numbered circle on each nodule in NiiVue's axial, coronal and sagittal tiles, sized by its diameter (radius:
+  // 1.2 x the nodule's radius + 2 px, at least 6 px, as the report's key-slice pictures), labelled "<n> p=<probability>".
+  // Shown while a tile's plane crosses the nodule's sphere: solid within half a voxel of its centre (its key slice),
+  // dashed on the other slices through it. One SVG group per nodule and plane (data-nodule, data-plane) over the
+  // canvas, placed again after every NiiVue draw from the tiles' geometry (nv.screenSlices, canvas pixels; the RAS
+  // point swizzled per plane as NiiVue's frac2canvasPos does).
   function addNoduleMarkers(f, nv) {
     const ns = "http://www.w3.org/2000/svg";
+    const PLANES = ["axial", "coronal", "sagittal"];
+    const SWIZZLE = [[0, 1, 2], [0, 2, 1], [1, 2, 0]];
     const nodules = (f.nodules || []).map((n, i) => {
       const c = n.center_xyz_mm || n.center_mm;
       return { n, i, ras: Array.isArray(c) && c.length === 3 ? [-c[0], -c[1], c[2]] : null };
@@ -432,10 +486,11 @@
     const svg = document.createElementNS(ns, "svg");
     svg.id = "nodule-markers";
     svg.setAttribute("preserveAspectRatio", "none");
-    const marks = nodules.map(({ n, i }) => {
+    const marks = nodules.map(({ n, i }) => PLANES.map((plane) => {
       const g = document.createElementNS(ns, "g");
       g.setAttribute("class", "nodule-marker");
       g.setAttribute("data-nodule", String(i + 1));
+      g.setAttribute("data-plane", plane);
       const circle = document.createElementNS(ns, "circle");
       const label = document.createElementNS(ns, "text");
       label.setAttribute("text-anchor", "middle");
@@ -444,7 +499,7 @@
       g.style.display = "none";
       svg.appendChild(g);
       return g;
-    });
+    }));
     $("niivue-box").appendChild(svg);
     const place = () => {
       const canvas = nv.canvas || $("niivue-canvas");
@@ -453,33 +508,38 @@
       const dpr = canvas.clientWidth ? canvas.width / canvas.clientWidth : 1;
       const vol = nv.volumes[0];
       const dims = vol && (vol.pixDimsRAS || (vol.hdr && vol.hdr.pixDims));
-      const halfVoxel = (dims && dims[3] > 0 ? dims[3] : 1) / 2;
-      const axial = (nv.screenSlices || []).filter((t) => t.axCorSag === 0 && t.AxyzMxy && t.AxyzMxy.length >= 5);
+      const tiles = (nv.screenSlices || []).filter((t) => t.axCorSag <= 2 && t.AxyzMxy && t.AxyzMxy.length >= 5);
       nodules.forEach(({ n, ras }, k) => {
-        const g = marks[k];
-        g.style.display = "none";
-        for (const t of axial) {
-          const v = t.AxyzMxy;  // the tile's plane: z = v2 + v4 (y - v1) - v3 (x - v0), RAS mm
-          const dz = Math.abs(ras[2] - (v[2] + v[4] * (ras[1] - v[1]) - v[3] * (ras[0] - v[0])));
-          if (dz > Math.max(n.diameter_mm / 2, halfVoxel)) continue;
-          const fx = (ras[0] - t.leftTopMM[0]) / t.fovMM[0];
-          const fy = (ras[1] - t.leftTopMM[1]) / t.fovMM[1];
-          if (!(fx >= 0 && fx <= 1 && fy >= 0 && fy <= 1)) continue;
-          let [left, top, width, height] = t.leftTopWidthHeight;
-          let sx = fx;
-          if (width < 0) { left += width; width = -width; sx = 1 - fx; }  // mirrored (radiological) tile
-          const x = left + sx * width, y = top + (1 - fy) * height;
-          const r = Math.max(6 * dpr, (1.2 * n.diameter_mm / 2) * (width / Math.abs(t.fovMM[0])) + 2 * dpr);
-          const [circle, label] = g.children;
-          circle.setAttribute("cx", x); circle.setAttribute("cy", y); circle.setAttribute("r", r);
-          const above = y - r - 5 * dpr > top + 14 * dpr;
-          label.setAttribute("x", x);
-          label.setAttribute("y", above ? y - r - 5 * dpr : y + r + 15 * dpr);
-          label.setAttribute("font-size", 14 * dpr);
-          g.classList.toggle("off-key", dz > halfVoxel);
-          g.style.display = "";
-          break;
-        }
+        PLANES.forEach((plane, a) => {
+          const g = marks[k][a];
+          g.style.display = "none";
+          const halfVoxel = (dims && dims[3 - a] > 0 ? dims[3 - a] : 1) / 2;  // through-plane: z, y or x
+          const s = SWIZZLE[a];
+          const p = [ras[s[0]], ras[s[1]], ras[s[2]]];
+          for (const t of tiles) {
+            if (t.axCorSag !== a) continue;
+            const v = t.AxyzMxy;  // the tile's plane: p2 = v2 + v4 (p1 - v1) - v3 (p0 - v0), swizzled RAS mm
+            const dz = Math.abs(p[2] - (v[2] + v[4] * (p[1] - v[1]) - v[3] * (p[0] - v[0])));
+            if (dz > Math.max(n.diameter_mm / 2, halfVoxel)) continue;
+            const fx = (p[0] - t.leftTopMM[0]) / t.fovMM[0];
+            const fy = (p[1] - t.leftTopMM[1]) / t.fovMM[1];
+            if (!(fx >= 0 && fx <= 1 && fy >= 0 && fy <= 1)) continue;
+            let [left, top, width, height] = t.leftTopWidthHeight;
+            let sx = fx;
+            if (width < 0) { left += width; width = -width; sx = 1 - fx; }  // mirrored (radiological) tile
+            const x = left + sx * width, y = top + (1 - fy) * height;
+            const r = Math.max(6 * dpr, (1.2 * n.diameter_mm / 2) * (width / Math.abs(t.fovMM[0])) + 2 * dpr);
+            const [circle, label] = g.children;
+            circle.setAttribute("cx", x); circle.setAttribute("cy", y); circle.setAttribute("r", r);
+            const above = y - r - 5 * dpr > top + 14 * dpr;
+            label.setAttribute("x", x);
+            label.setAttribute("y", above ? y - r - 5 * dpr : y + r + 15 * dpr);
+            label.setAttribute("font-size", 14 * dpr);
+            g.classList.toggle("off-key", dz > halfVoxel);
+            g.style.display = "";
+            break;
+          }
+        });
       });
     };
     const draw = nv.drawScene.bind(nv);
