@@ -29,6 +29,8 @@ def test_analyze_dicom_series_example(tmp_path, capsys):
     assert "COVID-19" in lesion["scope"]["trained_on"] and lesion["scope"]["cannot_see"]
     report = (out / "report.html").read_text()
     assert "Model scope." in report and "other diseases" in report  # the infection model says it knows COVID only
+    assert f["input"]["study_date"] == "2000-01-01" and f["input"]["series_description"] is None  # LIDC: no description
+    assert "<h1>pulmo report: chest CT, 2000-01-01 (LIDC-IDRI-0001)</h1>" in report  # never the series UID alone
     vol = read_image(EXAMPLE_CT)
     for name in ("lung_mask.nii.gz", "infection_mask.nii.gz"):
         mask = read_image(out / name)

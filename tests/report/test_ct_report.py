@@ -176,3 +176,13 @@ def test_real_lidc_example_report_lists_its_nodule(tmp_path):
         hits = _marker_ring_hits(out / n["key_slice_image"], n["center_zyx_index"][1:], n["diameter_mm"],
                                  (size["rows"], size["columns"]), f["input"]["spacing_mm"][2])
         assert min(hits) >= 3, (n, hits)
+
+
+def test_report_title_names_modality_date_and_series_never_a_uid_alone():
+    from pulmo.report.html import report_title
+
+    uid_folder = {"modality": "ct", "input": {"path": "/data/1.3.6.1.4.1.14519.5/", "study_date": "2001-02-03",
+                                             "series_description": "CHEST 1.25mm"}}
+    assert report_title(uid_folder) == "pulmo report: chest CT, 2001-02-03, CHEST 1.25mm (1.3.6.1.4.1.14519.5)"
+    assert report_title({"modality": "cxr", "input": {"path": "x/a.png"}}) == "pulmo report: chest X-ray (a.png)"
+    assert report_title({}) == "pulmo report: image"

@@ -57,6 +57,12 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         ) from None
 
 
+def _date(value: Any) -> str | None:
+    """A DICOM DA value (``YYYYMMDD``) as ISO ``YYYY-MM-DD``; None when absent or not a date."""
+    text = str(value or "").strip()
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else None
+
+
 def _spacing_2d(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
     """``((row, column) mm, tag)`` from PixelSpacing or ImagerPixelSpacing; ``(None, None)`` when neither
     holds two positive finite numbers (a malformed value is treated as unknown spacing, not guessed)."""
@@ -329,6 +335,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, limits:
         "dicom_modality": dicom_modality,
         "dicom_scope": scope,
         "series_uid": chosen,
+        "study_date": _date(first.get("StudyDate")),
+        "series_description": str(first.get("SeriesDescription") or "").strip() or None,
         "n_slices": len(items),
         "excluded_series": excluded,
         "skipped_files": {"not_dicom": skipped_non_dicom, "localizer": localizers, "no_geometry": no_geometry},

@@ -121,6 +121,7 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
                "volume_size": {"slices": volume.shape[0], "rows": volume.shape[1], "columns": volume.shape[2]},
                "spacing_mm": [round(float(s), 6) for s in volume.spacing],
                "origin_mm": [round(float(o), 3) for o in volume.origin], "series_uid": src.get("series_uid"),
+               "study_date": src.get("study_date"), "series_description": src.get("series_description"),
                "excluded_series": src.get("excluded_series")},
         modality="ct",
         lungs={"mask": "lung_mask.nii.gz", "volume_ml": round(lung_ml, 1), "method": LUNG_METHOD["architecture"]},

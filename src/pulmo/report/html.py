@@ -10,12 +10,22 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1150px;color:#1d2329}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
 .scope{font-size:.85rem;color:#5a4a00;background:#fff8dc;border-left:3px solid #d4a017;padding:.3rem .6rem;max-width:900px}
-table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.3rem .6rem;text-align:left;vertical-align:top}
+table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.3rem .6rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#eef2f6}.imgs{display:flex;gap:1rem;flex-wrap:wrap}.imgs figure{margin:0}
 .imgs img{max-width:520px;width:100%;border:1px solid #ccd}.note{color:#667;font-size:.85rem}
 code{background:#f3f5f7;padding:0 .2rem}details pre{font-size:.8rem}
 table.nodules td.num{text-align:right;font-variant-numeric:tabular-nums}table.nodules img{width:240px;display:block;border:1px solid #ccd}
 """
+
+def report_title(findings: dict[str, Any]) -> str:
+    """The report's title: modality, study date and series description when the input has them, then the input's
+    file or folder name (never a UID alone), e.g. ``pulmo report: chest CT, 2000-01-01 (LIDC-IDRI-0001)``."""
+    inp = findings.get("input") or {}
+    what = {"ct": "chest CT", "cxr": "chest X-ray"}.get(str(findings.get("modality")), "image")
+    parts = [p for p in (what, inp.get("study_date"), inp.get("series_description")) if p]
+    name = str(inp.get("path") or "").rstrip("/").split("/")[-1]
+    return f"pulmo report: {', '.join(parts)}" + (f" ({name})" if name else "")
+
 
 _LABELS = {
     "area_px": "area (px)", "area_cm2": "area (cm²)", "volume_ml": "volume (mL)", "percent_of_lung": "% of lung",
@@ -150,7 +160,7 @@ def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
     figures = "".join(
         f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
         for c, f in images.items())
-    title = f"pulmo report: {html.escape(str(inp.get('path', '')).rstrip('/').split('/')[-1])}"
+    title = html.escape(report_title(findings))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{_STYLE}</style></head>
 <body>
