@@ -115,7 +115,7 @@ def test_analyze_dicom_monochrome1_matches_png(tmp_path):
     assert dice(m1, m2) > 0.95
 
 
-def test_analyze_folder_batch_survives_bad_files(tmp_path):
+def test_analyze_folder_batch_survives_bad_files(tmp_path, capsys):
     src = tmp_path / "inputs"
     (src / "sub").mkdir(parents=True)
     shutil.copy(EXAMPLE, src / "a.png")
@@ -125,7 +125,11 @@ def test_analyze_folder_batch_survives_bad_files(tmp_path):
     (src / "notes.txt").write_text("not an image")
     before = _tree_digest(src)
     out = tmp_path / "out"
-    assert main(["--no-progress", "analyze", str(src), "--out", str(out)]) == 1
+    assert main(["analyze", str(src), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    # one count: the bar runs over the 3 analysed inputs and the summary line says "of 3" (notes.txt is skipped)
+    assert "3/3" in captured.err and "4/4" not in captured.err
+    assert "analysed 2 of 3 inputs" in captured.out and "1 other file skipped" in captured.out
     with open(out / "summary.csv", newline="") as fh:
         rows = {Path(r["input"]).name: r for r in csv.DictReader(fh)}
     assert rows["a.png"]["status"] == "ok" and rows["b.jpeg"]["status"] == "ok"

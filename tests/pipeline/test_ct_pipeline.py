@@ -23,6 +23,9 @@ def test_analyze_dicom_series_example(tmp_path, capsys):
     assert f["modality"] == "ct" and f["input"]["volume_size"]["slices"] == 26
     assert f["input"]["spacing_mm"] == pytest.approx([2.5, 0.703125, 0.703125])
     assert 300 < f["lungs"]["volume_ml"] < 3000  # a 65-mm slab of both lungs
+    coverage = f["lungs"]["coverage"]  # ... and it says so: the lungs fill both end slices of the excerpt
+    assert coverage["complete"] is False and coverage["cut_at"] == ["first slice", "last slice"]
+    assert min(coverage["end_slice_area_cm2"]) > 100 and "only partly in the scan" in coverage["note"]
     inf = f["infection"]
     assert inf["volume_ml"] >= 0 and 0 <= inf["percent_of_lung"] <= 100
     lesion = next(m for m in f["models"] if m["task"] == "lesion-seg")
@@ -31,6 +34,7 @@ def test_analyze_dicom_series_example(tmp_path, capsys):
     assert "Model scope." in report and "other diseases" in report  # the infection model says it knows COVID only
     assert f["input"]["study_date"] == "2000-01-01" and f["input"]["series_description"] is None  # LIDC: no description
     assert "<h1>pulmo report: chest CT, 2000-01-01 (LIDC-IDRI-0001)</h1>" in report  # never the series UID alone
+    assert "PARTIAL: the lungs are only partly in the scan" in report
     vol = read_image(EXAMPLE_CT)
     for name in ("lung_mask.nii.gz", "infection_mask.nii.gz"):
         mask = read_image(out / name)
@@ -42,7 +46,7 @@ def test_analyze_dicom_series_example(tmp_path, capsys):
     assert not (infection[lungs == 0] > 0).any()  # infection only inside the lungs
     assert abs(lungs.sum() * np.prod(vol.spacing) / 1000 - f["lungs"]["volume_ml"]) < 1
     assert (out / "coronal.png").is_file() and "axial" in (out / "report.html").read_text()
-    assert "ct: lungs" in capsys.readouterr().out
+    assert "only partly in the scan: cut at the first slice and last slice" in capsys.readouterr().out
 
 
 def test_analyze_nrrd_volume(tmp_path):
@@ -51,6 +55,8 @@ def test_analyze_nrrd_volume(tmp_path):
                  "--out", str(out)]) == 0
     f = json.loads((out / "findings.json").read_text())
     assert f["input"]["format"] == "NrrdImageIO" and f["lungs"]["volume_ml"] > 1000
+    # the scan starts below the apex (92 cm² of lung in its first slice) and ends at the base
+    assert f["lungs"]["coverage"]["cut_at"] == ["first slice"]
     assert read_image(out / "infection_mask.nii.gz").shape == (48, 512, 512)
     # no infection in this scan: the HU post-processing takes the model's 31 mL (base, dome ring) to <= 5 mL
     inf = f["infection"]

@@ -189,6 +189,96 @@ def test_ct_viewer_slices_3d_and_overlays_in_chromium(server, tmp_path):
     assert not errors, errors
 
 
+def test_ct_fallback_viewer_scrolls_every_plane_with_nodule_markers(server, tmp_path):
+    """The 2D CT viewer that works from ``pip install`` alone (``?niivue=off`` forces it where NiiVue is
+    installed): server-rendered slices in the three planes, the wheel and the keys move through them, the window
+    presets re-render, and the nodule's numbered marker is solid on its centre slice, dashed beside it and gone
+    past its edge."""
+    base, _, _, data_dir = server
+    job_id, findings = _ct_job(data_dir)
+    nodule_z = findings["nodules"][0]["slice_index"]
+    n_slices = findings["input"]["volume_size"]["slices"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with browser(tmp_path) as (page, errors):
+        page.goto(f"{base}/viewer/{job_id}?niivue=off")
+        page.wait_for_selector("body[data-state='ready']", timeout=90_000)
+        assert page.get_attribute("body", "data-niivue") == "off" and page.is_visible("#ct2d")
+        axial = "#ct2d .ct2d-pane[data-plane='axial']"
+        for plane in ("axial", "coronal", "sagittal"):  # every plane rendered by the server, loaded
+            page.wait_for_function(f"() => {{ const i = document.querySelector(\"#ct2d .ct2d-pane[data-plane='{plane}'] "
+                                   f"img.ct2d-base\"); return i && i.complete && i.naturalWidth > 0; }}", timeout=30_000)
+        # it opens on the most probable nodule: its marker on the axial view, solid, numbered with its probability
+        assert page.get_attribute(axial, "data-index") == str(nodule_z)
+        assert page.inner_text(f"{axial} .ct2d-title") == f"axial {nodule_z + 1} / {n_slices}"
+        marker = page.locator(f"{axial} .ct2d-marker[data-nodule='1']")
+        assert marker.locator("ellipse").is_visible() and "off-key" not in marker.get_attribute("class")
+        assert marker.locator("text").text_content() == "1 p=0.90"
+        assert page.locator("#ct2d .ct2d-marker[data-nodule='1']").count() == 3  # and on the other two planes
+        page.screenshot(path=str(ARTIFACTS / "viewer_ct_2d.png"), full_page=True)
+        stage = page.locator(f"{axial} .ct2d-stage")
+        stage.hover()
+        page.mouse.wheel(0, 120)  # one slice on with the wheel: the server renders that slice
+        page.wait_for_function(f"() => document.querySelector(\"{axial}\").dataset.loaded === '{nodule_z + 1}'",
+                               timeout=30_000)
+        assert "off-key" in marker.get_attribute("class")  # 2.5 mm off the centre of a 30-mm nodule: dashed
+        stage.focus()
+        for _ in range(8):
+            page.keyboard.press("ArrowUp")  # 20 mm further: past the nodule's edge
+        page.wait_for_function(f"() => document.querySelector(\"{axial}\").dataset.loaded === "
+                               f"'{min(n_slices - 1, nodule_z + 9)}'", timeout=30_000)
+        assert marker.count() == 0
+        src = page.get_attribute(f"{axial} img.ct2d-base", "src")
+        assert "center=-600" in src and "width=1500" in src  # the lung window
+        page.click("#window-presets button[data-window='mediastinum']")
+        assert page.get_attribute("#ct2d", "data-window") == "mediastinum"
+        assert "center=-600" not in page.get_attribute(f"{axial} img.ct2d-base", "src")
+        page.locator("#mask-toggles label[data-layer='lungs'] input").uncheck()
+        assert page.locator(f"{axial} img.ct2d-mask[data-layer='lungs']").is_hidden()
+        page.screenshot(path=str(ARTIFACTS / "viewer_ct_2d_scrolled.png"), full_page=True)
+    assert not errors, errors
+
+
+def test_home_page_uploads_a_ct_series_zip_and_its_viewer_marks_the_nodules(server, tmp_path):
+    """The real 26-slice LIDC example series zipped and sent from the home page: the job row goes through the CT
+    stages to done, its results list the SEG and SR, and its viewer shows the CT with the findings."""
+    import zipfile
+
+    base = server[0]
+    archive = tmp_path / "LIDC-IDRI-0001.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(EXAMPLE_CT.iterdir()):
+            zf.write(f, f"LIDC-IDRI-0001/{f.name}")
+    with browser(tmp_path) as (page, errors):
+        page.goto(f"{base}/")
+        page.wait_for_selector("#upload-section")
+        page.set_input_files("#pick-files", str(archive))
+        page.click("#send")
+        page.wait_for_selector("body[data-upload='accepted']", timeout=60_000)
+        row = page.wait_for_selector("#job-rows tr[data-job]", timeout=30_000)
+        job_id = row.get_attribute("data-job")
+        done_row = f"tr[data-job='{job_id}']"
+        stages, status = set(), None
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline:
+            status = page.get_attribute(done_row, "data-status")
+            if status == "running":
+                stages.add(page.inner_text(f"{done_row} span.stage").split(" · ")[0])
+            if status in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert status == "done", (stages, page.inner_text("#job-rows"))
+        assert len(stages) >= 2, stages  # the page showed the job move through its stages
+        assert "CT" in page.inner_text(done_row)
+        for name in ("report.html", "seg.dcm", "sr.dcm"):
+            assert page.query_selector(f"{done_row} td.results a[title='{name}']") is not None, name
+        page.screenshot(path=str(ARTIFACTS / "home_ct_done.png"), full_page=True)
+        page.click(f"{done_row} a.open-viewer")
+        page.wait_for_selector("body[data-state='ready']", timeout=90_000)
+        table = page.inner_text("#findings-table")
+        assert "lung volume (mL)" in table and "PARTIAL" in table  # the 26-slice excerpt cuts the lungs
+    assert not errors, errors
+
+
 def _run_xray_job(base: str, path: Path, mime: str) -> tuple[str, dict]:
     """Upload one X-ray to the running server, wait until its job is done; ``(job id, findings)``."""
     with open(path, "rb") as fh:

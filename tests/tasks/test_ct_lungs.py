@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from pulmo.errors import InputError
 from pulmo.io import Volume, read_image
-from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.tasks.ct_lungs import lung_coverage, lung_mask_ct
 from tests.conftest import LIDC_SERIES, data_path
 
 
@@ -26,6 +26,10 @@ def test_lidc_lungs_plausible_and_contain_the_nodule():
     z, y, x = np.round(vol.world_to_index([[float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])]])[0]).astype(int)
     assert mask[z, y, x]  # the solid nodule is inside the lung mask (holes filled)
     assert not mask[:, :5, :].any() and not mask[:, :, :5].any()  # outside air removed
+    coverage = lung_coverage(mask, vol.spacing)  # the full series runs from above the apex to below the base
+    assert coverage["complete"] is True and coverage["cut_at"] == [] and coverage["note"] is None
+    # its first 60 slices stop mid-lung: the cut is noticed at the last slice only
+    assert lung_coverage(mask[:60], vol.spacing)["cut_at"] == ["last slice"]
 
 
 def test_nrrd_lungs_contain_the_labelled_nodule():

@@ -257,12 +257,12 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         raise InputError(f"{path}: none of its {len(files)} files is a supported image (PNG, JPEG, DICOM, NIfTI, "
                          "mhd, NRRD)")
     _prepare_out_dir(out_dir)
-    rows, used = [], {"summary.csv", OUTPUT_MARKER}
-    for f in tqdm(files, desc="analyze", unit="image", disable=not progress):
-        if f not in candidates:
-            rows.append({"input": str(f), "status": "skipped", "error": "not a supported image format",
-                         "output": "", **_summary_values({}), "seconds": ""})
-            continue
+    used = {"summary.csv", OUTPUT_MARKER}
+    # The bar counts the inputs that are analysed, so its total is the "of N" of the summary line; files of an
+    # unsupported format are listed as skipped rows without entering the count.
+    rows = [{"input": str(f), "status": "skipped", "error": "not a supported image format", "output": "",
+             **_summary_values({}), "seconds": ""} for f in files if f not in candidates]
+    for f in tqdm(candidates, desc="analyze", unit="input", disable=not progress):
         name = _unique_name(f, path, used)
         t0 = time.perf_counter()
         try:
@@ -284,7 +284,10 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     _write_marker(out_dir)
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r for r in rows if r["status"] == "failed"]
-    lines = [f"analysed {ok} of {len(candidates)} images in {path} -> {out_dir / 'summary.csv'}"]
+    skipped = len(files) - len(candidates)
+    lines = [f"analysed {ok} of {len(candidates)} inputs in {path} -> {out_dir / 'summary.csv'}"
+             + (f" ({skipped} other file{'s' if skipped != 1 else ''} skipped: not a supported image format)"
+                if skipped else "")]
     lines += [f"  failed: {r['error']}" for r in failed]
     return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
 
@@ -315,6 +318,8 @@ def _summary_line(path: Path, findings: dict[str, Any], out_dir: Path, seconds: 
     lungs, infection = findings.get("lungs") or {}, findings.get("infection")
     if lungs.get("volume_ml") is not None:
         text = f"lungs {lungs['volume_ml']} mL"
+        if (lungs.get("coverage") or {}).get("complete") is False:
+            text += " (only partly in the scan: cut at the " + " and ".join(lungs["coverage"]["cut_at"]) + ")"
     elif lungs.get("area_cm2") is not None:
         text = f"lungs {lungs['area_cm2']} cm2"
     else:

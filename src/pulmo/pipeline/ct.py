@@ -20,7 +20,7 @@ from pulmo.errors import InputError
 from pulmo.io import Image2D, Volume
 from pulmo.pipeline.findings import Findings
 from pulmo.pipeline.progress import report_stage
-from pulmo.tasks.ct_lungs import lung_mask_ct, lung_mask_slice
+from pulmo.tasks.ct_lungs import lung_coverage, lung_mask_ct, lung_mask_slice
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
@@ -124,7 +124,8 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
                "study_date": src.get("study_date"), "series_description": src.get("series_description"),
                "excluded_series": src.get("excluded_series")},
         modality="ct",
-        lungs={"mask": "lung_mask.nii.gz", "volume_ml": round(lung_ml, 1), "method": LUNG_METHOD["architecture"]},
+        lungs={"mask": "lung_mask.nii.gz", "volume_ml": round(lung_ml, 1), "method": LUNG_METHOD["architecture"],
+               "coverage": lung_coverage(lungs, volume.spacing)},
         infection={"mask": "infection_mask.nii.gz", "labels": seg.labels, "volume_ml": round(inf_ml, 2),
                    "percent_of_lung": round(100.0 * inf_ml / lung_ml, 2) if lung_ml else None,
                    "n_slices_with_infection": int((per_slice > 0).sum()),

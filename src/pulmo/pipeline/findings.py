@@ -14,7 +14,8 @@
 * ``modality``: ``"cxr"`` or ``"ct"``
 * ``lungs``: ``mask`` (CXR: PNG 0/255 at the original size; CT: NIfTI in the input geometry); CXR:
   ``area_px``, ``area_cm2`` (null when the spacing is unknown), ``n_components``, ``convention``;
-  CT volume: ``volume_ml``, ``method``
+  CT volume: ``volume_ml``, ``method``, ``coverage`` {complete, cut_at, end_slice_area_cm2, note}: whether the
+  scan holds the whole lung field (:func:`pulmo.tasks.ct_lungs.lung_coverage`)
 * ``infection`` (CT): ``mask`` (NIfTI, 0 background, 1.. labels), ``labels``, ``volume_ml`` and
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
   ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model;

@@ -122,7 +122,12 @@ def render_report(findings: dict[str, Any], images: dict[str, str]) -> str:
         sections.append(("Input gate (is this an input pulmo may judge?)", rows))
     for key, title in (("lungs", "Lungs"), ("infection", "Infection (CT)")):
         if findings.get(key):
-            sections.append((title, findings[key]))
+            section = dict(findings[key])
+            coverage = section.pop("coverage", None)
+            if coverage:  # CT: does the scan hold the whole lung field?
+                section["coverage"] = ("the whole lung field is in the scan" if coverage.get("complete")
+                                       else f"PARTIAL: {coverage.get('note')}")
+            sections.append((title, section))
     if findings.get("classification"):
         c = findings["classification"]
         ece = c.get("calibration_ece")

@@ -23,6 +23,37 @@ AIR_THRESHOLD_HU = -320.0
 MIN_LUNG_ML = 50.0
 
 
+#: A lung cut by the scan's first or last slice still has this much lung area (cm²) in that slice; a scan that
+#: covers the whole lung ends at the apex or the base with a few cm² at most (LIDC-IDRI-0001, 133 slices:
+#: 0.0 and 0.3 cm²; its 26-slice excerpt in ``examples/``: 243 and 208 cm²; pyradiomics lung1: 92 cm² in
+#: its first slice).
+CUT_LUNG_AREA_CM2 = 5.0
+
+
+def lung_coverage(lungs: np.ndarray, spacing: tuple[float, float, float]) -> dict:
+    """Whether the scan holds the whole lung field along z, from the lung area in its first and last slices.
+
+    Args:
+        lungs: bool ``(Z, Y, X)`` lung mask (:func:`lung_mask_ct`).
+        spacing: ``(z, y, x)`` voxel spacing in mm.
+
+    Returns:
+        ``{"complete": bool, "cut_at": ["first slice" | "last slice", ...], "end_slice_area_cm2": [first,
+        last], "note": str | None}``; ``complete`` is false when an end slice has at least
+        :data:`CUT_LUNG_AREA_CM2` of lung, and ``note`` then says that volumes and percentages of lung cover
+        only the part of the lungs inside the scan.
+    """
+    pixel_cm2 = float(spacing[1]) * float(spacing[2]) / 100.0
+    areas = [round(float(lungs[0].sum()) * pixel_cm2, 1), round(float(lungs[-1].sum()) * pixel_cm2, 1)]
+    cut = [name for name, area in zip(("first slice", "last slice"), areas) if area >= CUT_LUNG_AREA_CM2]
+    note = None
+    if cut:
+        where = " and ".join(f"the {c} ({a} cm² of lung)" for c, a in zip(("first slice", "last slice"), areas)
+                             if c in cut)
+        note = (f"the lungs are only partly in the scan: they reach {where}, so the lung volume, and every "
+                f"percentage of lung, covers only the {lungs.shape[0]} slices scanned")
+    return {"complete": not cut, "cut_at": cut, "end_slice_area_cm2": areas, "note": note}
+
 def lung_mask_ct(volume: Volume, threshold_hu: float = AIR_THRESHOLD_HU) -> np.ndarray:
     """Lung mask of a CT volume.
 

@@ -94,6 +94,7 @@
     add("lung area (cm²)", lungs.area_cm2 === null ? "unknown (no pixel spacing)" : lungs.area_cm2);
     add("lung components", lungs.n_components);
     add("lung volume (mL)", lungs.volume_ml);
+    if (lungs.coverage) add("lung coverage", lungs.coverage.complete ? "the whole lung field is in the scan" : `PARTIAL: ${lungs.coverage.note}`);
     add("lung mask convention", lungs.convention);
     add("lung method", lungs.method);
     const inf = f.infection;
