@@ -40,7 +40,9 @@ _TRAIN_TASKS = {"lung-seg": ("lung_seg", "LungSegConfig"), "lesion-seg": ("lesio
 _FLAG_HELP = {
     "out_dir": "folder of the run: the weights + card, best.safetensors, last.pt, history.jsonl, config.yaml",
     "epochs": "most training epochs", "batch_size": "samples per optimiser step",
-    "lr": "peak learning rate of the optimiser", "patience": "early stop after this many epochs without a better "
+    "lr": "peak learning rate of the optimiser", "weight_decay": "weight decay of the optimiser",
+    "optimizer": "adamw, adam or sgd (momentum 0.9)", "schedule": "cosine (warm-up epoch, cosine decay) or constant",
+    "patience": "early stop after this many epochs without a better "
     "validation metric", "bf16": "bfloat16 autocast on the CPU", "channels_last": "channels-last memory format",
     "num_workers": "DataLoader worker processes (0 = in the main process)", "threads": "torch CPU threads (0 = torch's default)",
     "seed": "random seed (initialisation, augmentation, sampling)", "resume": "continue from OUT_DIR/last.pt",
@@ -89,6 +91,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", dest="batch_size", type=int)
     g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", dest="weight_decay", type=float)
+    g.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
+    g.add_argument("--schedule", choices=["cosine", "constant"])
     g.add_argument("--patience", type=int)
     g.add_argument("--bf16", action="store_true", default=None)
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)

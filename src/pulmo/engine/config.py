@@ -23,8 +23,12 @@ class TrainConfig:
         out_dir: run folder: checkpoints, ``config.yaml``, ``history.jsonl``, best weights.
         epochs: maximum number of epochs.
         batch_size: per-process batch size.
-        lr: peak learning rate (AdamW, cosine decay after a linear warm-up epoch).
-        weight_decay: AdamW weight decay.
+        lr: peak learning rate (after a linear warm-up epoch for the ``cosine`` schedule).
+        weight_decay: weight decay (decoupled for AdamW, L2 for Adam and SGD).
+        optimizer: ``adamw`` (default), ``adam`` (torch.optim.Adam, as several of the reproduced reports use) or
+            ``sgd`` (momentum 0.9).
+        schedule: ``cosine`` (one warm-up epoch, then cosine decay to 2 % of ``lr``; default) or ``constant``
+            (``lr`` throughout, as a report that names only a learning rate).
         patience: early stopping after this many epochs without improvement of the monitored metric.
         bf16: run forward/backward under bfloat16 autocast (CPU).
         channels_last: use the channels-last memory format.
@@ -41,6 +45,8 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
     patience: int = 10
     bf16: bool = False
     channels_last: bool = False

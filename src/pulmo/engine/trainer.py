@@ -1,4 +1,4 @@
-"""Generic training loop: AdamW + warm-up/cosine schedule, checkpoint/resume, early stopping, bf16
+"""Generic training loop: AdamW (or Adam / SGD) + warm-up/cosine (or constant) schedule, checkpoint/resume, early stopping, bf16
 autocast, channels-last, tqdm progress and DDP when launched by ``torchrun``.
 
 The task supplies the model, datasets, a loss ``loss_fn(model, batch) -> scalar tensor`` and an
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from pulmo.engine import distributed
 from pulmo.engine.config import TrainConfig
+from pulmo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,28 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``config.optimizer`` names over the model's parameters (see :class:`TrainConfig`).
+
+    Raises:
+        ConfigError: an unknown optimiser or schedule name.
+    """
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule {config.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    params = model.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def fit(
@@ -88,13 +111,15 @@ def fit(
     warmup = max(1, steps_per_epoch)
 
     def lr_lambda(step: int) -> float:
+        if config.schedule == "constant":
+            return 1.0
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     train_model: nn.Module = DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
 
     start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
