@@ -214,3 +214,46 @@ def _flag_help(help_text: str, flag: str) -> str:
     match = re.search(rf"^  (?:-\w, )?{re.escape(flag)}\b(.*?)(?=^  -|^\S|\Z)", help_text, re.MULTILINE | re.DOTALL)
     assert match, flag
     return match.group(1)
+
+
+def _user_weights(tmp_path, bundled: str, **card_changes) -> Path:
+    """A copy of a bundled weight set under a user's name, as ``pulmo train`` would leave it (file + card)."""
+    from pulmo.weights import WEIGHTS_DIR
+
+    card = json.loads((WEIGHTS_DIR / f"{bundled}.json").read_text())
+    card.update(card_changes, file="mine.safetensors")
+    (tmp_path / "w").mkdir(exist_ok=True)
+    shutil.copy(WEIGHTS_DIR / f"{bundled}.safetensors", tmp_path / "w" / "mine.safetensors")
+    (tmp_path / "w" / "mine.json").write_text(json.dumps(card))
+    return tmp_path / "w" / "mine.safetensors"
+
+
+def test_analyze_weights_loads_a_user_trained_detector_checked_against_its_card(tmp_path, monkeypatch, capsys):
+    """``--weights cxr-detect=FILE``: the user's detector (here the bundled one renamed, with a stricter
+    threshold in its card) is what findings.json names and what draws the boxes; a card of another task, a
+    file whose sha256 differs from its card and a malformed item are refused before the input is read."""
+    monkeypatch.setenv("PULMO_WEIGHTS", "{}")  # restored after the test: no choice leaks into other tests
+    mine = _user_weights(tmp_path, "cxr-detect", name="my-detector",
+                         thresholds={**json.loads((ROOT / "src/pulmo/weights/cxr-detect.json").read_text())["thresholds"],
+                                     "score": 0.99})
+    image = data_path("cxr", "TBX11K", "imgs", "tb", "tb0012.jpg")
+    out = tmp_path / "out"
+    assert main(["--no-progress", "analyze", str(image), "--out", str(out), "--weights", f"cxr-detect={mine}"]) == 0
+    f = json.loads((out / "findings.json").read_text())
+    entry = next(m for m in f["models"] if m["task"] == "cxr-detect")
+    assert entry["name"] == "my-detector" and entry["score_threshold"] == 0.99
+    assert all(d["score"] >= 0.99 for d in f["detections"])
+    if f["classification"]["in_scope"] is False:  # a TB image: the summary line gives no diagnosis either
+        assert "finding outside the classifier's classes" in capsys.readouterr().out
+
+    (tmp_path / "l").mkdir()
+    lungs = _user_weights(tmp_path / "l", "lung-seg-unet")
+    for item, needle in ((f"cxr-detect={lungs}", "is for task 'lung-seg', not 'cxr-detect'"),
+                         (f"cxr-detekt={mine}", "unknown task 'cxr-detekt'"), (str(mine), "expected TASK=FILE"),
+                         (f"cxr-detect={tmp_path / 'none.safetensors'}", "is not a .safetensors file")):
+        assert main(["analyze", str(image), "--out", str(tmp_path / "o2"), "--weights", item]) == 4  # weights error
+        assert needle in capsys.readouterr().err
+    mine.write_bytes(mine.read_bytes()[:-8] + b"\0" * 8)  # the file no longer matches its card
+    assert main(["analyze", str(image), "--out", str(tmp_path / "o3"), "--weights", f"cxr-detect={mine}"]) == 4
+    assert "sha256 does not match" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -86,6 +86,10 @@ class _TrainHelp(argparse.Action):
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (override the --config YAML)")
+    g.add_argument("--preset", help="a shipped training preset: one report's recipe (pulmo train --list-presets); "
+                   "--config and the flags override it")
+    g.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print the resolved config (preset, --config, flags) and exit without training")
     g.add_argument("--config", help="YAML file of the task's config dataclass")
     g.add_argument("--out-dir", dest="out_dir")
     g.add_argument("--epochs", type=int)
@@ -129,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest 2D image read, pixels, checked from the header before decoding (default 50000000)")
     a.add_argument("--max-voxels", dest="max_voxels", type=_positive_int, default=1_500_000_000,
                    help="largest volume read, voxels, checked from the header before decoding (default 1500000000)")
+    a.add_argument("--weights", action="append", metavar="TASK=FILE",
+                   help="user-trained weights in place of the bundled ones: TASK (lung-seg, cxr-classify, cxr-detect, "
+                   "lesion-seg, nodule, nodule-seg, input-gate) = a .safetensors written by pulmo train, with its "
+                   "card beside it; checked against the card (task, architecture, sha256); repeatable")
     a.add_argument("--store", action="store_true",
                    help="with a DICOMweb study URL: send the SEG and SR back to the study (STOW-RS)")
     a.add_argument("--dicomweb-token", dest="dicomweb_token", default=os.environ.get("PULMO_DICOMWEB_TOKEN"),
@@ -163,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "bundled nodule-fpr when present) or 'none' (the detector alone)")
 
     t = sub.add_parser("train", help="train a model")
-    tsub = t.add_subparsers(dest="task", required=True)
+    t.add_argument("--list-presets", dest="list_presets", action="store_true",
+                   help="list the shipped training presets (one per reproduced report) and exit")
+    tsub = t.add_subparsers(dest="task")
     _add_verb = tsub.add_parser
 
     def add_verb(name: str, **kwargs: Any) -> argparse.ArgumentParser:  # every train verb: -h with the defaults
@@ -191,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--negatives", action="append",
                     help="a CT volume with no infection (DICOM series folder, NIfTI, mhd, NRRD) whose lung slices "
                     "train with empty masks; repeatable")
+    le.add_argument("--loss", choices=["dice-ce", "bce"], help="dice-ce (MONAI DiceCELoss) or bce (BCEWithLogits, "
+                    "binary only)")
+    le.add_argument("--decoder", choices=["narrow", "full"], help="res-attention-unet decoder widths: narrow "
+                    "16-32-64-96 or full 64-64-128-256 (the report's)")
+    le.add_argument("--init-encoder", dest="init_encoder",
+                    help="a local .safetensors of a torchvision ResNet-34 (e.g. ImageNet) for the encoder; sha256 printed")
     le.add_argument("--name", help="weight-set name")
     _add_train_flags(le)
     cl = tsub.add_parser("cxr-classify", help="chest X-ray classifier (normal / bacterial / viral / COVID-19)")
@@ -223,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--data", help="dataset root")
     de.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
     de.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
-    de.add_argument("--architecture", help="retinanet-r18-fpn or retinanet-r34-fpn")
+    de.add_argument("--architecture", help="retinanet-r18-fpn, retinanet-r34-fpn (P4-P7), retinanet-r50-fpn or "
+                    "retinanet-r101-fpn (P3-P7, 1024 px)")
     de.add_argument("--size", type=int)
+    de.add_argument("--fpn-channels", dest="fpn_channels", type=int, help="FPN and head width")
     de.add_argument("--init-backbone", dest="init_backbone",
                     help=".safetensors of a torchvision ResNet classifier to initialise the body from")
     de.add_argument("--negatives", action="append",
@@ -253,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--spacing-mm", dest="spacing_mm", type=float)
     no.add_argument("--patch", type=int)
     no.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int)
+    no.add_argument("--channels", help="feature-net widths at strides 2, 4, 8, comma-separated")
+    no.add_argument("--blocks", help="residual blocks per feature-net stage (strides 2, 4, 8), comma-separated")
     no.add_argument("--name", help="weight-set name")
     _add_train_flags(no)
 
@@ -311,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     sv.add_argument("--data-dir", dest="data_dir", required=True, help="folder of the job store and the jobs' files")
+    sv.add_argument("--weights", action="append", metavar="TASK=FILE",
+                    help="user-trained weights for every job, as pulmo analyze --weights; repeatable")
     sv.add_argument("--workers", type=int, default=1, help="analysis worker processes, 1 CPU thread each (default 1)")
     sv.add_argument("--token", default=os.environ.get("PULMO_TOKEN"),
                     help="bearer token the API requires (default: $PULMO_TOKEN; none = no authentication)")
@@ -330,13 +352,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from pulmo import presets
     from pulmo.engine import load_config
 
+    if args.list_presets:
+        rows = presets.list_presets()
+        width = max(len(p["name"]) for p in rows)
+        for p in rows:
+            print(f"{p['name']:<{width}}  pulmo train {p['task']} --preset {p['name']}\n{'':<{width}}  {p['source']}")
+        return 0
+    if not args.task:
+        raise ConfigError("pulmo train: choose a task (pulmo train -h lists them) or --list-presets")
     module, config_cls = _train_task(args.task)
-    skip = {"command", "task", "verbose", "no_progress", "config", "leave_one_source_out"}
+    preset = presets.load_preset(args.preset) if args.preset else None
+    if preset and preset["task"] != args.task:
+        raise ConfigError(f"preset {preset['name']} is for pulmo train {preset['task']}, not {args.task}")
+    skip = {"command", "task", "verbose", "no_progress", "config", "leave_one_source_out", "preset", "dry_run",
+            "list_presets"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     overrides["progress"] = False if args.no_progress else None
-    config = load_config(config_cls, args.config, overrides)
+    base = {"out_dir": f"runs/{preset['name']}", **preset["config"]} if preset else None
+    config = load_config(config_cls, args.config, overrides, base=base)
+    if args.dry_run:
+        import yaml
+
+        resolved = {"task": args.task, **({"preset": preset["name"], "source": preset["source"],
+                                           "deviations": preset["deviations"]} if preset else {}),
+                    "config": dataclasses.asdict(config)}
+        print(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True, width=1000), end="")
+        return 0
     launcher = "torchrun --nproc_per_node=N -m pulmo " if os.environ.get("WORLD_SIZE", "1") != "1" else "pulmo "
     if getattr(args, "leave_one_source_out", False):
         print(json.dumps(module.leave_one_source_out(config), indent=2))
@@ -482,10 +526,12 @@ def _models(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from pulmo.io import InputLimits
-    from pulmo.pipeline import analyze_path
-
-    limits = InputLimits(max_pixels=args.max_pixels, max_voxels=args.max_voxels)
     from pulmo.io.dicomweb import is_dicomweb_url
+    from pulmo.pipeline import analyze_path
+    from pulmo.weights import parse_weight_overrides, set_weight_overrides
+
+    set_weight_overrides(parse_weight_overrides(args.weights or []))  # checked before any input is read
+    limits = InputLimits(max_pixels=args.max_pixels, max_voxels=args.max_voxels)
 
     if is_dicomweb_url(args.input):
         from pulmo.pipeline.dicomweb import analyze_dicomweb
@@ -505,7 +551,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from pulmo.service import serve
+    from pulmo.weights import parse_weight_overrides, set_weight_overrides
 
+    set_weight_overrides(parse_weight_overrides(args.weights or []))  # the worker processes inherit the choice
     return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
                  max_upload_mb=args.max_upload_mb, job_timeout_s=args.job_timeout_s,
                  job_memory_gb=args.job_memory_gb, log_level=logging.DEBUG if args.verbose else logging.INFO,

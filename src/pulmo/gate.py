@@ -25,7 +25,6 @@ Every refusal raises :class:`pulmo.errors.OutOfScopeError` with one line: ``<fil
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from pulmo.errors import InputError, OutOfScopeError
 from pulmo.io import Image2D, InputLimits, Volume, read_image
+from pulmo.weights import cached_loader
 
 #: Fewest distinct grey levels of a radiograph or CT slice (on the gate's sub-sampled view).
 MIN_GREY_LEVELS = 24
@@ -50,12 +50,15 @@ ACCEPTS_CXR = "pulmo accepts frontal (PA/AP) chest radiographs"
 ACCEPTS_CT = "pulmo accepts chest CT in Hounsfield units (volumes, or axial slices)"
 
 
-@functools.lru_cache(maxsize=2)
-def gate_model(weights: str = "input-gate"):
-    """The bundled gate model (:class:`pulmo.tasks.input_gate.InputGateModel`), loaded once per process."""
+def _gate_model(weights: str):
     from pulmo.tasks.input_gate import InputGateModel
 
     return InputGateModel(weights)
+
+
+gate_model = cached_loader("input-gate", "input-gate", _gate_model,
+                           doc="The gate model (:class:`pulmo.tasks.input_gate.InputGateModel`; bundled, or "
+                               "``--weights input-gate=FILE``), loaded once per process.")
 
 
 def _where(image: Image2D | Volume) -> str:

@@ -122,3 +122,63 @@ def test_nodulenet_shapes_and_backward():
     (cls.mean() + logit.sum() + masks.mean()).backward()
     with pytest.raises(ValueError, match="multiples of 8"):
         net.features(torch.rand(1, 1, 30, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["retinanet-r50-fpn", "retinanet-r101-fpn"])
+def test_report_retinanet_has_five_levels_p3_to_p7_with_p6_from_c5(name):
+    """The TB / ChestX-Det report's RetinaNet: P3-P5 from C3-C5, P6 by a stride-2 3x3 conv on C5 (2048
+    channels), P7 by ReLU + stride-2 conv on P6; heads of four 3x3 convs; 1024-px input by default."""
+    from torch import nn
+
+    model = create_model(name, num_classes=10).eval()
+    assert model.transform.min_size == (1024,) and model.transform.max_size == 1024
+    fpn = model.backbone.fpn
+    p6, p7 = fpn.extra_blocks.p6, fpn.extra_blocks.p7
+    assert (p6.in_channels, p6.out_channels, p6.kernel_size, p6.stride) == (2048, 256, (3, 3), (2, 2))
+    assert (p7.in_channels, p7.kernel_size, p7.stride) == (256, (3, 3), (2, 2)) and not fpn.extra_blocks.use_P5
+    assert [b[0].in_channels for b in fpn.inner_blocks] == [512, 1024, 2048]  # C3, C4, C5
+    with torch.no_grad():
+        feats = model.backbone(torch.rand(1, 1, 256, 256))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]  # strides 8-128
+    assert all(f.shape[1] == 256 for f in feats.values())
+    for head in (model.head.classification_head, model.head.regression_head):
+        convs = [m for m in head.conv.modules() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 4 and all(c.kernel_size == (3, 3) for c in convs)
+    assert model.head.classification_head.cls_logits.out_channels == 11 * 9  # K x A (A = 3 scales x 3 ratios)
+    assert len(model.anchor_generator.sizes) == 5
+
+
+def test_init_backbone_takes_a_local_three_channel_imagenet_resnet():
+    from torchvision.models import resnet50
+
+    model = create_model("retinanet-r50-fpn", num_classes=2)
+    state = resnet50(weights=None).state_dict()  # the layout of an ImageNet file (random values here)
+    n = init_backbone(model, state)
+    assert n == len([k for k in state if not k.startswith("fc.")])
+    torch.testing.assert_close(model.backbone.body.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+
+
+def test_nodulenet_full_width_feature_net_option():
+    from pulmo.models.nodulenet import ResBlock3d
+
+    net = create_model("nodulenet-3d", channels=[32, 64, 128], blocks=[2, 3, 3])
+    counts = [sum(isinstance(m, ResBlock3d) for m in stage.modules()) for stage in (net.stage2, net.stage4, net.stage8)]
+    assert counts == [2, 3, 3] and net.stage8[0].conv1.out_channels == 128
+    out = net.features(torch.rand(1, 1, 32, 32, 32))
+    assert out["cls"].shape == (1, len(net.anchor_sizes), 8, 8, 8)
+    assert create_model("nodulenet-3d").stage2.__class__ is ResBlock3d  # the bundled layout (1-2-2) unchanged
+
+
+def test_res_attention_unet_full_decoder_and_a_local_resnet34_encoder():
+    from torchvision.models import resnet34
+
+    from pulmo.models.lesion_unet import DECODER_CHANNELS, init_resnet34_encoder
+
+    model = create_model("res-attention-unet", decoder_channels=list(DECODER_CHANNELS["full"]))
+    assert [u.out_channels for u in model.up] == [256, 128, 64, 64]  # deep to shallow: as wide as the skips
+    state = resnet34(weights=None).state_dict()
+    n = init_resnet34_encoder(model, state)
+    assert n == len([k for k in state if not k.startswith("fc.")])
+    torch.testing.assert_close(model.encoder.layer0[0].weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.encoder.layer4[2].conv2.weight, state["layer4.2.conv2.weight"])
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)

@@ -96,13 +96,15 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**{k: _coerce(v, hints[k], k) for k, v in data.items()})
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Load ``cls`` from a YAML file (optional), then apply ``overrides`` (e.g. CLI flags; None skipped).
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from ``base`` (e.g. a preset's config), then a YAML file (optional), then ``overrides``
+    (e.g. CLI flags; None skipped): each later source wins.
 
     Raises:
         ConfigError: unreadable YAML, unknown keys or values of the wrong type.
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = dict(base or {})
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}

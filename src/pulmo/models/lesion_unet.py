@@ -138,6 +138,47 @@ def attention_unet(in_channels: int = 1, out_channels: int = 1, features: int = 
 
 @register_model("res-attention-unet", task="segmentation",
                 description="ResNet-34 encoder + attention gates (seed 5's Res-Attention U-Net)")
-def res_attention_unet(in_channels: int = 1, out_channels: int = 1, features: int = 64) -> nn.Module:
+def res_attention_unet(in_channels: int = 1, out_channels: int = 1, features: int = 64,
+                       decoder_channels: tuple[int, ...] | list[int] = (16, 32, 64, 96)) -> nn.Module:
+    """``decoder_channels`` (16, 32, 64, 96) is the narrowed decoder of the bundled model (< 45 MB in fp16); the
+    report's decoder, as wide as the encoder's skips, is (64, 64, 128, 256) (``--decoder full`` of
+    ``pulmo train lesion-seg``)."""
     return SegUNet(in_channels, out_channels, features, encoder="resnet34", attention=True,
-                   decoder_channels=(16, 32, 64, 96))
+                   decoder_channels=tuple(decoder_channels))
+
+
+#: decoder widths of the Res-Attention U-Net: the bundled, narrowed one and the report's (the skips' widths)
+DECODER_CHANNELS = {"narrow": (16, 32, 64, 96), "full": (64, 64, 128, 256)}
+
+
+def init_resnet34_encoder(model: SegUNet, state: dict[str, torch.Tensor]) -> int:
+    """Load a torchvision ResNet-34 state dict (e.g. ImageNet weights a user has as a local file; nothing is
+    downloaded) into the ResNet-34 encoder of a :class:`SegUNet`. A 3-channel first conv is summed over its
+    input channels for a 1-channel model; ``fc`` is ignored.
+
+    Returns:
+        The number of tensors copied.
+
+    Raises:
+        TypeError: the model has no ResNet-34 encoder. ValueError: no tensor of ``state`` fits it.
+    """
+    enc = model.encoder
+    if not isinstance(enc, _ResNet34Encoder):
+        raise TypeError("the model has no ResNet-34 encoder (architecture res-attention-unet)")
+    names = {"conv1": "layer0.0", "bn1": "layer0.1", "layer1": "layer1.1", "layer2": "layer2", "layer3": "layer3",
+             "layer4": "layer4"}
+    own = enc.state_dict()
+    take = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            continue
+        target = f"{names[head]}.{rest}"
+        if target == "layer0.0.weight" and value.ndim == 4 and own[target].shape[1] == 1 and value.shape[1] != 1:
+            value = value.sum(dim=1, keepdim=True)
+        if target in own and own[target].shape == value.shape:
+            take[target] = value
+    if not take:
+        raise ValueError("no tensor of the file fits a torchvision ResNet-34 (conv1, bn1, layer1-4)")
+    enc.load_state_dict(take, strict=False)
+    return len(take)

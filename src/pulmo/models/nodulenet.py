@@ -135,20 +135,27 @@ class NoduleNet3d(nn.Module):
 
     Args:
         channels: widths of the stride-2, -4 and -8 stages.
+        blocks: residual blocks in the stride-2, -4 and -8 stages (default 1, 2, 2: the CPU size; the
+            ``nodulenet-lidc`` preset uses NoduleNet's 2, 3, 3 with 32-64-128 channels).
         anchors: cube sides of the anchors in input voxels.
         roi_size: side of the FPR head's ROI grid. mask_size: side of the mask head's ROI grid.
     """
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
-                 anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24):
+                 anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24,
+                 blocks: Sequence[int] = (1, 2, 2)):
         super().__init__()
         c2, c4, c8 = channels
+        n2, n4, n8 = blocks
+        if min(blocks) < 1:
+            raise TypeError(f"blocks must be >= 1 per stage, got {tuple(blocks)}")
         self.anchor_sizes = tuple(float(a) for a in anchors)
         self.roi_size, self.mask_size = roi_size, mask_size
         self.stem = nn.Sequential(nn.Conv3d(in_channels, 16, 3, 2, 1, bias=False), nn.BatchNorm3d(16), nn.ReLU(inplace=True))
-        self.stage2 = ResBlock3d(16, c2)
-        self.stage4 = nn.Sequential(ResBlock3d(c2, c4, 2), ResBlock3d(c4, c4))
-        self.stage8 = nn.Sequential(ResBlock3d(c4, c8, 2), ResBlock3d(c8, c8))
+        self.stage2 = (ResBlock3d(16, c2) if n2 == 1
+                       else nn.Sequential(ResBlock3d(16, c2), *[ResBlock3d(c2, c2) for _ in range(n2 - 1)]))
+        self.stage4 = nn.Sequential(ResBlock3d(c2, c4, 2), *[ResBlock3d(c4, c4) for _ in range(n4 - 1)])
+        self.stage8 = nn.Sequential(ResBlock3d(c4, c8, 2), *[ResBlock3d(c8, c8) for _ in range(n8 - 1)])
         self.up = nn.Sequential(nn.ConvTranspose3d(c8, c4, 2, 2), nn.BatchNorm3d(c4), nn.ReLU(inplace=True))
         self.fuse = ResBlock3d(2 * c4 + 3, c4)
         a = len(self.anchor_sizes)
@@ -263,5 +270,6 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @register_model("nodulenet-3d", task="nodule", description="NoduleNet-style 3D RPN + decoupled FPR + mask heads (CPU size)")
 def nodulenet_3d(in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
-                 anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24) -> NoduleNet3d:
-    return NoduleNet3d(in_channels, tuple(channels), tuple(anchors), roi_size, mask_size)
+                 anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24,
+                 blocks: Sequence[int] = (1, 2, 2)) -> NoduleNet3d:
+    return NoduleNet3d(in_channels, tuple(channels), tuple(anchors), roi_size, mask_size, tuple(blocks))

@@ -328,7 +328,9 @@ def _summary_line(path: Path, findings: dict[str, Any], out_dir: Path, seconds: 
         amount = (f"{infection['volume_ml']} mL" if "volume_ml" in infection else f"{infection['area_px']} px")
         text += f", infection {amount} ({infection.get('percent_of_lung')} % of lung)"
     if findings.get("classification"):
-        text += f", class {findings['classification'].get('predicted')}"
+        c = findings["classification"]
+        text += (", finding outside the classifier's classes" if c.get("in_scope") is False
+                 else f", class {c.get('predicted')}")
     if findings.get("detections") is not None:
         text += f", {len(findings['detections'])} lesion box(es)"
     if findings.get("nodules") is not None:

@@ -10,7 +10,6 @@ image); it is not post-processed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -28,7 +27,7 @@ from pulmo.tasks.nodule_seg import DEFAULT_WEIGHTS as NODULE_SEG_WEIGHTS
 from pulmo.tasks.nodule_seg import DETECTOR_MASK_METHOD, MASK_METHOD, NoduleSegmenter, refine_nodule_masks
 from pulmo.transforms import window_hu
 from pulmo.transforms.ct_postprocess import postprocess_infection
-from pulmo.weights import WEIGHTS_DIR, model_entry
+from pulmo.weights import cached_loader, model_entry
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +36,10 @@ LUNG_METHOD = {"task": "ct-lungs", "name": "hu-threshold-components", "architect
 INFECTION_SCOPE = "trained on COVID-19 pneumonia (COVID-SemiSeg); other diseases not validated"
 
 
-@functools.lru_cache(maxsize=2)
-def lesion_segmenter(weights: str = DEFAULT_WEIGHTS) -> LesionSegmenter:
-    """The bundled infection model, loaded once per process."""
-    return LesionSegmenter(weights)
-
-
-@functools.lru_cache(maxsize=2)
-def nodule_detector(weights: str = NODULE_WEIGHTS) -> NoduleDetector | None:
-    """The bundled nodule model, loaded once per process; None when no such weights are bundled."""
-    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
-        logger.info("no bundled %s weights: nodule detection skipped", weights)
-        return None
-    return NoduleDetector(weights)
+lesion_segmenter = cached_loader("lesion-seg", DEFAULT_WEIGHTS, LesionSegmenter,
+                                 doc="The infection model (bundled, or ``--weights lesion-seg=FILE``), loaded once.")
+nodule_detector = cached_loader("nodule", NODULE_WEIGHTS, NoduleDetector, optional=True,
+                                doc="The nodule model, loaded once per process; None when none is bundled.")
 
 
 #: Replace the detector's nodule masks by the ``nodule-seg`` refinement in the pipeline. Off: on the two whole
@@ -60,18 +50,20 @@ def nodule_detector(weights: str = NODULE_WEIGHTS) -> NoduleDetector | None:
 REFINE_NODULE_MASKS = os.environ.get("PULMO_REFINE_NODULES", "") == "1"
 
 
-@functools.lru_cache(maxsize=2)
-def nodule_segmenter(weights: str = NODULE_SEG_WEIGHTS) -> NoduleSegmenter | None:
-    """The bundled nodule mask refiner (``nodule-seg``), loaded once per process; None when no such weights are
-    bundled or :data:`REFINE_NODULE_MASKS` is off (the detector's masks are kept)."""
+_nodule_segmenter = cached_loader("nodule-seg", NODULE_SEG_WEIGHTS, NoduleSegmenter, optional=True)
+
+
+def nodule_segmenter(weights: str | None = None) -> NoduleSegmenter | None:
+    """The nodule mask refiner (``nodule-seg``), loaded once per process; None when no such weights are bundled
+    or :data:`REFINE_NODULE_MASKS` is off (the detector's masks are kept)."""
     if not REFINE_NODULE_MASKS:
         logger.info("nodule masks from the detector's mask head (PULMO_REFINE_NODULES=1 refines them with %s)",
-                    weights)
+                    weights or NODULE_SEG_WEIGHTS)
         return None
-    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
-        logger.info("no bundled %s weights: nodule masks from the detector's mask head", weights)
-        return None
-    return NoduleSegmenter(weights)
+    return _nodule_segmenter(weights)
+
+
+nodule_segmenter.cache_clear = _nodule_segmenter.cache_clear  # type: ignore[attr-defined]
 
 
 def _class_volumes(labels: np.ndarray, seg: LesionSegmenter, unit: float) -> dict[str, float]:

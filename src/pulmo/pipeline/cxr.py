@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -17,33 +16,17 @@ from pulmo.tasks.cxr_classify import CxrClassifier
 from pulmo.tasks.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
 from pulmo.tasks.cxr_detect import Detector
 from pulmo.tasks.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
-from pulmo.weights import WEIGHTS_DIR, model_entry
+from pulmo.weights import cached_loader, model_entry
 
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=4)
-def lung_segmenter(weights: str = DEFAULT_WEIGHTS) -> LungSegmenter:
-    """The bundled lung model, loaded once per process."""
-    return LungSegmenter(weights)
-
-
-@functools.lru_cache(maxsize=2)
-def classifier(weights: str = CLASSIFY_WEIGHTS) -> CxrClassifier | None:
-    """The bundled four-class classifier, loaded once per process; None when no such weights are bundled."""
-    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
-        logger.info("no bundled %s weights: classification skipped", weights)
-        return None
-    return CxrClassifier(weights)
-
-
-@functools.lru_cache(maxsize=2)
-def detector(weights: str = DETECT_WEIGHTS) -> Detector | None:
-    """The bundled lesion detector (RetinaNet), loaded once per process; None when no such weights are bundled."""
-    if not (WEIGHTS_DIR / f"{weights}.json").is_file():
-        logger.info("no bundled %s weights: detection skipped", weights)
-        return None
-    return Detector(weights)
+lung_segmenter = cached_loader("lung-seg", DEFAULT_WEIGHTS, LungSegmenter,
+                               doc="The lung model (bundled, or ``--weights lung-seg=FILE``), loaded once per process.")
+classifier = cached_loader("cxr-classify", CLASSIFY_WEIGHTS, CxrClassifier, optional=True,
+                           doc="The chest X-ray classifier, loaded once per process; None when none is bundled.")
+detector = cached_loader("cxr-detect", DETECT_WEIGHTS, Detector, optional=True,
+                         doc="The lesion detector (RetinaNet), loaded once per process; None when none is bundled.")
 
 
 def detect(image: Image2D) -> tuple[list[dict[str, Any]] | None, dict | None]:

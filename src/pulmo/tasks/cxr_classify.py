@@ -484,6 +484,10 @@ def source_predictability(train_x: np.ndarray, train_source: list[str], test_x: 
                                                     "fitted on train, scored on test"}
 
 
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
     """Train one classifier; write weights + card and ``results.json`` (validation, test and external metrics,
     reliability bins, scope and source checks) to ``out_dir``."""
@@ -542,9 +546,9 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
         "name": config.name, "architecture": config.architecture,
         "model_kwargs": {"in_channels": 1, "num_classes": len(labels)}, "task": "cxr-classify", "labels": labels,
         "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature,
-                        "validation_ece": round(results["val"]["overall"]["ece"], 4),
-                        "test_ece": round(test_ece, 4),
-                        "test_ece_per_source": {k.split("/", 1)[1]: round(v["ece"], 4)
+                        "validation_ece": _round4(results["val"]["overall"]["ece"]),
+                        "test_ece": _round4(test_ece),  # None when a split is empty (a tiny dataset)
+                        "test_ece_per_source": {k.split("/", 1)[1]: _round4(v["ece"])
                                                 for k, v in results["test"].items() if k.startswith("source/")},
                         "ece_note": "15-bin top-label ECE (Guo et al. 2017) on held-out patients"},
         "thresholds": {"rule": "argmax of calibrated probabilities",

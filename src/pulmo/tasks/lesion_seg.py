@@ -50,6 +50,13 @@ class LesionSegConfig(TrainConfig):
         architecture: ``unet``, ``res-unet``, ``attention-unet`` or ``res-attention-unet``.
         features: first-scale channels of the plain/residual encoders.
         size: working resolution (px, square). val_fraction / split_seed: the grouped hold-out.
+        loss: ``dice-ce`` (MONAI ``DiceCELoss``, default) or ``bce`` (``BCEWithLogitsLoss`` alone, binary only:
+            the Res-Attention U-Net report's loss).
+        decoder: ``narrow`` (16-32-64-96, default, the bundled model) or ``full`` (64-64-128-256, the report's)
+            decoder of ``res-attention-unet``.
+        init_encoder: a local ``.safetensors`` of a torchvision ResNet-34 (e.g. ImageNet weights; nothing is
+            downloaded) to initialise the ``res-attention-unet`` encoder from; its sha256 is logged and put
+            in the card.
         negatives: CT volumes with no infection (DICOM series folders or volume files, HU) whose lung slices
             (every third one, framed as the CT pipeline frames them) join the training split with empty
             masks, so the model learns normal dense lung; never used for validation.
@@ -64,6 +71,9 @@ class LesionSegConfig(TrainConfig):
     val_fraction: float = 0.2
     split_seed: int = 0
     elastic_prob: float = 0.3
+    loss: str = "dice-ce"
+    decoder: str = "narrow"
+    init_encoder: str = ""
     negatives: list[str] = dataclasses.field(default_factory=list)
     name: str = DEFAULT_WEIGHTS
     epochs: int = 120
@@ -127,7 +137,32 @@ def _model_kwargs(config: LesionSegConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {"in_channels": 1, "out_channels": _n_out(config.classes)}
     if config.architecture != "res-attention-unet":
         kw["features"] = config.features
+    elif config.decoder != "narrow":
+        from pulmo.models.lesion_unet import DECODER_CHANNELS
+
+        if config.decoder not in DECODER_CHANNELS:
+            raise ConfigError(f"decoder {config.decoder!r} is not one of {', '.join(DECODER_CHANNELS)}")
+        kw["decoder_channels"] = list(DECODER_CHANNELS[config.decoder])
     return kw
+
+
+def _init_encoder(model: torch.nn.Module, path: str) -> dict[str, Any]:
+    """Load the local ResNet-34 file into the model's encoder; ``{"file", "sha256", "tensors"}`` for the card."""
+    import hashlib
+
+    from pulmo.models.lesion_unet import init_resnet34_encoder
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"init_encoder {path!r}: no such file; expected a .safetensors of a torchvision ResNet-34")
+    sha = hashlib.sha256(file.read_bytes()).hexdigest()
+    try:
+        n = init_resnet34_encoder(model, load_file(str(file)))
+    except (TypeError, ValueError, OSError) as exc:
+        raise ConfigError(f"init_encoder {path}: {exc}") from None
+    logger.info("lesion-seg: encoder initialised from %s (sha256 %s, %d tensors)", file, sha, n)
+    print(f"init_encoder: {file} sha256 {sha} ({n} tensors)")
+    return {"file": file.name, "sha256": sha, "tensors": n}
 
 
 def _infection_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -161,11 +196,17 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
     train_records = train_records + negative_records(config.negatives)
     logger.info("lesion-seg: %d train / %d val records (grouped hold-out; %d negative volumes in train)",
                 len(train_records), len(val_records), len(config.negatives))
+    if config.loss not in ("dice-ce", "bce"):
+        raise ConfigError(f"loss {config.loss!r} is not one of dice-ce, bce")
+    if config.loss == "bce" and config.classes != "binary":
+        raise ConfigError("loss bce (BCEWithLogits) needs classes binary")
     model = create_model(config.architecture, **_model_kwargs(config))
+    encoder_init = _init_encoder(model, config.init_encoder) if config.init_encoder else None
     train_ds = LesionSliceDataset(train_records, config.size, transform=ct_slice_augmentation(config.size, config.elastic_prob))
     val_ds = LesionSliceDataset(val_records, config.size)
     binary = config.classes == "binary"
-    criterion = DiceCELoss(sigmoid=binary, softmax=not binary, to_onehot_y=not binary)
+    criterion = (torch.nn.BCEWithLogitsLoss() if config.loss == "bce"
+                 else DiceCELoss(sigmoid=binary, softmax=not binary, to_onehot_y=not binary))
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return criterion(m(batch["image"]).float(), batch["label"])
@@ -196,6 +237,7 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
                   "normalisation": "8-bit windowed slice / 255, or HU through the lung window C -600 W 1500 -> [0, 1]",
                   "framing": "CT volumes: each axial slice cropped to the lung bounding box (+8 % margin), as COVID-SemiSeg frames its slices"},
         "training": {"data": config.data, "format": config.format, "classes": config.classes,
+                     "loss": config.loss, "encoder_init": encoder_init,
                      "split": f"grouped hold-out: the {config.val_fraction:.0%} of groups (MedSeg slice index // 5) with the smallest sha1(seed {config.split_seed}, group)",
                      "n_train_slices": len(train_ds), "n_val_slices": len(val_ds),
                      "negatives": config.negatives,

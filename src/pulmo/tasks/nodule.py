@@ -304,6 +304,8 @@ class NoduleConfig(TrainConfig):
         exclude_labels: label volumes (e.g. ``lung1_label.nrrd``) whose labelled voxels are excluded the same way.
         spacing_mm: isotropic grid. patch: training crop side (grid voxels, multiple of 8).
         samples_per_epoch: random crops per epoch. max_nodules: synthetic nodules per crop (0..max).
+        channels: widths of the feature net's stride-2, -4 and -8 stages; blocks: residual blocks per stage
+            (default 24-48-64 and 1-2-2, sized for a CPU; the ``nodulenet-lidc`` preset: 32-64-128, 2-3-3).
         name: weight-set name.
     """
 
@@ -314,6 +316,8 @@ class NoduleConfig(TrainConfig):
     samples_per_epoch: int = 240
     max_nodules: int = 3
     val_samples: int = 24
+    channels: list[int] = dataclasses.field(default_factory=lambda: [24, 48, 64])
+    blocks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 2])
     name: str = DEFAULT_WEIGHTS
     epochs: int = 12
     batch_size: int = 2
@@ -526,7 +530,12 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
     save_config(config, out / "config.yaml")
     backgrounds = load_backgrounds(config.backgrounds, config.exclude_labels, config.spacing_mm, config.patch)
     anchors_mm = (5.0, 10.0, 20.0, 30.0)
-    kwargs = {"anchors": [round(a / config.spacing_mm, 3) for a in anchors_mm]}
+    if len(config.channels) != 3 or len(config.blocks) != 3:
+        raise ConfigError(f"channels and blocks need 3 values each (stride 2, 4, 8), got {config.channels} and "
+                          f"{config.blocks}")
+    kwargs: dict[str, Any] = {"anchors": [round(a / config.spacing_mm, 3) for a in anchors_mm]}
+    if list(config.channels) != [24, 48, 64] or list(config.blocks) != [1, 2, 2]:  # the defaults stay implicit
+        kwargs.update(channels=list(config.channels), blocks=list(config.blocks))
     model = create_model("nodulenet-3d", **kwargs)
     train_ds = SyntheticNoduleDataset(backgrounds, config.samples_per_epoch, config.patch, config.max_nodules)
     val_ds = SyntheticNoduleDataset(backgrounds, config.val_samples, config.patch, config.max_nodules, seed=10_000 + config.seed)

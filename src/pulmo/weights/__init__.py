@@ -14,13 +14,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
-
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from pulmo.errors import WeightsError
+
+if TYPE_CHECKING:  # torch and safetensors load only when weights do: the weight choice and cards stay light
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -120,6 +119,9 @@ def load_into(model: nn.Module, card: dict[str, Any]) -> nn.Module:
     digest = sha256_of(path)
     if digest != expected.lower():
         raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match the card's {expected[:12]}...")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -144,6 +146,8 @@ def save_weights(model: nn.Module, path: str | Path, card: dict[str, Any], half:
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
         state[k] = v.half() if half and v.is_floating_point() else v
+    from safetensors.torch import save_file
+
     save_file(state, str(path))
     card = {k: v for k, v in card.items() if not k.startswith("_")}
     card.update({"file": path.name, "sha256": sha256_of(path), "dtype": "float16" if half else "float32"})
@@ -180,5 +184,111 @@ def model_entry(card: dict[str, Any], task: str | None = None, **extra: Any) -> 
     return entry
 
 
-__all__ = ["WEIGHTS_DIR", "list_weights", "load_into", "model_entry", "resolve_card", "save_weights", "sha256_of",
-           "weight_bytes"]
+#: The environment variable that carries ``pulmo analyze --weights`` / ``pulmo serve --weights`` choices (a JSON
+#: object {task: .safetensors path}) to the pipeline, and to the service's worker processes, which inherit it.
+OVERRIDE_ENV = "PULMO_WEIGHTS"
+
+#: Tasks whose weights the pipeline loads, and the card ``task`` values each accepts.
+PIPELINE_TASKS = {"input-gate": ("input-gate",), "lung-seg": ("lung-seg",), "cxr-classify": ("cxr-classify",),
+                  "cxr-detect": ("cxr-detect", "cxr-detect-unet"), "lesion-seg": ("lesion-seg",),
+                  "nodule": ("nodule",), "nodule-seg": ("nodule-seg",)}
+
+
+def parse_weight_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Check ``TASK=FILE`` choices of user-trained weights against their cards, before any input is read.
+
+    Each ``FILE`` is a ``.safetensors`` with its card (same stem, ``.json``) beside it, as ``pulmo train`` writes
+    them. Checked: a pipeline task (:data:`PIPELINE_TASKS`), the card's ``task`` fits it, the card's
+    ``architecture`` is registered and its sha256 matches the file.
+
+    Returns:
+        ``{task: absolute path}``.
+
+    Raises:
+        WeightsError: a malformed item, an unknown task, a missing file or card, a card of another task, an
+            unregistered architecture, or a sha256 mismatch (one message naming the item).
+    """
+    from pulmo.models import list_models
+
+    chosen: dict[str, str] = {}
+    registered = {m["name"] for m in list_models()}
+    for item in items:
+        task, sep, file = str(item).partition("=")
+        if not sep or not task or not file:
+            raise WeightsError(f"--weights {item!r}: expected TASK=FILE.safetensors, e.g. cxr-detect=runs/det/cxr-detect"
+                               ".safetensors")
+        if task not in PIPELINE_TASKS:
+            raise WeightsError(f"--weights {item!r}: unknown task {task!r}; expected one of {', '.join(PIPELINE_TASKS)}")
+        path = Path(file).expanduser().resolve()
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise WeightsError(f"--weights {item!r}: {path} is not a .safetensors file")
+        card = resolve_card(path)
+        if card.get("task") not in PIPELINE_TASKS[task]:
+            raise WeightsError(f"--weights {item!r}: the card {card['_card']} is for task {card.get('task')!r}, not "
+                               f"{task!r}")
+        if card["architecture"] not in registered:
+            raise WeightsError(f"--weights {item!r}: architecture {card['architecture']!r} of the card is not a "
+                               "registered model (pulmo models)")
+        expected = str(card.get("sha256") or "").lower()
+        if sha256_of(path) != expected:
+            raise WeightsError(f"--weights {item!r}: the file's sha256 does not match its card's ({expected[:12] or 'none'}...)")
+        chosen[task] = str(path)
+    return chosen
+
+
+def set_weight_overrides(chosen: dict[str, str]) -> None:
+    """Make the pipeline (and worker processes started afterwards) load ``chosen`` {task: path} in place of the
+    bundled weights (:data:`OVERRIDE_ENV`); an empty mapping restores the bundled ones."""
+    import os
+
+    if chosen:
+        os.environ[OVERRIDE_ENV] = json.dumps(chosen)
+    else:
+        os.environ.pop(OVERRIDE_ENV, None)
+
+
+def resolve_weights(task: str, weights: str | None, default: str) -> str:
+    """The weights the pipeline loads for ``task``: ``weights`` when a caller names them, else the user's choice
+    (:func:`set_weight_overrides`), else the bundled ``default``."""
+    import os
+
+    if weights:
+        return weights
+    try:
+        chosen = json.loads(os.environ.get(OVERRIDE_ENV) or "{}")
+    except json.JSONDecodeError:
+        raise WeightsError(f"${OVERRIDE_ENV} is not a JSON object of task -> weight file") from None
+    return chosen.get(task, default)
+
+
+def weights_available(weights: str) -> bool:
+    """True when ``weights`` names a bundled weight set or an existing ``.safetensors`` file."""
+    p = Path(weights)
+    return p.is_file() if p.suffix == ".safetensors" else (WEIGHTS_DIR / f"{weights}.json").is_file()
+
+
+def cached_loader(task: str, default: str, build: Any, optional: bool = False, doc: str = "") -> Any:
+    """A pipeline model loader ``loader(weights=None)``: resolves the weights (:func:`resolve_weights`), builds
+    ``build(weights)`` once per weight set and process, and, when ``optional``, returns None (logged) if the
+    weights are not bundled. ``loader.cache_clear()`` forgets the loaded models."""
+    import functools
+    import logging
+
+    @functools.lru_cache(maxsize=4)
+    def _load(weights: str) -> Any:
+        if optional and not weights_available(weights):
+            logging.getLogger("pulmo.pipeline").info("no bundled %s weights: %s skipped", weights, task)
+            return None
+        return build(weights)
+
+    def loader(weights: str | None = None) -> Any:
+        return _load(resolve_weights(task, weights, default))
+
+    loader.cache_clear = _load.cache_clear  # type: ignore[attr-defined]
+    loader.__doc__ = doc or f"The {task} model, loaded once per process (bundled {default!r} unless --weights)."
+    return loader
+
+
+__all__ = ["OVERRIDE_ENV", "PIPELINE_TASKS", "WEIGHTS_DIR", "cached_loader", "list_weights", "load_into",
+           "model_entry", "parse_weight_overrides", "resolve_card", "resolve_weights", "save_weights",
+           "set_weight_overrides", "sha256_of", "weight_bytes", "weights_available"]
