@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest 2D image read, pixels, checked from the header before decoding (default 50000000)")
     a.add_argument("--max-voxels", dest="max_voxels", type=_positive_int, default=1_500_000_000,
                    help="largest volume read, voxels, checked from the header before decoding (default 1500000000)")
+    a.add_argument("--shard", metavar="K/N", help="a folder batch split over N processes or machines: analyse the "
+                   "K-th share (0 <= K < N; e.g. a Slurm array's $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); the "
+                   "last shard to finish merges summary.csv. Under torchrun the default is RANK/WORLD_SIZE")
+    a.add_argument("--resume", action="store_true",
+                   help="keep the complete results of an earlier run in --out and analyse only the rest")
     a.add_argument("--weights", action="append", metavar="TASK=FILE",
                    help="user-trained weights in place of the bundled ones: TASK (lung-seg, cxr-classify, cxr-detect, "
                    "lesion-seg, nodule, nodule-seg, input-gate) = a .safetensors written by pulmo train, with its "
@@ -543,10 +548,24 @@ def _analyze(args: argparse.Namespace) -> int:
                           "http(s)://HOST[:PORT]/ROOT/studies/<StudyInstanceUID> as the input")
     else:
         result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress,
-                              limits=limits)
+                              limits=limits, shard=_shard(args.shard), resume=args.resume)
     for line in result.lines:
         print(line)
     return result.exit_code
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N``, else ``(RANK, WORLD_SIZE)`` under torchrun, else None (one process)."""
+    if text is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
+    k, sep, n = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(k), int(n)
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N, e.g. 0/4 (shard K of N, 0 <= K < N)") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

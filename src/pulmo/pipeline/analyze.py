@@ -35,7 +35,7 @@ class AnalyzeResult:
     exit_code: int = 0
 
 
-def _check_out_dir(input_path: Path, out_dir: Path) -> None:
+def _check_out_dir(input_path: Path, out_dir: Path, keep: bool = False) -> None:
     """Refuse an output folder that would write into the inputs or over something pulmo did not write.
 
     Raises:
@@ -56,7 +56,7 @@ def _check_out_dir(input_path: Path, out_dir: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir} is an existing file; expected a folder (new, empty, or a previous "
                           "pulmo output)")
-    if out.is_dir():
+    if out.is_dir() and not (keep and (out / OUTPUT_MARKER).is_file()):  # resume / shards: any pulmo output
         written = _written_by_pulmo(out)
         foreign = sorted(p.name for p in out.iterdir() if p.name not in written | {OUTPUT_MARKER})
         if foreign:
@@ -206,7 +206,8 @@ def _unique_name(path: Path, folder: Path, used: set[str]) -> str:
 
 
 def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = None,
-                 progress: bool = True, limits: InputLimits | None = None) -> AnalyzeResult:
+                 progress: bool = True, limits: InputLimits | None = None, shard: tuple[int, int] | None = None,
+                 resume: bool = False) -> AnalyzeResult:
     """Analyse a file, a DICOM series folder, or every image of a folder (one sub-folder each, plus
     ``summary.csv``).
 
@@ -220,6 +221,16 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         modality: ``"cxr"`` / ``"ct"`` for 2D images whose file does not tell.
         progress: a tqdm bar over a batch.
         limits: size limits (see :func:`analyze_image`).
+        shard: ``(K, N)``, 0 <= K < N: analyse only the batch inputs ``i`` with ``i % N == K`` (inputs in their
+            sorted order, so every shard agrees), writing ``summary.shard-K-of-N.csv``; the shard that finishes
+            last (it finds all N shard summaries) merges them into ``summary.csv``, every input exactly once,
+            failures included. Shards share ``out_dir`` and never clear it (implies ``resume``). A shard's
+            ``exit_code`` is 0 unless it merged a summary with a failed input (then 1): ``torchrun`` stops
+            every rank as soon as one exits non-zero. Under
+            ``torchrun`` the CLI passes ``(RANK, WORLD_SIZE)``; a Slurm array passes its task id and count.
+        resume: keep the results of an earlier run in ``out_dir`` (a pulmo output): an input whose
+            ``findings.json`` is complete (it parses and every file it lists exists) is not analysed again
+            (``resumed`` = yes in the summary); an incomplete one is analysed again.
 
     Raises:
         InputError: the path does not exist, is not a regular file or folder, or a folder holds no supported
@@ -234,8 +245,17 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
                          "or a folder")
     if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
         raise InputError(f"{path}: permission denied; cannot read the folder")
-    _check_out_dir(path, out_dir)
-    if path.is_file() or _single_series_folder(path):
+    if shard is not None:
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
+            raise ConfigError(f"--shard {k}/{n}: expected K/N with 0 <= K < N (K = this shard, N = shards)")
+        resume = True
+    single = path.is_file() or _single_series_folder(path)
+    _check_out_dir(path, out_dir, keep=resume and not single)
+    if single:
+        if shard is not None and shard[0] != 0:
+            note = f"{path}: one input, analysed by shard 0 of {shard[1]}; nothing for shard {shard[0]}"
+            return AnalyzeResult(lines=[note], rows=[])
         t0 = time.perf_counter()
         existed = out_dir.exists()
         try:
@@ -256,40 +276,134 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     if not candidates:
         raise InputError(f"{path}: none of its {len(files)} files is a supported image (PNG, JPEG, DICOM, NIfTI, "
                          "mhd, NRRD)")
-    _prepare_out_dir(out_dir)
+    if resume:
+        _keep_out_dir(out_dir)
+    else:
+        _prepare_out_dir(out_dir)
     used = {"summary.csv", OUTPUT_MARKER}
+    names = {f: _unique_name(f, path, used) for f in candidates}  # over every input: the same in every shard
+    k, n = shard or (0, 1)
+    mine = [f for i, f in enumerate(candidates) if i % n == k]
     # The bar counts the inputs that are analysed, so its total is the "of N" of the summary line; files of an
-    # unsupported format are listed as skipped rows without entering the count.
+    # unsupported format are listed (by shard 0) as skipped rows without entering the count.
     rows = [{"input": str(f), "status": "skipped", "error": "not a supported image format", "output": "",
-             **_summary_values({}), "seconds": ""} for f in files if f not in candidates]
-    for f in tqdm(candidates, desc="analyze", unit="input", disable=not progress):
-        name = _unique_name(f, path, used)
+             **_summary_values({}), "seconds": "", "resumed": ""} for f in files if f not in candidates and k == 0]
+    for f in tqdm(mine, desc="analyze" if shard is None else f"analyze shard {k}/{n}", unit="input",
+                  disable=not progress):
+        name = names[f]
         t0 = time.perf_counter()
+        done = _complete_findings(out_dir / name) if resume else None
+        if done is not None:
+            rows.append({"input": str(f), "status": "ok", "error": "", "output": name, **_summary_values(done),
+                         "seconds": "", "resumed": "yes"})
+            continue
         try:
             if f in unreadable:
                 raise InputError(f"{f}: permission denied; cannot read the file")
+            if resume and (out_dir / name).exists():  # an incomplete result of an interrupted run: ours, redone
+                shutil.rmtree(out_dir / name, ignore_errors=True)
             findings = analyze_image(f, out_dir / name, modality, limits)
             rows.append({"input": str(f), "status": "ok", "error": "", "output": name, **_summary_values(findings),
-                         "seconds": round(time.perf_counter() - t0, 3)})
+                         "seconds": round(time.perf_counter() - t0, 3), "resumed": "no"})
         except Exception as exc:  # noqa: BLE001 - one input's failure, whatever it is, must not abort the batch
             reason = _one_line(exc)
             logger.warning("%s", reason)
             shutil.rmtree(out_dir / name, ignore_errors=True)
             rows.append({"input": str(f), "status": "failed", "error": reason, "output": "", **_summary_values({}),
-                         "seconds": round(time.perf_counter() - t0, 3)})
-    with open(out_dir / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+                         "seconds": round(time.perf_counter() - t0, 3), "resumed": "no"})
+    order = {str(f): i for i, f in enumerate(files)}
+    if shard is None:
+        _write_summary(out_dir / "summary.csv", sorted(rows, key=lambda r: order[r["input"]]))
+        merged = True
+    else:
+        _write_summary(out_dir / _shard_summary_name(k, n), rows)
+        merged = _merge_shard_summaries(out_dir, n, order)
     _write_marker(out_dir)
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = len(files) - len(candidates)
-    lines = [f"analysed {ok} of {len(candidates)} inputs in {path} -> {out_dir / 'summary.csv'}"
+    target = out_dir / ("summary.csv" if shard is None else _shard_summary_name(k, n))
+    lines = [f"analysed {ok} of {len(mine)} inputs in {path}"
+             + (f" (shard {k} of {n}: {len(candidates)} inputs in all)" if shard is not None else "")
+             + (f", {sum(r['resumed'] == 'yes' for r in rows)} kept from an earlier run" if resume else "")
+             + f" -> {target}"
              + (f" ({skipped} other file{'s' if skipped != 1 else ''} skipped: not a supported image format)"
-                if skipped else "")]
+                if skipped and k == 0 else "")]
+    if shard is not None:
+        lines.append(f"merged the {n} shard summaries into {out_dir / 'summary.csv'}" if merged else
+                     f"summary.csv is merged by the last of the {n} shards to finish")
     lines += [f"  failed: {r['error']}" for r in failed]
+    if shard is not None:
+        # a shard exits 0 whatever its inputs did (torchrun stops every rank when one exits non-zero); the shard
+        # that merges exits 1 when any input of the whole batch failed, as a single-process batch does
+        any_failed = False
+        if merged:
+            with open(out_dir / "summary.csv", newline="") as fh:
+                any_failed = any(r["status"] == "failed" for r in csv.DictReader(fh))
+        return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if any_failed else 0)
     return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
+
+
+def _keep_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` (or keep it as it is: a previous pulmo output being resumed) with its marker."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not (out_dir / OUTPUT_MARKER).is_file():
+            _write_marker(out_dir)
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
+
+
+def _complete_findings(folder: Path) -> dict[str, Any] | None:
+    """The findings of an earlier result in ``folder`` when it is complete (``findings.json`` parses and every
+    file it lists exists), else None."""
+    import json
+
+    try:
+        findings = json.loads((folder / "findings.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(findings, dict) or "modality" not in findings:
+        return None
+    for key, value in (findings.get("files") or {}).items():
+        if key == "dicom_error":  # a message, not a file
+            continue
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str) and not (folder / name).is_file():
+                return None
+    return findings
+
+
+def _shard_summary_name(k: int, n: int) -> str:
+    return f"summary.shard-{k}-of-{n}.csv"
+
+
+def _write_summary(target: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as CSV atomically (a temporary file renamed over ``target``)."""
+    fields = ["input", "status", "error", "output", *_summary_values({}), "seconds", "resumed"]
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, target)
+
+
+def _merge_shard_summaries(out_dir: Path, n: int, order: dict[str, int]) -> bool:
+    """When all ``n`` shard summaries are in ``out_dir``, merge them into ``summary.csv`` in input order (every
+    input once) and return True; else False (a shard still runs, and the last one merges)."""
+    parts = [out_dir / _shard_summary_name(i, n) for i in range(n)]
+    if not all(p.is_file() for p in parts):
+        return False
+    rows: list[dict[str, Any]] = []
+    for part in parts:
+        with open(part, newline="") as fh:
+            rows.extend(csv.DictReader(fh))
+    seen: set[str] = set()
+    unique = [r for r in sorted(rows, key=lambda r: order.get(r["input"], len(order)))
+              if not (r["input"] in seen or seen.add(r["input"]))]
+    _write_summary(out_dir / "summary.csv", unique)
+    return True
 
 
 def _one_line(exc: BaseException) -> str:
