@@ -266,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
     du.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
     du.add_argument("--size", type=int)
+    du.add_argument("--architecture", help="monai-unet (MONAI residual U-Net) or unet-rsna-pneumonia (the report's "
+                    "U-Net as printed: BN momentum 0.9, LeakyReLU 0.03)")
+    du.add_argument("--depth", type=int, help="U-Net scales")
+    du.add_argument("--features", type=int)
+    du.add_argument("--patch", type=int, help="training crop, px (a multiple of 2^(depth-1))")
+    du.add_argument("--tile", type=int, help="overlap-tile inference with mirrored borders, tile px (0 = whole image)")
+    du.add_argument("--elastic", choices=["monai", "report"],
+                    help="elastic deformation: monai (MONAI Rand2DElastic) or report (U(-1, 1) fields, Gaussian sigma, "
+                    "scale alpha, bilinear)")
+    du.add_argument("--elastic-alpha", dest="elastic_alpha", type=float, help="scale of the report's displacement field, px")
+    du.add_argument("--elastic-sigma", dest="elastic_sigma", type=float, help="Gaussian smoothing of the field, px")
+    du.add_argument("--elastic-prob", dest="elastic_prob", type=float, help="probability of the elastic deformation")
     du.add_argument("--name", help="weight-set name")
     _add_train_flags(du)
     no = tsub.add_parser("nodule", help="3D nodule detector (NoduleNet design) on synthetic nodules in real lungs")

@@ -1,10 +1,23 @@
 """U-Net family for 2D segmentation.
 
-* ``unet-seed1``: the U-Net of the RSNA pneumonia report (SEEDS.md, seed 1) and of Ronneberger et al.
-  2015: five scales; each block is two (3x3 conv -> BatchNorm -> LeakyReLU(0.03)); max-pool down,
-  stride-2 transposed convolution up, skip concatenation, 1x1 output. The report's BatchNorm momentum 0.9
-  is Keras' convention (weight of the running average), i.e. PyTorch ``momentum=0.1``.
-* ``monai-unet``: MONAI's residual U-Net (Kerfoot et al. 2018) for comparison.
+* ``unet-rsna-pneumonia``: the U-Net of the RSNA pneumonia report (SEEDS.md, section 1) as its PyTorch
+  layer listing prints it: ``depth`` (5) scales; each block is two (3x3 conv -> ``BatchNorm2d(momentum=0.9)``
+  -> ``LeakyReLU(0.03)``); stride-2 transposed convolutions up, skip concatenation, a 1x1 output conv.
+  ``momentum=0.9`` is the value the report prints. In PyTorch it weights the *new* batch statistics by 0.9
+  (``running = 0.1 * running + 0.9 * batch``), so the running mean/variance follow the last few batches
+  closely; it does not change the forward pass in eval mode or the layout of the weights. What the report
+  does not state, pulmo chooses as Ronneberger et al. 2015 do: 2x2 max-pooling down, channels doubling at each
+  scale from ``features``, 2x2 transposed convs that halve the channels. Unlike Ronneberger et al., the 3x3
+  convs are zero-padded ("same"), so the output has the input's size (the overlap-tile inference of
+  :mod:`pulmo.models.tiling` then discards a margin of each tile instead). The convs have no bias (the
+  BatchNorm after each one has a shift).
+* ``unet-seed1``: the same layers and parameter names with PyTorch's default ``BatchNorm2d(momentum=0.1)``
+  (``running = 0.9 * running + 0.1 * batch``). It is pulmo's earlier registration of the report's U-Net, which
+  read the printed 0.9 as the other (running-average weight) convention; it is kept, as a variant and
+  not as the report's network, because ``lung-seg`` trains it by default and weight files saved under this
+  name must keep loading (the state dicts of the two are interchangeable).
+* ``monai-unet``: MONAI's residual U-Net (Kerfoot et al. 2018) for comparison; the bundled U-Net weights
+  (``lung-seg-unet``, ``nodule-seg``) use it.
 """
 
 from __future__ import annotations
@@ -14,32 +27,42 @@ from torch import nn
 
 from pulmo.models.registry import register_model
 
+#: BatchNorm momentum printed in the RSNA pneumonia report's PyTorch layer listing (PyTorch semantics)
+REPORT_BN_MOMENTUM = 0.9
+#: LeakyReLU negative slope of the report
+REPORT_LEAKY_SLOPE = 0.03
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+
+def _block(cin: int, cout: int, bn_momentum: float = 0.1, slope: float = REPORT_LEAKY_SLOPE) -> nn.Sequential:
+    """Two (3x3 conv -> BatchNorm -> LeakyReLU). ``bn_momentum`` defaults to PyTorch's 0.1, which the seed-5
+    U-Nets of :mod:`pulmo.models.lesion_unet` use; :class:`UNet` passes its own."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout, momentum=0.1),
-        nn.LeakyReLU(0.03, inplace=True),
+        nn.BatchNorm2d(cout, momentum=bn_momentum),
+        nn.LeakyReLU(slope, inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout, momentum=0.1),
-        nn.LeakyReLU(0.03, inplace=True),
+        nn.BatchNorm2d(cout, momentum=bn_momentum),
+        nn.LeakyReLU(slope, inplace=True),
     )
 
 
 class UNet(nn.Module):
-    """Plain U-Net.
+    """Plain U-Net (see the module docstring).
 
     Args:
         in_channels: input channels C.
         out_channels: output channels K (logits; one per binary mask).
         features: channels at the first scale; doubled at each of the ``depth`` scales.
-        depth: number of scales (5 in the seed).
+        depth: number of scales (5 in the report).
+        bn_momentum: PyTorch ``BatchNorm2d`` momentum (weight of the new batch statistics).
 
     Shapes:
-        input ``(B, C, H, W)`` with H and W divisible by ``2 ** (depth - 1)``; output ``(B, K, H, W)`` logits.
+        input ``(B, C, H, W)`` with H and W divisible by ``2 ** (depth - 1)`` (``self.divisor``); output
+        ``(B, K, H, W)`` logits.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5):
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5,
+                 bn_momentum: float = REPORT_BN_MOMENTUM):
         super().__init__()
         if depth < 2:
             raise TypeError(f"depth must be >= 2, got {depth}")
@@ -47,15 +70,16 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         cin = in_channels
         for c in chans:
-            self.down.append(_block(cin, c))
+            self.down.append(_block(cin, c, bn_momentum))
             cin = c
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for c in reversed(chans[:-1]):
             self.up.append(nn.ConvTranspose2d(c * 2, c, 2, stride=2))
-            self.dec.append(_block(c * 2, c))
+            self.dec.append(_block(c * 2, c, bn_momentum))
         self.head = nn.Conv2d(chans[0], out_channels, 1)
+        self.depth = depth
         self.divisor = 2 ** (depth - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,9 +96,17 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_model("unet-seed1", task="segmentation", description="U-Net of seed 1 (BN, LeakyReLU 0.03, 5 scales)")
+@register_model("unet-rsna-pneumonia", task="segmentation",
+                description="U-Net of the RSNA pneumonia report: 5 scales, BatchNorm momentum 0.9 as printed, "
+                            "LeakyReLU 0.03, stride-2 transposed convs")
+def unet_rsna_pneumonia(in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5) -> nn.Module:
+    return UNet(in_channels, out_channels, features, depth, bn_momentum=REPORT_BN_MOMENTUM)
+
+
+@register_model("unet-seed1", task="segmentation",
+                description="unet-rsna-pneumonia's layers with PyTorch's default BatchNorm momentum 0.1 (variant)")
 def unet_seed1(in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5) -> nn.Module:
-    return UNet(in_channels, out_channels, features, depth)
+    return UNet(in_channels, out_channels, features, depth, bn_momentum=0.1)
 
 
 @register_model("monai-unet", task="segmentation", description="MONAI residual U-Net (2 residual units/scale)")

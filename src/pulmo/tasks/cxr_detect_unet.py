@@ -1,17 +1,32 @@
-"""``cxr-detect-unet``: the U-Net lesion route of seed 1 (SEEDS.md), compared with RetinaNet on the same split.
+"""``cxr-detect-unet``: the U-Net lesion route of seed 1 (SEEDS.md, section 1: the RSNA pneumonia report),
+compared with RetinaNet on the same split.
 
-Method, as seed 1 describes it (Ronneberger et al. 2015 for the U-Net and the overlap-tile strategy):
+What is implemented (config fields of :class:`UnetDetectConfig` in brackets):
 
 1. each ground-truth box is rasterised into a binary mask, one channel per class (boxes of different classes
    may overlap, so the channels are independent sigmoid outputs);
-2. a U-Net (MONAI residual U-Net, :func:`pulmo.models.unet.monai_unet`) is trained on random ``patch`` x
-   ``patch`` crops (half centred on a lesion, MONAI ``RandCropByPosNegLabeld``) with elastic deformation (MONAI ``Rand2DElasticd``), affine and contrast augmentation and
-   a per-pixel BCE-with-logits loss;
-3. inference is overlap-tile: the image is padded by mirroring (``numpy.pad(mode="reflect")``) and scored in
-   overlapping ``patch`` tiles (MONAI ``sliding_window_inference``, Gaussian blending), then cropped back;
-4. the probability map is thresholded (the threshold chosen by grid search on the validation split, as seed 1
-   does) and each connected component (scikit-image ``label`` / ``regionprops``) becomes a box scored by the
-   highest probability inside it.
+2. the network [``architecture``, ``depth``, ``features``]: ``"monai-unet"`` (the default, what this route has
+   always trained: MONAI's residual U-Net with PReLU, :func:`pulmo.models.unet.monai_unet`) or
+   ``"unet-rsna-pneumonia"`` (the report's U-Net as printed: five scales of two 3x3 conv -> BatchNorm
+   (momentum 0.9, PyTorch semantics) -> LeakyReLU(0.03), stride-2 transposed convs, skip concatenation, 1x1
+   output; :mod:`pulmo.models.unet`); any other registered segmentation model with the same arguments works;
+3. training on random ``patch`` x ``patch`` crops (half centred on a lesion, MONAI ``RandCropByPosNegLabeld``)
+   with a horizontal flip, an affine, an elastic deformation [``elastic``, ``elastic_alpha``, ``elastic_sigma``,
+   ``elastic_prob``], contrast/intensity/noise (:func:`pulmo.transforms.augment.segmentation_augmentation`)
+   and a per-pixel BCE-with-logits loss. ``elastic="monai"`` (default) is MONAI ``Rand2DElasticd`` (coarse
+   control grid), ``"report"`` the report's Simard et al. 2003 deformation (per-pixel U(-1, 1) fields,
+   Gaussian-smoothed by sigma, scaled by alpha, bilinear; :mod:`pulmo.transforms.elastic`). Only the elastic
+   step follows the report; the flip, affine and intensity augmentations are pulmo's;
+4. inference [``tile``] on the ``size`` x ``size`` image: ``0`` = the whole image in one pass (mirror-padded to a
+   multiple of ``2 ** (depth - 1)``); ``> 0`` = Ronneberger et al. 2015's overlap-tile strategy as the report
+   uses it (:func:`pulmo.models.tiling.overlap_tile_inference`): ``tile`` px input tiles with mirrored
+   (reflected) borders, of which only the central ``tile // 2`` px valid region is kept (a ``tile // 4`` margin
+   is discarded on every side) and stitched without blending. Weight cards written before ``tile`` existed
+   (no ``input.tile``) are still scored as they were trained: MONAI ``sliding_window_inference`` over ``patch``
+   tiles with Gaussian blending after a ``patch // 4`` mirrored padding (:func:`overlap_tile_probability`);
+5. the probability map is thresholded (the threshold chosen by grid search on the validation split, as the
+   report's first hyper-parameter search) and each connected component (scikit-image ``label`` /
+   ``regionprops``) becomes a box scored by the highest probability inside it.
 
 Data, splits (the same test and validation images as the RetinaNet run with the same ``split_seed``) and
 metrics come from :mod:`pulmo.tasks.cxr_detect`.
@@ -36,6 +51,7 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D
 from pulmo.metrics.detection import detection_metrics
 from pulmo.models import create_model
+from pulmo.models.tiling import overlap_tile_inference, whole_image_inference
 from pulmo.tasks.cxr_detect import (
     DetectionDataset,
     _metrics,
@@ -45,6 +61,7 @@ from pulmo.tasks.cxr_detect import (
     prepare_image,
     split_records,
 )
+from pulmo.transforms.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA
 from pulmo.weights import resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
@@ -60,8 +77,18 @@ class UnetDetectConfig(TrainConfig):
 
     Attributes:
         data, format, annotations: as :class:`pulmo.tasks.cxr_detect.DetectConfig`.
-        size: the image is resized to ``size`` x ``size`` px. patch: training crop and inference tile (px).
-        features: first-scale channels of the U-Net. elastic_prob: probability of elastic deformation.
+        size: the image is resized to ``size`` x ``size`` px. patch: training crop (px).
+        architecture: registered segmentation model: ``"monai-unet"`` (default, MONAI residual U-Net) or
+            ``"unet-rsna-pneumonia"`` (the report's U-Net as printed).
+        depth: number of U-Net scales (5, the report's). features: first-scale channels of the U-Net.
+        elastic: ``"monai"`` (default, MONAI ``Rand2DElasticd``) or ``"report"`` (the report's / Simard et al.'s
+            deformation). elastic_alpha, elastic_sigma: its scale and Gaussian smoothing in px, used by
+            ``"report"``; the report states neither, so the defaults are 34 and 4, the values commonly used for
+            Simard et al.'s 28-px MNIST digits (mild here: a displacement s.d. of about 1.4 px).
+        elastic_prob: probability of the elastic deformation per crop.
+        tile: inference: 0 = the whole image in one pass; > 0 = overlap-tile inference with ``tile`` px input
+            tiles and mirrored borders, keeping each tile's central ``tile // 2`` px (a multiple of
+            ``2 ** (depth - 1)``).
         test_fraction, val_fraction, split_seed: the hold-outs (keep them equal to the RetinaNet run's).
     """
 
@@ -70,8 +97,14 @@ class UnetDetectConfig(TrainConfig):
     annotations: str = ""
     size: int = 384
     patch: int = 192
+    architecture: str = "monai-unet"
+    depth: int = 5
     features: int = 16
+    elastic: str = "monai"
+    elastic_alpha: float = DEFAULT_ALPHA
+    elastic_sigma: float = DEFAULT_SIGMA
     elastic_prob: float = 0.3
+    tile: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -119,7 +152,8 @@ def masks_to_boxes(prob: np.ndarray, threshold: float, classes: Sequence[str],
 class _MaskDataset(Dataset):
     """Random ``patch`` crops of the images and their box masks, with seed 1's augmentation."""
 
-    def __init__(self, base: DetectionDataset, n_classes: int, patch: int, elastic_prob: float):
+    def __init__(self, base: DetectionDataset, n_classes: int, patch: int, elastic_prob: float,
+                 elastic: str = "monai", elastic_alpha: float = DEFAULT_ALPHA, elastic_sigma: float = DEFAULT_SIGMA):
         from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
 
         from pulmo.transforms.augment import segmentation_augmentation
@@ -130,7 +164,8 @@ class _MaskDataset(Dataset):
             RandCropByPosNegLabeld(("image", "label", "fg"), label_key="fg", spatial_size=(patch, patch), pos=1,
                                    neg=1, num_samples=1),
             RandFlipd(("image", "label"), prob=0.5, spatial_axis=1),
-            segmentation_augmentation(patch, mask_keys=("label",), elastic_prob=elastic_prob),
+            segmentation_augmentation(patch, mask_keys=("label",), elastic_prob=elastic_prob, elastic=elastic,
+                                      elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma),
         ])
 
     def __len__(self) -> int:
@@ -148,8 +183,9 @@ class _MaskDataset(Dataset):
 @torch.no_grad()
 def overlap_tile_probability(model: torch.nn.Module, image01: np.ndarray, patch: int,
                              overlap: float = 0.5) -> np.ndarray:
-    """Sigmoid probabilities ``(K, H, W)`` of a ``(H, W)`` image in [0, 1] by overlap-tile inference:
-    mirrored padding of ``patch // 4`` px, ``patch`` tiles with ``overlap``, Gaussian blending."""
+    """Sigmoid probabilities ``(K, H, W)`` of a ``(H, W)`` image in [0, 1] as weight cards without ``input.tile``
+    were scored: mirrored padding of ``patch // 4`` px, then MONAI sliding-window inference over ``patch`` tiles
+    with ``overlap`` and Gaussian blending (not the valid-region stitching of :func:`probability_map`)."""
     from monai.inferers import sliding_window_inference
 
     margin = patch // 4
@@ -161,16 +197,57 @@ def overlap_tile_probability(model: torch.nn.Module, image01: np.ndarray, patch:
     return prob[:, margin:margin + image01.shape[0], margin:margin + image01.shape[1]]
 
 
-def _probabilities(model: torch.nn.Module, dataset: DetectionDataset, patch: int) -> list[np.ndarray]:
+@torch.no_grad()
+def probability_map(model: torch.nn.Module, image01: np.ndarray, tile: int | None, patch: int,
+                    divisor: int = 16) -> np.ndarray:
+    """Sigmoid probabilities ``(K, H, W)`` of a ``(H, W)`` image in [0, 1]: ``tile == 0`` the whole image in one
+    pass (mirror-padded to a multiple of ``divisor``), ``tile > 0`` overlap-tile inference with ``tile`` px tiles
+    and a ``tile // 4`` px discarded margin, ``tile is None`` (cards from before ``tile``)
+    :func:`overlap_tile_probability` over ``patch`` tiles."""
+    if tile is None:
+        return overlap_tile_probability(model, image01, patch)
+    if tile == 0:
+        logits = whole_image_inference(model, image01, multiple=divisor)
+    else:
+        logits = overlap_tile_inference(model, image01, tile, margin=tile // 4)
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()
+
+
+def _probabilities(model: torch.nn.Module, dataset: DetectionDataset, tile: int | None, patch: int,
+                   divisor: int) -> list[np.ndarray]:
     model.eval()
-    return [overlap_tile_probability(model, im.astype(np.float32) / 255.0, patch) for im in dataset.images]
+    return [probability_map(model, im.astype(np.float32) / 255.0, tile, patch, divisor) for im in dataset.images]
+
+
+def _check(config: UnetDetectConfig) -> int:
+    """Validate the route's settings; returns the network's size divisor ``2 ** (depth - 1)``."""
+    if config.patch > config.size:
+        raise ConfigError(f"patch ({config.patch}) must not exceed size ({config.size})")
+    if config.depth < 2:
+        raise ConfigError(f"depth must be >= 2, got {config.depth}")
+    divisor = 2 ** (config.depth - 1)
+    if config.patch % divisor:
+        raise ConfigError(f"patch ({config.patch}) must be a multiple of 2 ** (depth - 1) = {divisor}")
+    if config.elastic not in ("monai", "report"):
+        raise ConfigError(f"elastic must be 'monai' or 'report', got {config.elastic!r}")
+    if config.elastic_alpha < 0 or config.elastic_sigma < 0:
+        raise ConfigError("elastic_alpha and elastic_sigma must be >= 0")
+    if config.tile < 0 or (config.tile and config.tile % divisor):
+        raise ConfigError(f"tile ({config.tile}) must be 0 (whole image) or a positive multiple of {divisor}")
+    return divisor
+
+
+def _inference_text(tile: int) -> str:
+    if tile == 0:
+        return "whole image in one pass (mirror-padded to the network's size divisor)"
+    return (f"overlap-tile (Ronneberger et al. 2015): {tile} px tiles with mirrored borders, the central "
+            f"{tile - 2 * (tile // 4)} px valid region of each kept and stitched without blending")
 
 
 def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
     """Train the U-Net route, choose the mask threshold on validation, score the test hold-out, write
     ``<out_dir>/<name>.safetensors`` (fp16) + card."""
-    if config.patch > config.size:
-        raise ConfigError(f"patch ({config.patch}) must not exceed size ({config.size})")
+    divisor = _check(config)
     out = Path(config.out_dir)
     save_config(config, out / "config.yaml")
     records = load_records(config.data, config.format, config.annotations or None)
@@ -178,10 +255,11 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
     if not classes:
         raise InputError(f"{config.data}: no boxes in the {config.format} labels; nothing to train on")
     train_r, val_r, test_r = split_records(records, config.test_fraction, config.val_fraction, config.split_seed)
-    kwargs = {"in_channels": 1, "out_channels": len(classes), "features": config.features}
-    model = create_model("monai-unet", **kwargs)
+    kwargs = {"in_channels": 1, "out_channels": len(classes), "features": config.features, "depth": config.depth}
+    model = create_model(config.architecture, **kwargs)
     base = DetectionDataset(train_r, classes, config.size, progress=config.progress)
-    train_ds = _MaskDataset(base, len(classes), config.patch, config.elastic_prob)
+    train_ds = _MaskDataset(base, len(classes), config.patch, config.elastic_prob, config.elastic,
+                            config.elastic_alpha, config.elastic_sigma)
     val_ds = DetectionDataset(val_r, classes, config.size, progress=config.progress)
     val_gt = dataset_ground_truth(val_ds, classes)
     criterion = torch.nn.BCEWithLogitsLoss()
@@ -192,7 +270,7 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         # the best AP50 over the mask-threshold grid: plain BCE on small lesions gives low probabilities early
         # on, so a fixed 0.5 would read 0 for many epochs and stop training before it learned anything
-        prob = _probabilities(m, val_ds, config.patch)
+        prob = _probabilities(m, val_ds, config.tile, config.patch, divisor)
         grid = {t: detection_metrics([masks_to_boxes(p, t, classes) for p in prob], val_gt) for t in MASK_GRID}
         t = max(grid, key=lambda k: grid[k]["ap_50_agnostic"])
         return {"ap_50_agnostic": grid[t]["ap_50_agnostic"], "map_50": grid[t]["map_50"], "mask_threshold": t}
@@ -202,25 +280,26 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
         return {}
     model.load_state_dict(load_file(str(out / "best.safetensors")))
     model.eval()
-    val_prob = _probabilities(model, val_ds, config.patch)
+    val_prob = _probabilities(model, val_ds, config.tile, config.patch, divisor)
     grid = {t: detection_metrics([masks_to_boxes(p, t, classes) for p in val_prob], val_gt)["ap_50_agnostic"]
             for t in MASK_GRID}
     threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
     val_metrics = _metrics([masks_to_boxes(p, threshold, classes) for p in val_prob], val_gt, 0.0)
     test_ds = DetectionDataset(test_r, classes, config.size, progress=config.progress)
-    test_preds = [masks_to_boxes(p, threshold, classes) for p in _probabilities(model, test_ds, config.patch)]
+    test_preds = [masks_to_boxes(p, threshold, classes) for p in _probabilities(model, test_ds, config.tile, config.patch, divisor)]
     test_metrics = _metrics(test_preds, dataset_ground_truth(test_ds, classes), 0.0)
     card = {
         "name": config.name,
-        "architecture": "monai-unet",
+        "architecture": config.architecture,
         "model_kwargs": kwargs,
         "task": "cxr-detect-unet",
         "labels": classes,
         "thresholds": {"mask": threshold, "score": 0.0},
         "threshold_grid_ap_50_agnostic": {str(t): round(v, 4) for t, v in grid.items()},
-        "input": {"size": [config.size, config.size], "patch": config.patch, "channels": 1,
+        "input": {"size": [config.size, config.size], "patch": config.patch, "tile": config.tile,
+                  "tile_margin": config.tile // 4, "channels": 1,
                   "normalisation": "normalize_cxr (0.5-99.5 percentile -> [0, 1]), squashed to size x size",
-                  "inference": "overlap-tile, mirrored borders, Gaussian blending"},
+                  "inference": _inference_text(config.tile)},
         "training": {"data": config.data, "format": config.format, "annotations": config.annotations,
                      "n_train": len(train_r), "n_val": len(val_r), "n_test": len(test_r),
                      "split": f"as cxr-detect: test {config.test_fraction:.0%}, validation {config.val_fraction:.0%}, "
@@ -229,6 +308,11 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
                      "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
                      "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
                      "loss": "BCE with logits on box masks (seed 1)",
+                     "augmentation": {"elastic": config.elastic, "elastic_prob": config.elastic_prob,
+                                      **({"elastic_alpha": config.elastic_alpha, "elastic_sigma": config.elastic_sigma}
+                                         if config.elastic == "report" else {}),
+                                      "other": "random lesion/background crop, horizontal flip, affine, "
+                                               "contrast, intensity scale, Gaussian noise"},
                      "pretraining": "none: trained from scratch"},
         "metrics": {"validation": _round(val_metrics), "test": _round(test_metrics)},
         "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)",
@@ -245,6 +329,9 @@ class UnetBoxDetector:
         self.model = create_model(self.card["architecture"], weights=weights).eval()
         self.size = int(self.card["input"]["size"][0])
         self.patch = int(self.card["input"]["patch"])
+        tile = self.card["input"].get("tile")  # absent on cards from before overlap-tile stitching
+        self.tile = None if tile is None else int(tile)
+        self.divisor = 2 ** (int(self.card.get("model_kwargs", {}).get("depth", 5)) - 1)
         self.labels = list(self.card["labels"])
         self.mask_threshold = float(self.card["thresholds"]["mask"])
         self.threshold = float(self.card["thresholds"]["score"])  # box score, as Detector.threshold
@@ -254,7 +341,8 @@ class UnetBoxDetector:
         preds = []
         for image in images:
             x, (sx, sy) = prepare_image(image, self.size)
-            p = masks_to_boxes(overlap_tile_probability(self.model, x, self.patch), self.mask_threshold, self.labels)
+            prob = probability_map(self.model, x, self.tile, self.patch, self.divisor)
+            p = masks_to_boxes(prob, self.mask_threshold, self.labels)
             p["boxes"] = p["boxes"] * np.array([sx, sy, sx, sy])
             preds.append(p)
         return preds

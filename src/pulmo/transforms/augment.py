@@ -1,7 +1,13 @@
 """Training-time augmentation for 2D segmentation, built from MONAI dictionary transforms.
 
-Elastic deformation follows seed 1 (random displacement fields smoothed by a Gaussian of sigma and
-scaled by alpha, bilinear resampling): MONAI ``Rand2DElasticd`` implements exactly that.
+Two elastic deformations are offered (``elastic=``):
+
+* ``"monai"`` (the default, what pulmo's routes have always used): MONAI ``Rand2DElasticd`` with a control grid
+  every ``size // 8`` px, normal offsets scaled by a magnitude drawn from (1, 3), bicubic upsampling of the grid.
+  It is *not* the report's algorithm.
+* ``"report"``: the RSNA pneumonia report's (SEEDS.md, section 1) and Simard et al. 2003's: per-pixel uniform
+  (-1, 1) displacement fields, Gaussian-smoothed by ``sigma``, scaled by ``alpha``, bilinear resampling
+  (:mod:`pulmo.transforms.elastic`).
 """
 
 from __future__ import annotations
@@ -17,21 +23,32 @@ from monai.transforms import (
     RandScaleIntensityd,
 )
 
+from pulmo.errors import ConfigError
+from pulmo.transforms.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA, RandElasticReportd
+
 
 def segmentation_augmentation(size: int, image_key: str = "image", mask_keys: tuple[str, ...] = ("label",),
-                              elastic_prob: float = 0.3) -> Compose:
-    """Random affine (rotation +-10 deg, scale +-10 %, shift +-6 %), elastic deformation, contrast/gamma,
-    intensity scale and Gaussian noise. Masks are resampled with nearest neighbour.
+                              elastic_prob: float = 0.3, elastic: str = "monai", elastic_alpha: float = DEFAULT_ALPHA,
+                              elastic_sigma: float = DEFAULT_SIGMA) -> Compose:
+    """Random affine (rotation +-10 deg, scale +-10 %, shift +-6 %), elastic deformation (``elastic``: "monai" or
+    "report", see the module docstring; ``elastic_alpha`` / ``elastic_sigma`` in px are used by "report"),
+    contrast/gamma, intensity scale and Gaussian noise. Masks are resampled with nearest neighbour.
 
     Inputs are channel-first arrays ``(C, H, W)`` under ``image_key`` and ``mask_keys``.
     """
     keys = (image_key, *mask_keys)
     modes = ("bilinear",) + ("nearest",) * len(mask_keys)
+    if elastic == "monai":
+        deform = Rand2DElasticd(keys, spacing=(size // 8, size // 8), magnitude_range=(1.0, 3.0), prob=elastic_prob,
+                                mode=modes, padding_mode="zeros")
+    elif elastic == "report":
+        deform = RandElasticReportd(image_key, mask_keys, alpha=elastic_alpha, sigma=elastic_sigma, prob=elastic_prob)
+    else:
+        raise ConfigError(f"elastic must be 'monai' or 'report', got {elastic!r}")
     return Compose([
         RandAffined(keys, prob=0.8, rotate_range=math.radians(10), scale_range=0.1,
                     translate_range=0.06 * size, mode=modes, padding_mode="zeros"),
-        Rand2DElasticd(keys, spacing=(size // 8, size // 8), magnitude_range=(1.0, 3.0), prob=elastic_prob,
-                       mode=modes, padding_mode="zeros"),
+        deform,
         RandAdjustContrastd(image_key, prob=0.4, gamma=(0.6, 1.6)),
         RandScaleIntensityd(image_key, factors=0.15, prob=0.3),
         RandGaussianNoised(image_key, prob=0.2, std=0.02),
