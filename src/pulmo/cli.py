@@ -456,6 +456,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                      f"(n={metrics['n_negative_images']})")
         if "image_auc" in metrics:
             line += f" image_auc={metrics['image_auc']:.4f}"
+        ar = metrics.get("average_recall_at_fp") or {}
+        if ar:  # ChestX-Det10's official metric: recall at 0.05 / 0.1 / 0.2 false positives per image
+            line += " " + " ".join(f"recall@{k}fp={v:.4f}" if k != "mean" else f"average_recall={v:.4f}"
+                                   for k, v in ar.items() if isinstance(v, float))
     elif args.task == "cxr-classify":
         if not args.format:
             raise ConfigError("evaluate cxr-classify needs --format kermany|folders|covid-chestxray|covid-radiography|"

@@ -1,4 +1,5 @@
-"""Detection metrics: hand-worked IoU / AP / RSNA score, edge cases, and AP against pycocotools."""
+"""Detection metrics: hand-worked IoU / AP / RSNA score / ChestX-Det10 recall at FP rates, edge cases, and AP
+against pycocotools."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from pulmo.metrics.detection import (
     RSNA_IOU_THRESHOLDS,
     average_precision,
     average_precision_per_class,
+    average_recall_at_fp,
     box_iou,
     detection_metrics,
     mean_average_precision,
+    recall_at_fp_rates,
     rsna_image_score,
     rsna_score,
 )
@@ -234,3 +237,69 @@ def test_equal_iou_tie_breaks_to_the_last_ground_truth_box_as_pycocotools():
     swapped = [_gt([[2, 0, 12, 10], [0, 0, 10, 10]], ["a", "a"])]
     assert _pycocotools_ap50(preds, swapped)["a"] == pytest.approx(1.0)
     assert average_precision(preds, swapped, "a") == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------- ChestX-Det10
+
+def test_average_recall_at_fp_hand_worked():
+    """10 images, so 0.05 / 0.1 / 0.2 false positives per image allow 0 / 1 / 2 false positives."""
+    empty = _gt([], [])
+    gts = [_gt([[0, 0, 10, 10], [20, 20, 30, 30]], ["a", "a"]), _gt([[0, 0, 10, 10]], ["a"]), empty,
+           _gt([[0, 0, 10, 10]], ["b"]), _gt([[40, 40, 50, 50]], ["a"])] + [empty] * 5
+    preds = [_pred([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30], [0, 0, 10, 10]], [0.9, 0.8, 0.7, 0.95],
+                   ["a", "a", "a", "b"]),  # a: TP, FP, TP; b on an image without b: FP
+             _pred([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.4], ["a", "a"]),  # TP, then a duplicate: FP
+             _pred([[0, 0, 10, 10]], [0.6], ["a"]),  # FP on an image without boxes
+             _pred([[0, 0, 10, 20]], [0.3], ["b"]),  # IoU 100 / 200 = 0.5 exactly: TP
+             _pred([], [], [])] + [_pred([], [], [])] * 5
+    # class a ranking: 0.9 TP, 0.8 FP, 0.7 TP, 0.6 FP, 0.5 TP, 0.4 FP; 4 boxes (the one of image 4 is never found)
+    assert recall_at_fp_rates(preds, gts, "a") == pytest.approx({"0.05": 1 / 4, "0.1": 2 / 4, "0.2": 3 / 4})
+    # class b: 0.95 FP, 0.3 TP; 1 box
+    assert recall_at_fp_rates(preds, gts, "b") == pytest.approx({"0.05": 0.0, "0.1": 1.0, "0.2": 1.0})
+    m = average_recall_at_fp(preds, gts)
+    assert m["per_class"]["a"] == pytest.approx({"0.05": 0.25, "0.1": 0.5, "0.2": 0.75, "mean": 0.5})
+    assert m["per_class"]["b"] == pytest.approx({"0.05": 0.0, "0.1": 1.0, "0.2": 1.0, "mean": 2 / 3})
+    assert {k: m[k] for k in ("0.05", "0.1", "0.2")} == pytest.approx({"0.05": 0.125, "0.1": 0.75, "0.2": 0.875})
+    assert m["mean"] == pytest.approx((0.125 + 0.75 + 0.875) / 3)
+    # class-agnostic: a's TPs plus b's; the b box at 0.95 now hits image 0's first a box, so 0.9 is a duplicate
+    # ranking: 0.95 TP, 0.9 FP, 0.8 FP, 0.7 TP, 0.6 FP, 0.5 TP, 0.4 FP, 0.3 TP; 5 boxes
+    assert recall_at_fp_rates(preds, gts, None) == pytest.approx({"0.05": 1 / 5, "0.1": 1 / 5, "0.2": 2 / 5})
+
+
+def test_recall_at_fp_matches_only_the_best_overlapping_box_as_chestx_det10():
+    """A detection whose best-overlapping box is already hit is a false positive even when another box would
+    match (ChestX-Det10 eval.py; COCO matching would take the second box)."""
+    gts = [_gt([[0, 0, 10, 10], [0, 0, 10, 12]], ["a", "a"])]
+    preds = [_pred([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 12]], [0.9, 0.8, 0.7], ["a"] * 3)]
+    # 0.9 -> box 0 (IoU 1) TP; 0.8 -> best is box 0 again (IoU 1 > 100/120): FP; 0.7 -> box 1 TP
+    assert recall_at_fp_rates(preds, gts, "a", fp_rates=(0.5, 1.0)) == {"0.5": 0.5, "1": 1.0}
+    two = [_pred([[0, 0, 10, 10]] * 2, [0.9, 0.8], ["a"] * 2)]
+    assert recall_at_fp_rates(two, gts, "a", fp_rates=(5.0,)) == {"5": 0.5}
+    assert average_precision(two, gts, "a", interpolation="voc") == 1.0  # COCO: the 0.8 box takes box 1
+
+
+def test_recall_at_fp_counts_every_image_and_stays_after_the_last_detection():
+    gts = [_gt([[0, 0, 10, 10]], ["a"])]
+    preds = [_pred([[50, 50, 60, 60], [0, 0, 10, 10]], [0.9, 0.8], ["a", "a"])]  # FP, then TP
+    assert recall_at_fp_rates(preds, gts, "a") == {"0.05": 0.0, "0.1": 0.0, "0.2": 0.0}
+    # 19 more images without boxes: 0.05 FP / image x 20 images = 1 false positive allowed
+    more_gts, more_preds = gts + [_gt([], [])] * 19, preds + [_pred([], [], [])] * 19
+    assert recall_at_fp_rates(more_preds, more_gts, "a") == {"0.05": 1.0, "0.1": 1.0, "0.2": 1.0}
+    # no false positive at all: the final recall at every rate
+    assert recall_at_fp_rates([_pred([[0, 0, 10, 10]], [0.1], ["a"])], gts, "a", (0.0, 5.0)) == {"0": 1.0, "5": 1.0}
+
+
+def test_average_recall_at_fp_edge_cases():
+    gts = [_gt([[0, 0, 10, 10]], ["a"]), _gt([], [])]
+    none = [_pred([], [], [])] * 2
+    m = average_recall_at_fp(none, gts)
+    assert m["0.05"] == m["0.2"] == m["mean"] == 0.0 and list(m["per_class"]) == ["a"]
+    # a requested class without ground truth: NaN, left out of the means
+    m = average_recall_at_fp([_pred([[0, 0, 10, 10]], [0.5], ["a"]), _pred([], [], [])], gts, labels=["a", "Mass"])
+    assert math.isnan(m["per_class"]["Mass"]["mean"]) and m["mean"] == 1.0
+    assert math.isnan(average_recall_at_fp(none, [_gt([], [])] * 2)["mean"])
+    assert math.isnan(recall_at_fp_rates(none, gts, "b")["0.1"])
+    with pytest.raises(ValueError, match="fp_rates must be >= 0"):
+        recall_at_fp_rates(none, gts, "a", fp_rates=(-0.1,))
+    with pytest.raises(ValueError, match="2 prediction entries but 1"):
+        average_recall_at_fp(none, gts[:1])

@@ -157,13 +157,15 @@ def covid_radiography_records(root: str | Path) -> list[dict[str, Any]]:
 
 def folder_records(root: str | Path) -> list[dict[str, Any]]:
     """Records of a folder with one sub-folder per label (names from :data:`LABELS` or
-    :data:`OTHER_FINDING`); ``folder`` = the sub-folder's name."""
+    :data:`OTHER_FINDING`); ``folder`` = the sub-folder's name. A file named ``PATIENT__rest.png`` belongs to
+    patient ``PATIENT`` (so images of one patient stay in one split); any other file is its own patient."""
     root = Path(root)
     names = LABELS + [OTHER_FINDING]
     unknown = [d.name for d in root.iterdir() if d.is_dir() and d.name not in names] if root.is_dir() else []
     if unknown:
         raise InputError(f"{root}: sub-folders {unknown} are not labels; expected folders named {names}")
-    records = [{"image": str(p), "label": label, "patient_id": f"{root.name}-{p.stem}", "source": root.name,
+    records = [{"image": str(p), "label": label, "patient_id": f"{root.name}-{p.stem.split('__')[0] if '__' in p.stem else p.stem}",
+                "source": root.name,
                 "age_group": "unknown", "folder": label} for label in names for p in _images(root / label)]
     if not records:
         raise InputError(f"{root}: no images in label sub-folders {names}")

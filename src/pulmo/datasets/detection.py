@@ -16,7 +16,9 @@ Pixel coordinates are continuous (x2 = x + width, no ``+ 1``), as in COCO and to
   ``ObsoletePulmonaryTuberculosis`` = latent TB; ``PulmonaryTuberculosis`` exists but is unused).
 * :func:`chestx_det10_records`: ChestX-Det10 (Liu et al., "ChestX-Det10: Chest X-ray Dataset on Detection of
   Thoracic Abnormalities", 2020): a JSON list of ``{"file_name", "syms", "boxes": [[x1, y1, x2, y2]]}``;
-  the 10 findings of :data:`CHESTX_DET10_CLASSES`, empty ``syms`` = no finding. The same reader takes
+  the 10 findings of :data:`CHESTX_DET10_CLASSES`, empty ``syms`` = no finding. Reads both namings of the
+  release (NIH ChestX-ray14 file names in its first commits, ``36199.png`` ... now; a name map links them);
+  :func:`chestx_det10_folder_records` reads a dataset folder (``labels/`` + ``images/``). The same reader takes
   ChestX-Det (13 classes, extra ``polygons`` key, ignored).
 * :func:`rsna_pneumonia_records`: RSNA Pneumonia Detection Challenge 2018 (Shih et al., Radiology: AI 2019):
   ``stage_2_train_labels.csv`` (``patientId, x, y, width, height, Target``; one row per box, one row with
@@ -45,7 +47,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -336,22 +338,60 @@ def tbx11k_records(root: str | Path, annotations: str | Path | None = None, coun
 
 # ---------------------------------------------------------------------------------------------- ChestX-Det10
 
+#: The file beside a ChestX-Det10 JSON that maps the renamed release's file names to the NIH ChestX-ray14 names.
+CHESTX_DET10_NAME_MAP = "chestx_det10_nih_name_map.csv"
+
+
+def read_chestx_det10_name_map(path: str | Path) -> dict[str, str]:
+    """The ChestX-Det10 -> NIH ChestX-ray14 file-name map (``36204.png`` -> ``00000010_000.png``).
+
+    The first ChestX-Det10 commits (Deepwise-AILab/ChestX-Det10-Dataset up to 117ba79, 2020-07-08) list the
+    images under their NIH names; the current release (c535e9a) renamed them ``36199.png`` ... with the same
+    entries in the same order, so the map is exact. The CSV has the columns ``chestx_det10_file_name`` and
+    ``nih_image_index`` (``labels/chestx_det10_nih_name_map.csv`` of the ChestX-Det10 NIH sample).
+
+    Raises:
+        InputError: the file is missing, lacks a column, or maps one name to two NIH names.
+    """
+    path = Path(path)
+    out: dict[str, str] = {}
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        if not {"chestx_det10_file_name", "nih_image_index"} <= set(reader.fieldnames or []):
+            raise InputError(f"{path}: columns 'chestx_det10_file_name' and 'nih_image_index' missing "
+                             f"(ChestX-Det10 -> NIH name map), got {reader.fieldnames}")
+        for row in reader:
+            det10, nih = row["chestx_det10_file_name"].strip(), row["nih_image_index"].strip()
+            if out.setdefault(det10, nih) != nih:
+                raise InputError(f"{path}: line {reader.line_num}: {det10} maps to both {out[det10]} and {nih}")
+    return out
+
+
 def chestx_det10_records(annotations: str | Path, image_dir: str | Path, counts: Counts | None = None,
-                         check_images: bool = True, source: str = "chestx-det10") -> list[dict[str, Any]]:
+                         check_images: bool = True, source: str = "chestx-det10",
+                         name_map: str | Path | Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Box records of ChestX-Det10 (Liu et al. 2020; Deepwise AI Lab): ``train.json`` / ``test.json``.
 
     The file is a JSON list of ``{"file_name": "36200.png", "syms": [class, ...], "boxes": [[x1, y1, x2, y2],
     ...]}`` with boxes in px of the 1024 x 1024 images; ``syms[i]`` labels ``boxes[i]``; an empty list means
-    no finding. Images are renamed NIH ChestX-ray14 PNGs with no published NIH-name mapping, so each image is
-    its own patient (``chestx-det10-<stem>``); the training/test split of the release is already by image.
-    ChestX-Det (13 classes, with ``polygons``) is read the same way.
+    no finding. Both published namings are read: the current release names the images ``36199.png`` ...;
+    its first commits (117ba79) used the original NIH ChestX-ray14 names (``00000010_000.png``), same entries
+    in the same order. With a name map (``name_map``, or :data:`CHESTX_DET10_NAME_MAP` found beside the JSON),
+    an image not found under its ChestX-Det10 name is looked up under its NIH name, so the renamed JSON finds
+    the original NIH PNGs and both files give the same records. Each image is its own patient
+    (``<source>-<stem>``, the NIH stem when the NIH name is known; the NIH patient is the stem's first 8
+    digits); the training/test split of the release is by image. ChestX-Det (13 classes, with ``polygons``)
+    is read the same way.
 
     Args:
         annotations: the JSON file.
-        image_dir: the folder holding the images named by ``file_name``.
+        image_dir: the folder holding the images named by ``file_name`` (or by their NIH names).
         counts: incremented with ``images``, ``boxes``, ``missing_images``, ``missing_boxes``.
         check_images: skip (and count) records whose image file is missing.
         source: the ``source`` of each record.
+        name_map: ChestX-Det10 name -> NIH name: a mapping, or a CSV as :func:`read_chestx_det10_name_map`;
+            ``None`` (default) reads :data:`CHESTX_DET10_NAME_MAP` beside ``annotations`` when it exists;
+            ``{}`` turns the lookup off.
 
     Returns:
         One record per list entry, in file order; labels as spelled in ``syms``
@@ -359,12 +399,18 @@ def chestx_det10_records(annotations: str | Path, image_dir: str | Path, counts:
 
     Raises:
         InputError: the file is missing, not a JSON list of such entries, ``syms`` and ``boxes`` differ in
-            length, a box is not 4 finite numbers with x2 > x1 and y2 > y1, or ``image_dir`` is missing.
+            length, a box is not 4 finite numbers with x2 > x1 and y2 > y1, ``image_dir`` is missing, or the
+            name map is unreadable.
     """
     path = Path(annotations)
     data = _read_json(path)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON list of {{'file_name', 'syms', 'boxes'}} (ChestX-Det10)")
+    if name_map is None:
+        beside = path.parent / CHESTX_DET10_NAME_MAP
+        name_map = read_chestx_det10_name_map(beside) if beside.is_file() else {}
+    elif not isinstance(name_map, Mapping):
+        name_map = read_chestx_det10_name_map(name_map)
     folder = _image_folder(image_dir, f"images of {path.name}") if check_images else Path(image_dir)
     finder = _ImageFinder(folder)
     records, missing, missing_boxes = [], 0, 0
@@ -377,14 +423,64 @@ def chestx_det10_records(annotations: str | Path, image_dir: str | Path, counts:
             raise InputError(f"{where}: 'syms' and 'boxes' must be lists of equal length, got {syms!r} and "
                              f"{len(boxes) if isinstance(boxes, list) else boxes!r} boxes")
         rows = [_check_xyxy(b, where) for b in boxes]
-        image = finder.find(name) if check_images else folder / name
+        nih = name_map.get(name)
+        if check_images:
+            image = finder.find(name) or (finder.find(nih) if nih else None)
+        else:
+            image = folder / (nih or name)
         if image is None:
             missing += 1
             missing_boxes += len(rows)
             continue
         records.append({"image": str(image), "boxes_xyxy": _boxes(rows), "labels": [str(s) for s in syms],
-                        "patient_id": f"{source}-{Path(name).stem}", "source": source})
+                        "patient_id": f"{source}-{Path(nih or name).stem}", "source": source})
     return _finish(records, missing, missing_boxes, counts, path, folder)
+
+
+def chestx_det10_label_files(root: str | Path) -> list[Path]:
+    """The ChestX-Det10 JSON files of a dataset folder when none is named: in ``root/labels`` or ``root``,
+    the NIH-named files (``*_nih_names_*.json``, the layout of the ChestX-Det10 NIH sample), else the
+    release's ``train.json`` and ``test.json`` (those present), else the renamed files (``*_renamed_*.json``).
+    Only one naming is returned: the namings hold the same entries.
+
+    Raises:
+        InputError: no such file.
+    """
+    root = Path(root)
+    for folder in (root / "labels", root):
+        nih = sorted(folder.glob("*_nih_names_*.json"))
+        release = [folder / n for n in ("test.json", "train.json") if (folder / n).is_file()]
+        renamed = sorted(folder.glob("*_renamed_*.json"))
+        if nih or release or renamed:
+            return nih or release or renamed
+    raise InputError(f"{root}: no ChestX-Det10 label JSON (labels/*_nih_names_*.json, train.json / test.json or "
+                     f"*_renamed_*.json); pass the file as annotations")
+
+
+def chestx_det10_folder_records(root: str | Path, annotations: str | Path | Sequence[str | Path] | None = None,
+                                counts: Counts | None = None, check_images: bool = True,
+                                source: str = "chestx-det10") -> list[dict[str, Any]]:
+    """Box records of a ChestX-Det10 folder: the JSON file(s) ``annotations`` (relative to ``root`` first, then
+    as given; default :func:`chestx_det10_label_files`: train and test together), images in ``root/images``
+    when that folder exists, else in ``root``; renamed JSONs find NIH-named images through the name map
+    (see :func:`chestx_det10_records`).
+
+    Raises:
+        InputError: as :func:`chestx_det10_label_files` and :func:`chestx_det10_records`.
+    """
+    root = Path(root)
+    if annotations is None:
+        files = chestx_det10_label_files(root)
+    else:
+        files = []
+        for a in [annotations] if isinstance(annotations, (str, Path)) else annotations:
+            a = Path(a)
+            files.append(root / a if not a.is_absolute() and (root / a).is_file() else a)
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    records: list[dict[str, Any]] = []
+    for f in files:
+        records += chestx_det10_records(f, image_dir, counts=counts, check_images=check_images, source=source)
+    return records
 
 
 # ---------------------------------------------------------------------------------------------- RSNA

@@ -18,11 +18,13 @@ highest IoU >= the threshold (on a tie of IoUs the last such box in ground-truth
 than the detections per image: no per-image cap is applied here, no crowd / area ranges). The PASCAL VOC
 2010+ all-point AP (area under the monotone precision-recall curve) is ``interpolation="voc"``.
 
-The RSNA Pneumonia Detection Challenge score (RSNA / Kaggle 2018) is :func:`rsna_score`.
+The RSNA Pneumonia Detection Challenge score (RSNA / Kaggle 2018) is :func:`rsna_score`; the ChestX-Det10 metric
+(recall at 0.05, 0.1 and 0.2 false positives per image, averaged) is :func:`average_recall_at_fp`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,8 @@ import numpy as np
 
 #: IoU thresholds of the RSNA Pneumonia Detection Challenge: 0.40, 0.45, ..., 0.75.
 RSNA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
+#: False positives per image at which ChestX-Det10 reads the recall (its ``eval.py``: ``avgFP``).
+CHESTX_DET10_FP_RATES = (0.05, 0.1, 0.2)
 #: Recall points of the COCO 101-point interpolated AP.
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 INTERPOLATIONS = ("coco101", "voc")
@@ -312,6 +316,131 @@ def rsna_score(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence
         if v is not None:
             values.append(v)
     return float(np.mean(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- ChestX-Det10
+
+def _rate_key(rate: float) -> str:
+    return f"{rate:g}"
+
+
+def _det10_match_image(boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """ChestX-Det10 matching of one image and class: (scores sorted descending, true-positive flags).
+
+    Each detection, in decreasing score order (stable), looks only at the ground-truth box of highest IoU (the
+    first of equal IoUs): a true positive when that IoU is >= the threshold and the box is not yet hit; else a
+    false positive, also when the best box is already hit and another box would qualify (``eval.py`` ``FROC``).
+    """
+    order = np.argsort(-scores, kind="mergesort")
+    tp = np.zeros(len(order), bool)
+    if len(order) and len(gt_boxes):
+        iou = box_iou(boxes[order], gt_boxes)
+        hit = np.zeros(len(gt_boxes), bool)
+        for d in range(len(order)):
+            g = int(np.argmax(iou[d]))
+            if iou[d, g] >= iou_threshold and not hit[g]:
+                tp[d] = hit[g] = True
+    return scores[order], tp
+
+
+def recall_at_fp_rates(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+                       label: Hashable | None = None, fp_rates: Sequence[float] = CHESTX_DET10_FP_RATES,
+                       iou_threshold: float = 0.5) -> dict[str, float]:
+    """Recall (sensitivity) of one class at fixed false positives per image: points of the FROC curve.
+
+    All detections of the class, over all images, are ranked by score; walking down the ranking, each is a true
+    or false positive (ChestX-Det10 matching: a detection counts as a true positive only for the ground-truth box
+    of its image and class with the highest IoU, when that IoU is >= ``iou_threshold`` and the box is not yet
+    hit; a duplicate, a miss or a detection on an image without such a box is a false positive). The recall at
+    rate ``f`` is the recall reached before the false positives exceed ``f * n_images``, i.e. at the lowest
+    score threshold with at most ``floor(f * n_images)`` false positives (n_images = every entry, images
+    without boxes included); past the last detection it stays at the final recall.
+
+    Args:
+        predictions: per image ``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": (N,)}`` (every candidate:
+            the curve sweeps the score threshold).
+        ground_truths: per image ``{"boxes" or "boxes_xyxy": (M, 4) xyxy px, "labels": (M,)}``.
+        label: the class; ``None`` ignores labels (class-agnostic).
+        fp_rates: false positives per image, >= 0 (default 0.05, 0.1, 0.2).
+        iou_threshold: minimum IoU of a true positive (0.5 as ChestX-Det10).
+
+    Returns:
+        ``{"0.05": recall, ...}`` (keys ``f"{rate:g}"``), each in [0, 1]; NaN when the ground truth has no box of
+        ``label``.
+
+    Raises:
+        ValueError: mismatched lengths or shapes, or a negative rate.
+    """
+    if any(f < 0 for f in fp_rates):
+        raise ValueError(f"fp_rates must be >= 0, got {list(fp_rates)}")
+    images = _images(predictions, ground_truths)
+    all_scores, all_tp, n_positive = [], [], 0
+    for boxes, scores, labels, gt_boxes, gt_labels in images:
+        keep, keep_gt = _select(labels, label), _select(gt_labels, label)
+        sc, tp = _det10_match_image(boxes[keep], scores[keep], gt_boxes[keep_gt], iou_threshold)
+        all_scores.append(sc)
+        all_tp.append(tp)
+        n_positive += int(keep_gt.sum())
+    if n_positive == 0:
+        return {_rate_key(f): float("nan") for f in fp_rates}
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    tp = np.concatenate(all_tp) if all_tp else np.zeros(0, bool)
+    tp = tp[np.argsort(-scores, kind="mergesort")]
+    tp_sum = np.concatenate([[0], np.cumsum(tp)])      # true positives among the first k detections, k = 0..N
+    fp_sum = np.concatenate([[0], np.cumsum(~tp)])
+    out = {}
+    for f in fp_rates:
+        allowed = math.floor(f * len(images) + 1e-9)
+        out[_rate_key(f)] = float(tp_sum[fp_sum <= allowed].max() / n_positive)
+    return out
+
+
+def average_recall_at_fp(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+                         fp_rates: Sequence[float] = CHESTX_DET10_FP_RATES, iou_threshold: float = 0.5,
+                         labels: Sequence[Hashable] | None = None) -> dict[str, Any]:
+    """The ChestX-Det10 detection metric: recall at 0.05, 0.1 and 0.2 false positives per image, per class,
+    averaged over classes, and its mean over the three rates ("avg recall").
+
+    Follows the dataset's ``eval.py`` (Deepwise-AILab/ChestX-Det10-Dataset; Liu, Lian & Yu, "ChestX-Det10: Chest
+    X-ray Dataset on Detection of Thoracic Abnormalities", arXiv:2006.10550): per class, detections of all test
+    images ranked by score, a true positive at IoU >= 0.5 with the best-overlapping ground-truth box of the same
+    class (see :func:`recall_at_fp_rates`), false positives per image over every test image (no-finding images
+    included), recall read at each rate, then averaged over classes and over the rates. Differences, none of
+    which changes the result on the official 542-image test set: IoU uses continuous coordinates (``eval.py``
+    adds 1 px to widths and heights); ``eval.py`` interpolates the curve linearly, which is this step reading
+    except when ``rate * n_images`` is an integer (there it takes the recall at the k-th false positive, here
+    the recall just before the (k + 1)-th); the class mean is over the classes present in the ground truth
+    (``eval.py`` divides by its 10 classes, all present in its test set, and fails on an absent one).
+
+    Args:
+        predictions: per image ``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": (N,)}``, every candidate.
+        ground_truths: per image ``{"boxes" or "boxes_xyxy": (M, 4) xyxy px, "labels": (M,)}``; images with no
+            box count in the false positives per image.
+        fp_rates: false positives per image (default :data:`CHESTX_DET10_FP_RATES`).
+        iou_threshold: minimum IoU of a true positive.
+        labels: the classes to score (default: those present in the ground truth); a class without ground-truth
+            box gets NaN and is left out of the means.
+
+    Returns:
+        ``{"0.05": mean recall over classes, "0.1": ..., "0.2": ..., "mean": mean over the rates, "per_class":
+        {label: {"0.05": ..., "0.1": ..., "0.2": ..., "mean": ...}}}``, values in [0, 1] (NaN when no class has
+        a ground-truth box); labels as ``str``.
+
+    Raises:
+        ValueError: as :func:`recall_at_fp_rates`.
+    """
+    keys = [_rate_key(f) for f in fp_rates]
+    classes = list(labels) if labels is not None else ground_truth_labels(ground_truths)
+    per_class = {}
+    for c in classes:
+        r = recall_at_fp_rates(predictions, ground_truths, c, fp_rates, iou_threshold)
+        per_class[str(c)] = {**r, "mean": float(np.mean([r[k] for k in keys]))}
+    scored = [v for v in per_class.values() if not math.isnan(v["mean"])]
+    out: dict[str, Any] = {k: float(np.mean([v[k] for v in scored])) if scored else float("nan") for k in keys}
+    out["mean"] = float(np.mean([out[k] for k in keys])) if scored else float("nan")
+    out["per_class"] = per_class
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- summary

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from pulmo.datasets import split_by_patient
 from pulmo.datasets.detection import (
     NEGATIVE_FORMATS,
-    chestx_det10_records,
+    chestx_det10_folder_records,
     label_counts,
     negative_records,
     nih_bbox_records,
@@ -46,7 +46,7 @@ from pulmo.datasets.detection import (
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
-from pulmo.metrics.detection import detection_metrics, rsna_score
+from pulmo.metrics.detection import average_recall_at_fp, detection_metrics, rsna_score
 from pulmo.models import create_model
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card, save_weights
@@ -109,6 +109,10 @@ def load_records(data: str | Path, format: str, annotations: str | Path | None =
                  counts: dict | None = None) -> list[dict[str, Any]]:
     """Box records (see :mod:`pulmo.datasets.detection`) of a dataset in one of :data:`FORMATS`.
 
+    ``chestx-det10``: ``annotations`` is optional (default: the train and test JSON of ``data/labels`` or
+    ``data``, see :func:`pulmo.datasets.detection.chestx_det10_label_files`); the NIH-named and the renamed JSON
+    both work; images in ``data/images`` when that folder exists, else in ``data``.
+
     Raises:
         ConfigError: unknown format, or a format that needs ``annotations`` without it.
         InputError: as the adapters (missing or malformed label files).
@@ -118,14 +122,14 @@ def load_records(data: str | Path, format: str, annotations: str | Path | None =
         return tbx11k_records(data, annotations or None, counts=counts)
     if format not in FORMATS:
         raise ConfigError(f"unknown cxr-detect format {format!r}; expected one of {FORMATS}")
+    if format == "chestx-det10":
+        return chestx_det10_folder_records(data, annotations or None, counts=counts)
     if not annotations:
-        raise ConfigError(f"--format {format} needs --annotations (the label file: ChestX-Det10 JSON, RSNA "
+        raise ConfigError(f"--format {format} needs --annotations (the label file: RSNA "
                           f"stage_2_train_labels.csv or NIH BBox_List_2017.csv)")
     ann = Path(annotations)
     if not ann.is_absolute() and (data / ann).is_file():
         ann = data / ann
-    if format == "chestx-det10":
-        return chestx_det10_records(ann, data, counts=counts)
     if format == "rsna":
         return rsna_pneumonia_records(ann, data, counts=counts)
     return nih_bbox_records(ann, data, counts=counts)
@@ -329,9 +333,11 @@ def image_scores(preds: list[dict[str, Any]]) -> np.ndarray:
 
 def _metrics(preds: list[dict], gts: list[dict], threshold: float, sources: Sequence[str] | None = None,
              n_resamples: int = 1000) -> dict[str, Any]:
-    """Detection metrics on the images with boxes, plus, when some images have none (negatives), the
-    false-positive boxes per negative image at ``threshold`` (overall and per ``sources``), the image-level AUC
-    (max box score) and AP over all images; 95 % percentile-bootstrap CIs over images."""
+    """Detection metrics on the images with boxes, plus ChestX-Det10's average recall at 0.05 / 0.1 / 0.2 false
+    positives per image over all images (:func:`pulmo.metrics.detection.average_recall_at_fp`, every candidate)
+    and, when some images have none (negatives), the false-positive boxes per negative image at ``threshold``
+    (overall and per ``sources``), the image-level AUC (max box score) and AP over all images; 95 %
+    percentile-bootstrap CIs over images."""
     from pulmo.metrics.classification import bootstrap_ci, roc_auc
 
     pos = [i for i, g in enumerate(gts) if len(g["labels"])]
@@ -345,6 +351,11 @@ def _metrics(preds: list[dict], gts: list[dict], threshold: float, sources: Sequ
             lambda idx: float(detection_metrics([pp[i] for i in idx], [pg[i] for i in idx])["ap_50_agnostic"]),
             len(pos), n_resamples=min(n_resamples, 200)))
     m["score_threshold"] = threshold
+    if pos:
+        # ChestX-Det10's metric, over every image (false positives per image include those on the negatives)
+        ar = average_recall_at_fp(preds, gts)
+        m["average_recall_at_fp_per_class"] = ar.pop("per_class")
+        m["average_recall_at_fp"] = ar
     if neg:
         fp = np.array([np.sum(preds[i]["scores"] >= threshold) for i in neg], float)
         m["fp_per_negative_image"] = float(fp.mean())
@@ -365,6 +376,16 @@ def _metrics(preds: list[dict], gts: list[dict], threshold: float, sources: Sequ
             m["image_auc_ci95"] = list(bootstrap_ci(lambda idx: roc_auc(score[idx], y[idx]), len(y), n_resamples))
             m["ap_50_agnostic_with_negatives"] = detection_metrics(preds, gts)["ap_50_agnostic"]
     return m
+
+
+#: the licence note of a card, by training format
+_DATA_CITATION = {
+    "tbx11k": "TBX11K: research use with citation (Liu et al., CVPR 2020)",
+    "chestx-det10": "ChestX-Det10 (NIH ChestX-ray14 images): research use with citation (Liu et al. 2020; Wang "
+                    "et al., CVPR 2017)",
+    "rsna": "the RSNA Pneumonia Detection Challenge data: its competition terms (research, non-commercial)",
+    "nih": "NIH ChestX-ray14: research use with citation (Wang et al., CVPR 2017)",
+}
 
 
 def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
@@ -466,11 +487,10 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
                   "trained_on": f"{config.format} images with boxes ({len(train_r)} train)" + (
                       f" and {len(neg_train)} images without lesions from {', '.join(neg_sources)}" if negatives else
                       " only (no image without lesions was seen in training)"),
-                  "cannot_see": "lesions of other classes (effusion, nodules, masses, pneumothorax, fractures, ...); "
-                                "lateral views" + (f"; on held-out images without lesions it draws "
+                  "cannot_see": "lesions of any class not listed in classes; lateral views" + (f"; on held-out images without lesions it draws "
                                                    f"{test_metrics['fp_per_negative_image']:.2f} boxes per image"
                                                    if "fp_per_negative_image" in test_metrics else "")},
-        "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)"
+        "license": f"Apache-2.0 (weights); trained on {_DATA_CITATION.get(config.format, config.format)}"
                    + ("; negatives from " + ", ".join(neg_sources) + " (see their licences)" if negatives else ""),
     }
     return save_weights(model, out / f"{config.name}.safetensors", card)
@@ -527,7 +547,10 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     labelled dataset, in original pixels: ``{"task": "cxr-detect", "n_images", "n_positive_images",
     "n_negative_images", "labels", "ap_50": {label: AP}, "map_50", "ap_50_agnostic" (+ ``_ci95``),
     "rsna_score", "score_threshold"}`` on the images with boxes (AP over every candidate; the RSNA score over
-    the boxes above the card's threshold). When some images have no boxes (negatives of the dataset itself,
+    the boxes above the card's threshold), and ChestX-Det10's metric over all images, every candidate:
+    ``"average_recall_at_fp": {"0.05", "0.1", "0.2": recall at that many false positives per image, mean over
+    classes; "mean": their mean}`` and ``"average_recall_at_fp_per_class": {label: {same keys}}``. When some
+    images have no boxes (negatives of the dataset itself,
     e.g. RSNA ``Target`` 0, or ``negatives``): ``fp_per_negative_image`` (+ CI, per source) at the card's
     threshold, ``image_auc`` (max box score as the image score, + CI) and ``ap_50_agnostic_with_negatives``.
 
