@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,13 @@ def test_reliability_bins_match_the_ece():
     bins = reliability_bins(prob, y)
     ece = sum(b["n"] / 300 * abs(b["accuracy"] - b["confidence"]) for b in bins)
     assert ece == pytest.approx(expected_calibration_error(prob, y)) and sum(b["n"] for b in bins) == 300
+
+
+def test_folder_files_named_patient_double_underscore_share_a_patient(tmp_path):
+    for label, names in (("covid19", ["p7__a.png", "p7__b.png", "single.png"]), ("normal", ["n1.png"])):
+        (tmp_path / label).mkdir()
+        for n in names:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / label / n)
+    patients = {Path(r["image"]).name: r["patient_id"] for r in folder_records(tmp_path)}
+    assert patients["p7__a.png"] == patients["p7__b.png"] != patients["single.png"]
+    assert patients["single.png"].endswith("-single") and patients["n1.png"].endswith("-n1")
