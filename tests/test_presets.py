@@ -4,6 +4,7 @@ trained for one step on real data (shortened: one step, small inputs; a pipeline
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -132,3 +133,14 @@ def test_each_preset_builds_its_model_and_trains_one_step(name, tmp_path):
     assert card["name"] == name and (run / f"{name}.safetensors").is_file()
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert len(history) == 1 and history[0]["train_loss"] == history[0]["train_loss"]  # one epoch, a finite loss
+    if name == "covid-cxr-lungseg-classify":
+        # the report's two-stage system in analyze: the user's lung-masked classifier gets the bundled lung mask
+        os.environ.pop("PULMO_WEIGHTS", None)
+        out = tmp_path / "analyzed"
+        try:
+            assert main(["--no-progress", "analyze", str(ROOT / "examples" / "cxr" / "00022084_000.png"), "--out",
+                         str(out), "--weights", f"cxr-classify={run / f'{name}.safetensors'}"]) == 0
+        finally:
+            os.environ.pop("PULMO_WEIGHTS", None)
+        c = json.loads((out / "findings.json").read_text())["classification"]
+        assert c["lung_masked_input"] is True and set(c["probabilities"]) >= {"normal", "covid19"}
