@@ -564,7 +564,8 @@ def _analyze(args: argparse.Namespace) -> int:
                           "http(s)://HOST[:PORT]/ROOT/studies/<StudyInstanceUID> as the input")
     else:
         result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress,
-                              limits=limits, shard=_shard(args.shard), resume=args.resume)
+                              limits=limits, shard=_shard(args.shard), resume=args.resume,
+                              rank0_merges=args.shard is None and _shard(None) is not None)
     for line in result.lines:
         print(line)
     return result.exit_code

@@ -4,6 +4,7 @@ centre slice, through the crops' window) so the expected masks are known exactly
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -234,7 +235,8 @@ def fake_detector(monkeypatch):
 
 def test_pipeline_without_nodule_seg_weights_is_unchanged(fake_detector, monkeypatch, tmp_path):
     ct.nodule_segmenter.cache_clear()
-    monkeypatch.setattr(ct, "WEIGHTS_DIR", tmp_path)  # no nodule-seg.json bundled
+    # as if no nodule-seg weights were bundled: the weight choice names a file that does not exist
+    monkeypatch.setenv("PULMO_WEIGHTS", json.dumps({"nodule-seg": str(tmp_path / "missing.safetensors")}))
     monkeypatch.setattr(ct, "REFINE_NODULE_MASKS", True)
     try:
         assert ct.nodule_segmenter() is None

@@ -54,6 +54,13 @@ def test_two_shards_split_the_batch_and_the_last_one_merges(tmp_path, capsys):
         assert rows[f.name]["status"] == "ok" and (out / rows[f.name]["output"] / "findings.json").is_file()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(r["output"] for r in rows.values()
                                                                         if r["output"])
+    # a new input changes the batch: shard 0's new summary is not merged with shard 1's summary of the old batch
+    shutil.copy(EXAMPLES[0], src / "added.png")
+    assert main(["--no-progress", "analyze", str(src), "--out", str(out), "--shard", "0/2"]) == 0
+    assert "merged by the last of the 2 shards" in capsys.readouterr().out
+    assert "added.png" not in _summary(out)
+    assert main(["--no-progress", "analyze", str(src), "--out", str(out), "--shard", "1/2"]) == 1
+    assert "merged the 2 shard summaries" in capsys.readouterr().out and "added.png" in _summary(out)
     assert main(["analyze", str(src), "--out", str(out), "--shard", "two"]) == 2
     assert "expected K/N" in capsys.readouterr().err
     assert main(["analyze", str(src), "--out", str(out), "--shard", "2/2"]) == 2
@@ -74,6 +81,12 @@ def test_resume_keeps_complete_results_and_redoes_an_interrupted_one(tmp_path, c
     assert all(rows[f.name]["resumed"] == "yes" for f in EXAMPLES[1:])
     assert (out / rows[EXAMPLES[1].name]["output"] / "findings.json").stat().st_mtime_ns == kept  # not redone
     assert rows["broken.png"]["status"] == "failed"  # a failure is tried again, and fails again
+    from pulmo.pipeline.analyze import _complete_findings
+
+    # a result is only kept for the input it was made from (names can move to another input when the folder changes)
+    first = out / rows[EXAMPLES[1].name]["output"]
+    assert _complete_findings(first, src / EXAMPLES[1].name) is not None
+    assert _complete_findings(first, src / EXAMPLES[2].name) is None
 
 
 def test_torchrun_two_cpu_processes_share_the_batch(tmp_path):

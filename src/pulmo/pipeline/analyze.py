@@ -207,7 +207,7 @@ def _unique_name(path: Path, folder: Path, used: set[str]) -> str:
 
 def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = None,
                  progress: bool = True, limits: InputLimits | None = None, shard: tuple[int, int] | None = None,
-                 resume: bool = False) -> AnalyzeResult:
+                 resume: bool = False, rank0_merges: bool = False) -> AnalyzeResult:
     """Analyse a file, a DICOM series folder, or every image of a folder (one sub-folder each, plus
     ``summary.csv``).
 
@@ -223,11 +223,14 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         limits: size limits (see :func:`analyze_image`).
         shard: ``(K, N)``, 0 <= K < N: analyse only the batch inputs ``i`` with ``i % N == K`` (inputs in their
             sorted order, so every shard agrees), writing ``summary.shard-K-of-N.csv``; the shard that finishes
-            last (it finds all N shard summaries) merges them into ``summary.csv``, every input exactly once,
-            failures included. Shards share ``out_dir`` and never clear it (implies ``resume``). A shard's
-            ``exit_code`` is 0 unless it merged a summary with a failed input (then 1): ``torchrun`` stops
-            every rank as soon as one exits non-zero. Under
-            ``torchrun`` the CLI passes ``(RANK, WORLD_SIZE)``; a Slurm array passes its task id and count.
+            last (it finds all N shard summaries of this run: same input list and launcher run id) merges them
+            into ``summary.csv``, every input exactly once, failures included (``summary.csv`` is final once the
+            last shard has finished). Shards share ``out_dir`` and never clear it (implies ``resume``). A
+            shard's ``exit_code`` is 0 unless it merged a summary with a failed input (then 1): ``torchrun``
+            stops every rank as soon as one exits non-zero. Under ``torchrun`` the CLI passes
+            ``(RANK, WORLD_SIZE)`` and ``rank0_merges``; a Slurm array passes its task id and count.
+        rank0_merges: the shards were started together (``torchrun``): shard 0 waits until every other shard has
+            written its summary during this run and merges; the others never merge.
         resume: keep the results of an earlier run in ``out_dir`` (a pulmo output): an input whose
             ``findings.json`` is complete (it parses and every file it lists exists) is not analysed again
             (``resumed`` = yes in the summary); an incomplete one is analysed again.
@@ -251,11 +254,11 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
             raise ConfigError(f"--shard {k}/{n}: expected K/N with 0 <= K < N (K = this shard, N = shards)")
         resume = True
     single = path.is_file() or _single_series_folder(path)
+    if single and shard is not None and shard[0] != 0:
+        note = f"{path}: one input, analysed by shard 0 of {shard[1]}; nothing for shard {shard[0]}"
+        return AnalyzeResult(lines=[note], rows=[])
     _check_out_dir(path, out_dir, keep=resume and not single)
     if single:
-        if shard is not None and shard[0] != 0:
-            note = f"{path}: one input, analysed by shard 0 of {shard[1]}; nothing for shard {shard[0]}"
-            return AnalyzeResult(lines=[note], rows=[])
         t0 = time.perf_counter()
         existed = out_dir.exists()
         try:
@@ -284,6 +287,10 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     names = {f: _unique_name(f, path, used) for f in candidates}  # over every input: the same in every shard
     k, n = shard or (0, 1)
     mine = [f for i, f in enumerate(candidates) if i % n == k]
+    run = _run_id(files) if shard is not None else ""
+    started = time.time()
+    if shard is not None:  # this shard's summary of an earlier run must not be merged with this run's
+        (out_dir / _shard_summary_name(k, n)).unlink(missing_ok=True)
     # The bar counts the inputs that are analysed, so its total is the "of N" of the summary line; files of an
     # unsupported format are listed (by shard 0) as skipped rows without entering the count.
     rows = [{"input": str(f), "status": "skipped", "error": "not a supported image format", "output": "",
@@ -292,7 +299,7 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
                   disable=not progress):
         name = names[f]
         t0 = time.perf_counter()
-        done = _complete_findings(out_dir / name) if resume else None
+        done = _complete_findings(out_dir / name, f) if resume else None
         if done is not None:
             rows.append({"input": str(f), "status": "ok", "error": "", "output": name, **_summary_values(done),
                          "seconds": "", "resumed": "yes"})
@@ -316,8 +323,15 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         _write_summary(out_dir / "summary.csv", sorted(rows, key=lambda r: order[r["input"]]))
         merged = True
     else:
-        _write_summary(out_dir / _shard_summary_name(k, n), rows)
-        merged = _merge_shard_summaries(out_dir, n, order)
+        _write_summary(out_dir / _shard_summary_name(k, n), [{**r, "run": run} for r in rows], run_column=True)
+        if rank0_merges and k != 0:
+            merged = False
+        elif rank0_merges:  # every rank started with this one: their summaries of this run are newer than its start
+            while not _merge_shard_summaries(out_dir, n, order, run, newer_than=started - 60.0):
+                time.sleep(1.0)
+            merged = True
+        else:
+            merged = _merge_shard_summaries(out_dir, n, order, run)
     _write_marker(out_dir)
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -354,16 +368,24 @@ def _keep_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
 
 
-def _complete_findings(folder: Path) -> dict[str, Any] | None:
-    """The findings of an earlier result in ``folder`` when it is complete (``findings.json`` parses and every
-    file it lists exists), else None."""
+def _complete_findings(folder: Path, source: Path) -> dict[str, Any] | None:
+    """The findings of an earlier result in ``folder`` when it is complete and is the result of ``source``
+    (``config.yaml`` names that input; ``findings.json`` parses and every file it lists exists; a DICOM input's
+    SEG and SR, or the reason they are missing, are listed: they are written after the other files), else None."""
     import json
 
     try:
         findings = json.loads((folder / "findings.json").read_text())
-    except (OSError, ValueError):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
         return None
     if not isinstance(findings, dict) or "modality" not in findings:
+        return None
+    if not isinstance(config, dict) or config.get("input") != str(source):  # another input had this name before
+        return None
+    files = findings.get("files") or {}
+    if "DICOM" in str((findings.get("input") or {}).get("format", "")).upper() and not (
+            "dicom_seg" in files or "dicom_error" in files):
         return None
     for key, value in (findings.get("files") or {}).items():
         if key == "dicom_error":  # a message, not a file
@@ -378,27 +400,53 @@ def _shard_summary_name(k: int, n: int) -> str:
     return f"summary.shard-{k}-of-{n}.csv"
 
 
-def _write_summary(target: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as CSV atomically (a temporary file renamed over ``target``)."""
+def _run_id(files: list[Path]) -> str:
+    """What the shards of one run share: the launcher's run id (torchrun ``TORCHELASTIC_RUN_ID``, a Slurm array's
+    ``SLURM_ARRAY_JOB_ID``) and a hash of the input list, so summaries of an earlier run, or of shards that saw
+    another folder content, are never merged with this run's."""
+    import hashlib
+
+    digest = hashlib.sha1("\n".join(str(f) for f in files).encode()).hexdigest()[:12]
+    launcher = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_ARRAY_JOB_ID") or ""
+    return f"{launcher}:{digest}"
+
+
+def _write_summary(target: Path, rows: list[dict[str, Any]], run_column: bool = False) -> None:
+    """Write ``rows`` as CSV atomically (a unique temporary file beside ``target``, renamed over it)."""
+    import tempfile
+
     fields = ["input", "status", "error", "output", *_summary_values({}), "seconds", "resumed"]
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, target)
+    fields += ["run"] if run_column else []
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def _merge_shard_summaries(out_dir: Path, n: int, order: dict[str, int]) -> bool:
-    """When all ``n`` shard summaries are in ``out_dir``, merge them into ``summary.csv`` in input order (every
-    input once) and return True; else False (a shard still runs, and the last one merges)."""
+def _merge_shard_summaries(out_dir: Path, n: int, order: dict[str, int], run: str,
+                           newer_than: float | None = None) -> bool:
+    """When all ``n`` shard summaries of this ``run`` are in ``out_dir`` (and, with ``newer_than``, written after
+    that time), merge them into ``summary.csv`` in input order (every input once) and return True; else False (a
+    shard still runs, and the last one, or rank 0 under torchrun, merges)."""
     parts = [out_dir / _shard_summary_name(i, n) for i in range(n)]
-    if not all(p.is_file() for p in parts):
+    try:
+        if not all(p.is_file() and (newer_than is None or p.stat().st_mtime >= newer_than) for p in parts):
+            return False
+    except OSError:  # a summary being replaced right now
         return False
     rows: list[dict[str, Any]] = []
     for part in parts:
         with open(part, newline="") as fh:
-            rows.extend(csv.DictReader(fh))
+            part_rows = list(csv.DictReader(fh))
+        if any(r.get("run") != run for r in part_rows):
+            return False  # a summary of an earlier run (or of another input list): that shard has not finished
+        rows.extend(part_rows)
     seen: set[str] = set()
     unique = [r for r in sorted(rows, key=lambda r: order.get(r["input"], len(order)))
               if not (r["input"] in seen or seen.add(r["input"]))]

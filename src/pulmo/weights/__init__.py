@@ -188,9 +188,10 @@ def model_entry(card: dict[str, Any], task: str | None = None, **extra: Any) -> 
 #: object {task: .safetensors path}) to the pipeline, and to the service's worker processes, which inherit it.
 OVERRIDE_ENV = "PULMO_WEIGHTS"
 
-#: Tasks whose weights the pipeline loads, and the card ``task`` values each accepts.
+#: Tasks whose weights the pipeline loads, and the card ``task`` values each accepts (the pipeline's detector is the
+#: RetinaNet; a ``cxr-detect-unet`` weight set is scored by ``pulmo evaluate cxr-detect`` only).
 PIPELINE_TASKS = {"input-gate": ("input-gate",), "lung-seg": ("lung-seg",), "cxr-classify": ("cxr-classify",),
-                  "cxr-detect": ("cxr-detect", "cxr-detect-unet"), "lesion-seg": ("lesion-seg",),
+                  "cxr-detect": ("cxr-detect",), "lesion-seg": ("lesion-seg",),
                   "nodule": ("nodule",), "nodule-seg": ("nodule-seg",)}
 
 
