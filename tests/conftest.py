@@ -42,6 +42,26 @@ def synthetic_cxr(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+def tiny_tbx11k(tmp_path: Path, n: int = 8) -> Path:
+    """The first ``n`` TB images of the real TBX11K copy with their boxes, as a TBX11K-layout folder whose label
+    file is ``annotations/json/tb.json`` (skips when the shared data is absent)."""
+    import json
+    import shutil
+
+    src = data_path("cxr", "TBX11K")
+    coco = json.loads((src / "annotations" / "json" / "TBX11K_train_only_tb.json").read_text())
+    images = coco["images"][:n]
+    ids = {im["id"] for im in images}
+    root = tmp_path / "tbx"
+    (root / "annotations" / "json").mkdir(parents=True)
+    (root / "imgs" / "tb").mkdir(parents=True)
+    for im in images:
+        shutil.copy(src / "imgs" / im["file_name"], root / "imgs" / im["file_name"])
+    coco.update(images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
+    (root / "annotations" / "json" / "tb.json").write_text(json.dumps(coco))
+    return root
+
+
 @pytest.fixture
 def tiny_lung_dataset(tmp_path: Path) -> Path:
     """An images/ + masks/ folder of 12 synthetic 64-px radiographs."""

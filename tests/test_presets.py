@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 import yaml
@@ -13,7 +12,7 @@ from PIL import Image
 
 from pulmo.cli import main
 from pulmo.presets import list_presets, load_preset
-from tests.conftest import ROOT, data_path, synthetic_cxr
+from tests.conftest import ROOT, data_path, synthetic_cxr, tiny_tbx11k
 
 PRESETS = {"rsna-pneumonia-unet": "cxr-detect-unet", "chestx-det-retinanet-r101": "cxr-detect",
            "nodulenet-lidc": "nodule", "covid-cxr-lungseg-classify": "cxr-classify",
@@ -73,22 +72,6 @@ def test_preset_files_say_their_deviations_in_the_header():
         assert load_preset(name)["deviations"]
 
 
-def _tiny_tbx11k(tmp_path, n=8):
-    """The first ``n`` TB images of the real TBX11K copy with their boxes, as a TBX11K-layout folder."""
-    src = data_path("cxr", "TBX11K")
-    coco = json.loads((src / "annotations" / "json" / "TBX11K_train_only_tb.json").read_text())
-    images = coco["images"][:n]
-    ids = {im["id"] for im in images}
-    root = tmp_path / "tbx"
-    (root / "annotations" / "json").mkdir(parents=True)
-    (root / "imgs" / "tb").mkdir(parents=True)
-    for im in images:
-        shutil.copy(src / "imgs" / im["file_name"], root / "imgs" / im["file_name"])
-    coco.update(images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
-    (root / "annotations" / "json" / "tb.json").write_text(json.dumps(coco))
-    return root
-
-
 def _classify_folders(tmp_path):
     root = tmp_path / "cls"
     for label, shift in (("normal", 0), ("covid19", 60)):
@@ -103,7 +86,7 @@ def _one_step_args(name, tmp_path):
     """Data flags (real data where the task needs it) and shortening flags for one training step."""
     short = ["--epochs", "1", "--max-steps-per-epoch", "1", "--out-dir", str(tmp_path / "run")]
     if name == "rsna-pneumonia-unet":  # RSNA is label files only here: the same route on real TBX11K boxes
-        return ["--data", str(_tiny_tbx11k(tmp_path)), "--format", "tbx11k", "--annotations",
+        return ["--data", str(tiny_tbx11k(tmp_path)), "--format", "tbx11k", "--annotations",
                 "annotations/json/tb.json", "--size", "128", "--patch", "64", "--tile", "64", "--batch-size", "2",
                 *short]
     if name == "chestx-det-retinanet-r101":

@@ -4,7 +4,6 @@ overlap-tile inference, trained for one step on real TBX11K boxes (a pipeline te
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,23 +12,7 @@ import torch
 from pulmo.errors import ConfigError
 from pulmo.tasks import cxr_detect_unet as cu
 from pulmo.transforms.elastic import RandElasticReportd
-from tests.conftest import data_path
-
-
-def _tiny_tbx11k(tmp_path, n=8):
-    """The first ``n`` TB images of the real TBX11K copy with their boxes, as a TBX11K-layout folder."""
-    src = data_path("cxr", "TBX11K")
-    coco = json.loads((src / "annotations" / "json" / "TBX11K_train_only_tb.json").read_text())
-    images = coco["images"][:n]
-    ids = {im["id"] for im in images}
-    root = tmp_path / "tbx"
-    (root / "annotations" / "json").mkdir(parents=True)
-    (root / "imgs" / "tb").mkdir(parents=True)
-    for im in images:
-        shutil.copy(src / "imgs" / im["file_name"], root / "imgs" / im["file_name"])
-    coco.update(images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
-    (root / "annotations" / "json" / "tb.json").write_text(json.dumps(coco))
-    return root
+from tests.conftest import tiny_tbx11k
 
 
 def test_defaults_keep_the_previous_route():
@@ -65,7 +48,7 @@ def test_report_route_trains_one_step_and_predicts_with_overlap_tiles(tmp_path, 
 
     monkeypatch.setattr(cu, "_MaskDataset", spy)
     config = cu.UnetDetectConfig(
-        data=str(_tiny_tbx11k(tmp_path)), format="tbx11k", annotations="annotations/json/tb.json",
+        data=str(tiny_tbx11k(tmp_path)), format="tbx11k", annotations="annotations/json/tb.json",
         architecture="unet-rsna-pneumonia", depth=5, features=4, size=128, patch=64, tile=64,
         elastic="report", elastic_prob=1.0, epochs=1, max_steps_per_epoch=1, batch_size=2, patience=1,
         out_dir=str(tmp_path / "run"), name="tiny-rsna", progress=False)
