@@ -563,9 +563,10 @@ def _analyze(args: argparse.Namespace) -> int:
         raise ConfigError("--store sends the SEG and SR back to a DICOMweb server: give a study URL "
                           "http(s)://HOST[:PORT]/ROOT/studies/<StudyInstanceUID> as the input")
     else:
+        shard = _shard(args.shard)
         result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress,
-                              limits=limits, shard=_shard(args.shard), resume=args.resume,
-                              rank0_merges=args.shard is None and _shard(None) is not None)
+                              limits=limits, shard=shard, resume=args.resume,
+                              rank0_merges=args.shard is None and shard is not None)  # torchrun started them together
     for line in result.lines:
         print(line)
     return result.exit_code

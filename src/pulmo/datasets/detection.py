@@ -129,6 +129,19 @@ def _open_text(path: Path):
     return open(path, newline="", encoding="utf-8")
 
 
+def _csv_reader(fh, path: Path, columns: Sequence[str], what: str) -> csv.DictReader:
+    """A ``csv.DictReader`` over ``fh`` after checking its header holds ``columns``.
+
+    Raises:
+        InputError: a column is missing (the message names them, the file kind ``what`` and the header found).
+    """
+    reader = csv.DictReader(fh)
+    absent = [c for c in columns if c not in (reader.fieldnames or [])]
+    if absent:
+        raise InputError(f"{path}: columns {absent} missing; expected {list(columns)} ({what}), got {reader.fieldnames}")
+    return reader
+
+
 class _ImageFinder:
     """Finds an image under ``folder``: the exact relative path, else a file of the same stem with another
     image suffix in the same sub-folder (copies re-encoded, e.g. PNG -> JPEG or DICOM -> PNG), else
@@ -356,10 +369,7 @@ def read_chestx_det10_name_map(path: str | Path) -> dict[str, str]:
     path = Path(path)
     out: dict[str, str] = {}
     with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        if not {"chestx_det10_file_name", "nih_image_index"} <= set(reader.fieldnames or []):
-            raise InputError(f"{path}: columns 'chestx_det10_file_name' and 'nih_image_index' missing "
-                             f"(ChestX-Det10 -> NIH name map), got {reader.fieldnames}")
+        reader = _csv_reader(fh, path, ("chestx_det10_file_name", "nih_image_index"), "ChestX-Det10 -> NIH name map")
         for row in reader:
             det10, nih = row["chestx_det10_file_name"].strip(), row["nih_image_index"].strip()
             if out.setdefault(det10, nih) != nih:
@@ -513,11 +523,7 @@ def rsna_pneumonia_records(labels_csv: str | Path, image_dir: str | Path, counts
     needed = ("patientId", "x", "y", "width", "height", "Target")
     per_patient: dict[str, list[list[float]]] = {}
     with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        absent = [c for c in needed if c not in (reader.fieldnames or [])]
-        if absent:
-            raise InputError(f"{path}: columns {absent} missing; expected {list(needed)} "
-                             f"(RSNA stage_2_train_labels.csv), got {reader.fieldnames}")
+        reader = _csv_reader(fh, path, needed, "RSNA stage_2_train_labels.csv")
         for row in reader:
             where = f"{path}: line {reader.line_num}"
             pid, target = row["patientId"].strip(), row["Target"].strip()
@@ -604,10 +610,7 @@ def nih_bbox_records(bbox_csv: str | Path, image_dir: str | Path, counts: Counts
     if data_entry is not None:
         de_path = Path(data_entry)
         with _open_text(de_path) as fh:
-            reader = csv.DictReader(fh)
-            if not {"Image Index", "Finding Labels"} <= set(reader.fieldnames or []):
-                raise InputError(f"{de_path}: columns 'Image Index' and 'Finding Labels' missing "
-                                 f"(NIH Data_Entry_2017.csv), got {reader.fieldnames}")
+            reader = _csv_reader(fh, de_path, ("Image Index", "Finding Labels"), "NIH Data_Entry_2017.csv")
             for row in reader:
                 if row["Finding Labels"].strip() == "No Finding" and row["Image Index"] not in per_image:
                     pid = row.get("Patient ID", "").strip()

@@ -40,6 +40,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pulmo.models.registry import register_model
+from pulmo.models.transfer import copy_resnet_weights
 
 
 def _resnet_body(depth: int, in_channels: int) -> nn.Module:
@@ -126,15 +127,4 @@ def init_backbone(model: RetinaNet, classifier_state: Mapping[str, torch.Tensor]
     Raises:
         ValueError: no tensor of ``classifier_state`` fits the body (a different architecture).
     """
-    body = model.backbone.body
-    own = body.state_dict()
-    classifier_state = dict(classifier_state)
-    conv1 = classifier_state.get("conv1.weight")
-    if conv1 is not None and "conv1.weight" in own and conv1.shape[1] != own["conv1.weight"].shape[1] \
-            and own["conv1.weight"].shape[1] == 1:
-        classifier_state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
-    take = {k: v for k, v in classifier_state.items() if k in own and own[k].shape == v.shape}
-    if not take:
-        raise ValueError("no classifier tensor matches the RetinaNet body; expected a torchvision ResNet state")
-    body.load_state_dict(take, strict=False)
-    return len(take)
+    return copy_resnet_weights(model.backbone.body, classifier_state, what="the RetinaNet body")

@@ -22,6 +22,7 @@ from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
 from pulmo.models.registry import register_model
+from pulmo.models.transfer import copy_resnet_weights
 from pulmo.models.unet import _block
 
 
@@ -167,18 +168,9 @@ def init_resnet34_encoder(model: SegUNet, state: dict[str, torch.Tensor]) -> int
         raise TypeError("the model has no ResNet-34 encoder (architecture res-attention-unet)")
     names = {"conv1": "layer0.0", "bn1": "layer0.1", "layer1": "layer1.1", "layer2": "layer2", "layer3": "layer3",
              "layer4": "layer4"}
-    own = enc.state_dict()
-    take = {}
-    for key, value in state.items():
+
+    def rename(key: str) -> str | None:
         head, _, rest = key.partition(".")
-        if head not in names:
-            continue
-        target = f"{names[head]}.{rest}"
-        if target == "layer0.0.weight" and value.ndim == 4 and own[target].shape[1] == 1 and value.shape[1] != 1:
-            value = value.sum(dim=1, keepdim=True)
-        if target in own and own[target].shape == value.shape:
-            take[target] = value
-    if not take:
-        raise ValueError("no tensor of the file fits a torchvision ResNet-34 (conv1, bn1, layer1-4)")
-    enc.load_state_dict(take, strict=False)
-    return len(take)
+        return f"{names[head]}.{rest}" if head in names else None
+
+    return copy_resnet_weights(enc, state, rename, what="the ResNet-34 encoder")

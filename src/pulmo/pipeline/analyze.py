@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,18 +80,19 @@ def _written_by_pulmo(out_dir: Path) -> set[str]:
     return {ln for ln in lines[1:] if ln and "/" not in ln and ln not in (".", "..")}
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def _prepare_out_dir(out_dir: Path, clear: bool = True) -> None:
     """Create ``out_dir``; in a previous pulmo output, delete only the entries its marker lists (what pulmo
-    wrote there), never anything else."""
+    wrote there), never anything else. ``clear=False`` (resume, shards) keeps what is there."""
     try:
-        for name in _written_by_pulmo(out_dir):
+        for name in _written_by_pulmo(out_dir) if clear else ():
             child = out_dir / name
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             elif child.exists() or child.is_symlink():
                 child.unlink()
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_marker(out_dir)
+        if clear or not (out_dir / OUTPUT_MARKER).is_file():
+            _write_marker(out_dir)
     except OSError as exc:
         raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
 
@@ -163,8 +167,6 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         except PulmoError as exc:
             logger.warning("no DICOM SEG / SR written: %s", exc)
             data["files"]["dicom_error"] = _one_line(exc)
-        import json
-
         (out_dir / "findings.json").write_text(json.dumps(data, indent=2) + "\n")
     return data
 
@@ -279,10 +281,7 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     if not candidates:
         raise InputError(f"{path}: none of its {len(files)} files is a supported image (PNG, JPEG, DICOM, NIfTI, "
                          "mhd, NRRD)")
-    if resume:
-        _keep_out_dir(out_dir)
-    else:
-        _prepare_out_dir(out_dir)
+    _prepare_out_dir(out_dir, clear=not resume)
     used = {"summary.csv", OUTPUT_MARKER}
     names = {f: _unique_name(f, path, used) for f in candidates}  # over every input: the same in every shard
     k, n = shard or (0, 1)
@@ -319,18 +318,16 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
             rows.append({"input": str(f), "status": "failed", "error": reason, "output": "", **_summary_values({}),
                          "seconds": round(time.perf_counter() - t0, 3), "resumed": "no"})
     order = {str(f): i for i, f in enumerate(files)}
+    merged: list[dict[str, Any]] | None = None  # the rows of summary.csv, when this process wrote it
     if shard is None:
-        _write_summary(out_dir / "summary.csv", sorted(rows, key=lambda r: order[r["input"]]))
-        merged = True
+        merged = sorted(rows, key=lambda r: order[r["input"]])
+        _write_summary(out_dir / "summary.csv", merged)
     else:
         _write_summary(out_dir / _shard_summary_name(k, n), [{**r, "run": run} for r in rows], run_column=True)
-        if rank0_merges and k != 0:
-            merged = False
-        elif rank0_merges:  # every rank started with this one: their summaries of this run are newer than its start
-            while not _merge_shard_summaries(out_dir, n, order, run, newer_than=started - 60.0):
+        if rank0_merges and k == 0:  # every rank started with this one: their summaries are newer than its start
+            while (merged := _merge_shard_summaries(out_dir, n, order, run, newer_than=started - 60.0)) is None:
                 time.sleep(1.0)
-            merged = True
-        else:
+        elif not rank0_merges:
             merged = _merge_shard_summaries(out_dir, n, order, run)
     _write_marker(out_dir)
     ok = sum(r["status"] == "ok" for r in rows)
@@ -343,37 +340,21 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
              + f" -> {target}"
              + (f" ({skipped} other file{'s' if skipped != 1 else ''} skipped: not a supported image format)"
                 if skipped and k == 0 else "")]
-    if shard is not None:
-        lines.append(f"merged the {n} shard summaries into {out_dir / 'summary.csv'}" if merged else
-                     f"summary.csv is merged by the last of the {n} shards to finish")
     lines += [f"  failed: {r['error']}" for r in failed]
-    if shard is not None:
-        # a shard exits 0 whatever its inputs did (torchrun stops every rank when one exits non-zero); the shard
-        # that merges exits 1 when any input of the whole batch failed, as a single-process batch does
-        any_failed = False
-        if merged:
-            with open(out_dir / "summary.csv", newline="") as fh:
-                any_failed = any(r["status"] == "failed" for r in csv.DictReader(fh))
-        return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if any_failed else 0)
-    return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
-
-
-def _keep_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` (or keep it as it is: a previous pulmo output being resumed) with its marker."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not (out_dir / OUTPUT_MARKER).is_file():
-            _write_marker(out_dir)
-    except OSError as exc:
-        raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
+    if shard is None:
+        return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
+    lines.append(f"merged the {n} shard summaries into {out_dir / 'summary.csv'}" if merged is not None else
+                 f"summary.csv is merged by the last of the {n} shards to finish")
+    # a shard exits 0 whatever its inputs did (torchrun stops every rank when one exits non-zero); the shard that
+    # merges exits 1 when any input of the whole batch failed, as a single-process batch does
+    return AnalyzeResult(lines=lines, rows=rows,
+                         exit_code=1 if merged and any(r["status"] == "failed" for r in merged) else 0)
 
 
 def _complete_findings(folder: Path, source: Path) -> dict[str, Any] | None:
     """The findings of an earlier result in ``folder`` when it is complete and is the result of ``source``
     (``config.yaml`` names that input; ``findings.json`` parses and every file it lists exists; a DICOM input's
     SEG and SR, or the reason they are missing, are listed: they are written after the other files), else None."""
-    import json
-
     try:
         findings = json.loads((folder / "findings.json").read_text())
         config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -387,7 +368,7 @@ def _complete_findings(folder: Path, source: Path) -> dict[str, Any] | None:
     if "DICOM" in str((findings.get("input") or {}).get("format", "")).upper() and not (
             "dicom_seg" in files or "dicom_error" in files):
         return None
-    for key, value in (findings.get("files") or {}).items():
+    for key, value in files.items():
         if key == "dicom_error":  # a message, not a file
             continue
         for name in value if isinstance(value, list) else [value]:
@@ -404,8 +385,6 @@ def _run_id(files: list[Path]) -> str:
     """What the shards of one run share: the launcher's run id (torchrun ``TORCHELASTIC_RUN_ID``, a Slurm array's
     ``SLURM_ARRAY_JOB_ID``) and a hash of the input list, so summaries of an earlier run, or of shards that saw
     another folder content, are never merged with this run's."""
-    import hashlib
-
     digest = hashlib.sha1("\n".join(str(f) for f in files).encode()).hexdigest()[:12]
     launcher = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_ARRAY_JOB_ID") or ""
     return f"{launcher}:{digest}"
@@ -413,8 +392,6 @@ def _run_id(files: list[Path]) -> str:
 
 def _write_summary(target: Path, rows: list[dict[str, Any]], run_column: bool = False) -> None:
     """Write ``rows`` as CSV atomically (a unique temporary file beside ``target``, renamed over it)."""
-    import tempfile
-
     fields = ["input", "status", "error", "output", *_summary_values({}), "seconds", "resumed"]
     fields += ["run"] if run_column else []
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -430,28 +407,26 @@ def _write_summary(target: Path, rows: list[dict[str, Any]], run_column: bool = 
 
 
 def _merge_shard_summaries(out_dir: Path, n: int, order: dict[str, int], run: str,
-                           newer_than: float | None = None) -> bool:
+                           newer_than: float | None = None) -> list[dict[str, Any]] | None:
     """When all ``n`` shard summaries of this ``run`` are in ``out_dir`` (and, with ``newer_than``, written after
-    that time), merge them into ``summary.csv`` in input order (every input once) and return True; else False (a
-    shard still runs, and the last one, or rank 0 under torchrun, merges)."""
+    that time), merge them into ``summary.csv`` in input order and return its rows; else None (a shard still
+    runs, and the last one, or rank 0 under torchrun, merges)."""
     parts = [out_dir / _shard_summary_name(i, n) for i in range(n)]
     try:
         if not all(p.is_file() and (newer_than is None or p.stat().st_mtime >= newer_than) for p in parts):
-            return False
+            return None
     except OSError:  # a summary being replaced right now
-        return False
-    rows: list[dict[str, Any]] = []
+        return None
+    by_input: dict[str, dict[str, Any]] = {}
     for part in parts:
         with open(part, newline="") as fh:
             part_rows = list(csv.DictReader(fh))
         if any(r.get("run") != run for r in part_rows):
-            return False  # a summary of an earlier run (or of another input list): that shard has not finished
-        rows.extend(part_rows)
-    seen: set[str] = set()
-    unique = [r for r in sorted(rows, key=lambda r: order.get(r["input"], len(order)))
-              if not (r["input"] in seen or seen.add(r["input"]))]
-    _write_summary(out_dir / "summary.csv", unique)
-    return True
+            return None  # a summary of an earlier run (or of another input list): that shard has not finished
+        by_input.update((r["input"], r) for r in part_rows)
+    rows = sorted(by_input.values(), key=lambda r: order.get(r["input"], len(order)))
+    _write_summary(out_dir / "summary.csv", rows)
+    return rows
 
 
 def _one_line(exc: BaseException) -> str:

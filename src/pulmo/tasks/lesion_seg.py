@@ -31,7 +31,7 @@ from pulmo.models import create_model
 from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.transforms import lung_crop_box, resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import resolve_card, save_weights, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -148,20 +148,17 @@ def _model_kwargs(config: LesionSegConfig) -> dict[str, Any]:
 
 def _init_encoder(model: torch.nn.Module, path: str) -> dict[str, Any]:
     """Load the local ResNet-34 file into the model's encoder; ``{"file", "sha256", "tensors"}`` for the card."""
-    import hashlib
-
     from pulmo.models.lesion_unet import init_resnet34_encoder
 
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"init_encoder {path!r}: no such file; expected a .safetensors of a torchvision ResNet-34")
-    sha = hashlib.sha256(file.read_bytes()).hexdigest()
+    sha = sha256_of(file)
     try:
         n = init_resnet34_encoder(model, load_file(str(file)))
     except (TypeError, ValueError, OSError) as exc:
         raise ConfigError(f"init_encoder {path}: {exc}") from None
     logger.info("lesion-seg: encoder initialised from %s (sha256 %s, %d tensors)", file, sha, n)
-    print(f"init_encoder: {file} sha256 {sha} ({n} tensors)")
     return {"file": file.name, "sha256": sha, "tensors": n}
 
 

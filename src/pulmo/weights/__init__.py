@@ -10,8 +10,11 @@ required: loading refuses a card without one, checks it against the file, and ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,8 @@ from pulmo.errors import WeightsError
 
 if TYPE_CHECKING:  # torch and safetensors load only when weights do: the weight choice and cards stay light
     from torch import nn
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -91,6 +96,29 @@ def resolve_card(weights: str | Path) -> dict[str, Any]:
     return card
 
 
+def verify_sha256(card: dict[str, Any]) -> Path:
+    """The card's weight file, after checking it exists and its sha256 is the card's.
+
+    Raises:
+        WeightsError: the card has no sha256 (required: weights that cannot be verified are not loaded) or one
+            that is not 64 hex digits, the file is missing, or its sha256 does not match.
+    """
+    where = card.get("_card") or card.get("name")
+    expected = card.get("sha256")
+    if not expected:
+        raise WeightsError(f"model card {where}: no 'sha256'; a sha256 of the weight file is required, pulmo loads "
+                           "only weights it can verify (save_weights writes it)")
+    if not isinstance(expected, str) or not _SHA256.match(expected):
+        raise WeightsError(f"model card {where}: 'sha256' = {str(expected)[:80]!r} is not a sha256 (64 hex digits)")
+    path = Path(card["_path"])
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file missing for card {card.get('name')!r}")
+    digest = sha256_of(path)
+    if digest != expected.lower():
+        raise WeightsError(f"{path}: its sha256 does not match the card's ({digest[:12]}... vs {expected[:12]}...)")
+    return path
+
+
 def load_into(model: nn.Module, card: dict[str, Any]) -> nn.Module:
     """Load a card's safetensors file into ``model`` after checking its sha256.
 
@@ -106,19 +134,7 @@ def load_into(model: nn.Module, card: dict[str, Any]) -> nn.Module:
             one that is not 64 hex digits, the file is missing, its sha256 does not match, it is not a
             readable safetensors file, or its tensors do not fit the model.
     """
-    where = card.get("_card") or card.get("name")
-    expected = card.get("sha256")
-    if not expected:
-        raise WeightsError(f"model card {where}: no 'sha256'; a sha256 of the weight file is required, pulmo loads "
-                           "only weights it can verify (save_weights writes it)")
-    if not isinstance(expected, str) or not _SHA256.match(expected):
-        raise WeightsError(f"model card {where}: 'sha256' = {str(expected)[:80]!r} is not a sha256 (64 hex digits)")
-    path = Path(card["_path"])
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file missing for card {card.get('name')!r}")
-    digest = sha256_of(path)
-    if digest != expected.lower():
-        raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match the card's {expected[:12]}...")
+    path = verify_sha256(card)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -230,9 +246,10 @@ def parse_weight_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]
         if card["architecture"] not in registered:
             raise WeightsError(f"--weights {item!r}: architecture {card['architecture']!r} of the card is not a "
                                "registered model (pulmo models)")
-        expected = str(card.get("sha256") or "").lower()
-        if sha256_of(path) != expected:
-            raise WeightsError(f"--weights {item!r}: the file's sha256 does not match its card's ({expected[:12] or 'none'}...)")
+        try:
+            verify_sha256(card)
+        except WeightsError as exc:
+            raise WeightsError(f"--weights {item!r}: {exc}") from None
         chosen[task] = str(path)
     return chosen
 
@@ -240,8 +257,6 @@ def parse_weight_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]
 def set_weight_overrides(chosen: dict[str, str]) -> None:
     """Make the pipeline (and worker processes started afterwards) load ``chosen`` {task: path} in place of the
     bundled weights (:data:`OVERRIDE_ENV`); an empty mapping restores the bundled ones."""
-    import os
-
     if chosen:
         os.environ[OVERRIDE_ENV] = json.dumps(chosen)
     else:
@@ -251,8 +266,6 @@ def set_weight_overrides(chosen: dict[str, str]) -> None:
 def resolve_weights(task: str, weights: str | None, default: str) -> str:
     """The weights the pipeline loads for ``task``: ``weights`` when a caller names them, else the user's choice
     (:func:`set_weight_overrides`), else the bundled ``default``."""
-    import os
-
     if weights:
         return weights
     try:
@@ -272,13 +285,10 @@ def cached_loader(task: str, default: str, build: Any, optional: bool = False, d
     """A pipeline model loader ``loader(weights=None)``: resolves the weights (:func:`resolve_weights`), builds
     ``build(weights)`` once per weight set and process, and, when ``optional``, returns None (logged) if the
     weights are not bundled. ``loader.cache_clear()`` forgets the loaded models."""
-    import functools
-    import logging
-
     @functools.lru_cache(maxsize=4)
     def _load(weights: str) -> Any:
         if optional and not weights_available(weights):
-            logging.getLogger("pulmo.pipeline").info("no bundled %s weights: %s skipped", weights, task)
+            logger.info("no bundled %s weights: %s skipped", weights, task)
             return None
         return build(weights)
 
@@ -292,4 +302,4 @@ def cached_loader(task: str, default: str, build: Any, optional: bool = False, d
 
 __all__ = ["OVERRIDE_ENV", "PIPELINE_TASKS", "WEIGHTS_DIR", "cached_loader", "list_weights", "load_into",
            "model_entry", "parse_weight_overrides", "resolve_card", "resolve_weights", "save_weights",
-           "set_weight_overrides", "sha256_of", "weight_bytes", "weights_available"]
+           "set_weight_overrides", "sha256_of", "verify_sha256", "weight_bytes", "weights_available"]
