@@ -288,8 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--spacing-mm", dest="spacing_mm", type=float)
     no.add_argument("--patch", type=int)
     no.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int)
-    no.add_argument("--channels", help="feature-net widths at strides 2, 4, 8, comma-separated")
-    no.add_argument("--blocks", help="residual blocks per feature-net stage (strides 2, 4, 8), comma-separated")
+    no.add_argument("--channels", help="feature-net widths at strides 2, 4, 8 (or 2, 4, 8, 16: NoduleNet's depth), "
+                    "comma-separated")
+    no.add_argument("--blocks", help="residual blocks per feature-net stage, one per --channels value, comma-separated")
+    no.add_argument("--back-channels", dest="back_channels",
+                    help="widths of the top-down fusion blocks, deepest first (NoduleNet: 64,128)")
+    no.add_argument("--back-blocks", dest="back_blocks",
+                    help="residual blocks per top-down fusion block, deepest first (NoduleNet: 3,3)")
     no.add_argument("--name", help="weight-set name")
     _add_train_flags(no)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pulmo.errors import ConfigError
 from pulmo.models import create_model, list_models
 from pulmo.models.detection import init_backbone
 from pulmo.models.nodulenet import box_iou_cubes, decode, encode, nms_cubes, roi_sample, rpn_loss, rpn_targets
@@ -161,12 +162,41 @@ def test_init_backbone_takes_a_local_three_channel_imagenet_resnet():
 def test_nodulenet_full_width_feature_net_option():
     from pulmo.models.nodulenet import ResBlock3d
 
+    def n_blocks(module):
+        return sum(isinstance(m, ResBlock3d) for m in module.modules())
+
     net = create_model("nodulenet-3d", channels=[32, 64, 128], blocks=[2, 3, 3])
-    counts = [sum(isinstance(m, ResBlock3d) for m in stage.modules()) for stage in (net.stage2, net.stage4, net.stage8)]
-    assert counts == [2, 3, 3] and net.stage8[0].conv1.out_channels == 128
+    assert [n_blocks(s) for s in (net.stage2, net.stage4, net.stage8)] == [2, 3, 3]
+    assert net.stage8[0].conv1.out_channels == 128 and net.size_divisor == 8
     out = net.features(torch.rand(1, 1, 32, 32, 32))
     assert out["cls"].shape == (1, len(net.anchor_sizes), 8, 8, 8)
     assert create_model("nodulenet-3d").stage2.__class__ is ResBlock3d  # the bundled layout (1-2-2) unchanged
+    assert not hasattr(create_model("nodulenet-3d"), "stage16")
+
+
+def test_nodulenet_four_stage_feature_net_with_its_top_down_path():
+    """NoduleNet's released feature net: 32-64-64-64 at strides 2-16, 2-2-3-3 blocks, top-down fusions of
+    64 (stride 8) then 128 channels (stride 4), 3 blocks each; the RPN reads the 128-channel stride-4 map."""
+    from pulmo.models.nodulenet import ResBlock3d
+
+    net = create_model("nodulenet-3d", channels=[32, 64, 64, 64], blocks=[2, 2, 3, 3], back_channels=[64, 128],
+                       back_blocks=[3, 3], mask_size=8, roi_size=4)
+    counts = [sum(isinstance(m, ResBlock3d) for m in s.modules())
+              for s in (net.stage2, net.stage4, net.stage8, net.stage16, net.fuse8, net.fuse)]
+    assert counts == [2, 2, 3, 3, 3, 3] and net.size_divisor == 16
+    assert net.fuse[0].conv1.in_channels == 64 + 64 + 3 and net.rpn_cls.in_channels == 128
+    seen = {}
+    net.stage16.register_forward_hook(lambda m, i, o: seen.update(f16=o.shape))  # returns None: output kept
+    out = net.features(torch.rand(1, 1, 32, 32, 32))
+    assert seen["f16"] == (1, 64, 2, 2, 2)                      # the stride-16 stage ran
+    assert out["f4"].shape == (1, 128, 8, 8, 8) and out["cls"].shape == (1, len(net.anchor_sizes), 8, 8, 8)
+    boxes = torch.tensor([[16.0, 16.0, 16.0, 8.0]])
+    masks = net.mask_head(out["f2"], out["f4"], torch.rand(1, 1, 32, 32, 32), torch.tensor([0]), boxes)
+    assert masks.shape == (1, 8, 8, 8)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        net.features(torch.rand(1, 1, 24, 32, 32))
+    with pytest.raises(ConfigError, match="back_channels"):
+        create_model("nodulenet-3d", channels=[32, 64, 64, 64], blocks=[2, 2, 3, 3], back_channels=[64])
 
 
 def test_res_attention_unet_full_decoder_and_a_local_resnet34_encoder():

@@ -57,6 +57,7 @@ def test_report_route_trains_one_step_and_predicts_with_overlap_tiles(tmp_path, 
     assert card["input"]["tile"] == 64 and card["input"]["tile_margin"] == 16
     assert card["training"]["augmentation"]["elastic"] == "report"
     assert card["training"]["augmentation"]["elastic_alpha"] == 34.0
+    assert 0 < card["metrics"]["test"]["bce_loss"] < 5  # the report's metric: test BCE per pixel
     assert calls and all(c[:2] == (64, 16) and c[2] == (128, 128) for c in calls)  # validation/test used tiles
     # the training crops went through the report's elastic deformation
     (ds,) = built
@@ -95,3 +96,15 @@ def test_probability_map_modes():
     for tile in (None, 0, 32):
         p = cu.probability_map(net, image, tile, patch=32, divisor=16)
         assert p.shape == (1, 96, 80) and (p >= 0).all() and (p <= 1).all()
+
+
+def test_mask_bce_is_the_per_pixel_cross_entropy():
+    class _Boxes:  # the two attributes mask_bce reads from a DetectionDataset
+        boxes = [np.array([[0.0, 0.0, 4.0, 8.0]])]
+        labels = [np.array([1])]
+
+    truth = cu.boxes_to_masks(_Boxes.boxes[0], _Boxes.labels[0], 1, 8).astype(np.float32)
+    assert truth.sum() == 32
+    assert cu.mask_bce([truth], _Boxes(), 1) < 1e-6                      # perfect: ~0
+    assert cu.mask_bce([np.full((1, 8, 8), 0.5)], _Boxes(), 1) == pytest.approx(np.log(2))
+    assert cu.mask_bce([1 - truth], _Boxes(), 1) == pytest.approx(-np.log(1e-7), rel=1e-3)  # clipped, finite

@@ -3,9 +3,11 @@ Reduction for Pulmonary Nodule Detection and Segmentation", MICCAI 2019; seed 3 
 
 Design, as in the paper, scaled down for two CPU cores:
 
-* **feature network**: a residual 3D encoder (stride 2 stem, residual stages at strides 2, 4 and 8) and one
-  up-sampling path back to stride 4; three **coordinate channels** (the normalised z, y, x position of each
-  voxel in the lung crop) are concatenated before the stride-4 fusion block, as NoduleNet and DeepLung do;
+* **feature network**: a residual 3D encoder (stride 2 stem, residual stages at strides 2, 4 and 8, or 2, 4, 8
+  and 16 as NoduleNet) and a top-down path of transposed convolutions and skip fusions back to stride 4 (one
+  level for three stages, two for four: NoduleNet's U-Net-like "FPN"); three **coordinate channels** (the
+  normalised z, y, x position of each voxel in the lung crop) are concatenated before the stride-4 fusion
+  block, as NoduleNet and DeepLung do;
 * **RPN** at stride 4: per voxel and per cubic 3D anchor (default 5, 10, 20, 30 mm), an objectness logit and
   a box regression ``(dz, dy, dx, log dd)``; trained with the sigmoid **focal loss** (alpha 0.25, gamma 2,
   ``torchvision.ops.sigmoid_focal_loss``) and smooth L1;
@@ -16,7 +18,7 @@ Design, as in the paper, scaled down for two CPU cores:
   stride-2 features and the image itself, then a 3D CNN -> mask logits on a ``mask_size``^3 ROI grid.
 
 Boxes are cubes ``(z, y, x, d)`` in voxels of the network input (centre and side). Shapes: input
-``(B, 1, D, H, W)`` with D, H, W multiples of 8 and intensities in [0, 1] (HU window -1200..600), coordinates
+``(B, 1, D, H, W)`` with D, H, W multiples of 8 (16 with four stages) and intensities in [0, 1] (HU window -1200..600), coordinates
 ``(B, 3, D/4, H/4, W/4)`` in [-1, 1].
 """
 
@@ -50,6 +52,14 @@ class ResBlock3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return F.relu(self.bn2(self.conv2(y)) + self.skip(x), inplace=True)
+
+
+def _res_stack(cin: int, cout: int, n: int) -> nn.Module:
+    """``n`` residual blocks, ``cin`` -> ``cout`` in the first (a single block is kept unwrapped, so the
+    weights of the three-stage default keep their names)."""
+    if n == 1:
+        return ResBlock3d(cin, cout)
+    return nn.Sequential(ResBlock3d(cin, cout), *[ResBlock3d(cout, cout) for _ in range(n - 1)])
 
 
 def coordinate_channels(shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
@@ -134,21 +144,44 @@ class NoduleNet3d(nn.Module):
     """The multi-task network (see the module docstring).
 
     Args:
-        channels: widths of the stride-2, -4 and -8 stages.
-        blocks: residual blocks in the stride-2, -4 and -8 stages (default 1, 2, 2: the CPU size; the
-            ``nodulenet-lidc`` preset uses NoduleNet's 2, 3, 3 with 32-64-128 channels).
+        channels: widths of the encoder stages at strides 2, 4, 8 (three values: the CPU size) or 2, 4, 8, 16
+            (four values: NoduleNet's depth, with a second top-down level at stride 8, so the stride-4 map the
+            RPN reads fuses features of four scales as in NoduleNet's U-Net-like "FPN" path).
+        blocks: residual blocks per encoder stage, one value per entry of ``channels`` (default 1, 2, 2; the
+            ``nodulenet-lidc`` preset uses NoduleNet's 24/32-64-64-64 widths with 2-2-3-3 blocks).
+        back_channels: output widths of the top-down fusion blocks, deepest first (stride 8 then 4 for four
+            stages, stride 4 for three); default the encoder width at that stride. NoduleNet: 64, 128.
+        back_blocks: residual blocks per top-down fusion block, deepest first (default 1 each; NoduleNet: 3, 3).
         anchors: cube sides of the anchors in input voxels.
         roi_size: side of the FPR head's ROI grid. mask_size: side of the mask head's ROI grid.
+
+    Attributes:
+        size_divisor: input sides must be multiples of it (8 for three stages, 16 for four).
+
+    Raises:
+        TypeError: ``channels``/``blocks``/``back_*`` of the wrong length or a stage with fewer than one block.
     """
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
                  anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24,
-                 blocks: Sequence[int] = (1, 2, 2)):
+                 blocks: Sequence[int] = (1, 2, 2), back_channels: Sequence[int] | None = None,
+                 back_blocks: Sequence[int] | None = None):
         super().__init__()
-        c2, c4, c8 = channels
-        n2, n4, n8 = blocks
+        if len(channels) not in (3, 4) or len(blocks) != len(channels):
+            raise TypeError(f"channels and blocks need 3 (strides 2-8) or 4 (strides 2-16) values each, got "
+                            f"{tuple(channels)} and {tuple(blocks)}")
         if min(blocks) < 1:
             raise TypeError(f"blocks must be >= 1 per stage, got {tuple(blocks)}")
+        deep = len(channels) == 4
+        c2, c4, c8 = channels[:3]
+        n2, n4, n8 = blocks[:3]
+        n_back = len(channels) - 2
+        back_channels = tuple(back_channels) if back_channels else ((c8, c4) if deep else (c4,))
+        back_blocks = tuple(back_blocks) if back_blocks else (1,) * n_back
+        if len(back_channels) != n_back or len(back_blocks) != n_back or min(back_blocks) < 1:
+            raise TypeError(f"back_channels and back_blocks need {n_back} values (>= 1 block), got "
+                            f"{back_channels} and {back_blocks}")
+        self.size_divisor = 16 if deep else 8
         self.anchor_sizes = tuple(float(a) for a in anchors)
         self.roi_size, self.mask_size = roi_size, mask_size
         self.stem = nn.Sequential(nn.Conv3d(in_channels, 16, 3, 2, 1, bias=False), nn.BatchNorm3d(16), nn.ReLU(inplace=True))
@@ -156,8 +189,16 @@ class NoduleNet3d(nn.Module):
                        else nn.Sequential(ResBlock3d(16, c2), *[ResBlock3d(c2, c2) for _ in range(n2 - 1)]))
         self.stage4 = nn.Sequential(ResBlock3d(c2, c4, 2), *[ResBlock3d(c4, c4) for _ in range(n4 - 1)])
         self.stage8 = nn.Sequential(ResBlock3d(c4, c8, 2), *[ResBlock3d(c8, c8) for _ in range(n8 - 1)])
-        self.up = nn.Sequential(nn.ConvTranspose3d(c8, c4, 2, 2), nn.BatchNorm3d(c4), nn.ReLU(inplace=True))
-        self.fuse = ResBlock3d(2 * c4 + 3, c4)
+        c8_out = c8
+        if deep:  # NoduleNet's fourth stage and its top-down fusion at stride 8
+            c16, n16 = channels[3], blocks[3]
+            self.stage16 = nn.Sequential(ResBlock3d(c8, c16, 2), *[ResBlock3d(c16, c16) for _ in range(n16 - 1)])
+            self.up16 = nn.Sequential(nn.ConvTranspose3d(c16, c8, 2, 2), nn.BatchNorm3d(c8), nn.ReLU(inplace=True))
+            self.fuse8 = _res_stack(2 * c8, back_channels[0], back_blocks[0])
+            c8_out = back_channels[0]
+        self.up = nn.Sequential(nn.ConvTranspose3d(c8_out, c4, 2, 2), nn.BatchNorm3d(c4), nn.ReLU(inplace=True))
+        self.fuse = _res_stack(2 * c4 + 3, back_channels[-1], back_blocks[-1])
+        c4 = back_channels[-1]  # the RPN and the mask head's low path read the fused stride-4 map
         a = len(self.anchor_sizes)
         self.rpn = nn.Sequential(nn.Conv3d(c4, c4, 3, 1, 1), nn.ReLU(inplace=True))
         self.rpn_cls = nn.Conv3d(c4, a, 1)
@@ -180,11 +221,13 @@ class NoduleNet3d(nn.Module):
     def features(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``{"f2": stride-2 map, "f4": fused stride-4 map, "cls": (B, A, D/4, H/4, W/4) logits,
         "reg": (B, 4A, D/4, H/4, W/4)}``."""
-        if any(s % 8 for s in image.shape[2:]):
-            raise ValueError(f"input sides must be multiples of 8, got {tuple(image.shape[2:])}")
+        if any(s % self.size_divisor for s in image.shape[2:]):
+            raise ValueError(f"input sides must be multiples of {self.size_divisor}, got {tuple(image.shape[2:])}")
         f2 = self.stage2(self.stem(image))
         f4 = self.stage4(f2)
         f8 = self.stage8(f4)
+        if hasattr(self, "stage16"):
+            f8 = self.fuse8(torch.cat([f8, self.up16(self.stage16(f8))], 1))
         if coords is None:
             coords = coordinate_channels(f4.shape[2:], image.device)[None].expand(image.shape[0], -1, -1, -1, -1)
         f4 = self.fuse(torch.cat([f4, self.up(f8), coords.to(f4.dtype)], 1))
@@ -271,5 +314,7 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @register_model("nodulenet-3d", task="nodule", description="NoduleNet-style 3D RPN + decoupled FPR + mask heads (CPU size)")
 def nodulenet_3d(in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
                  anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24,
-                 blocks: Sequence[int] = (1, 2, 2)) -> NoduleNet3d:
-    return NoduleNet3d(in_channels, tuple(channels), tuple(anchors), roi_size, mask_size, tuple(blocks))
+                 blocks: Sequence[int] = (1, 2, 2), back_channels: Sequence[int] | None = None,
+                 back_blocks: Sequence[int] | None = None) -> NoduleNet3d:
+    return NoduleNet3d(in_channels, tuple(channels), tuple(anchors), roi_size, mask_size, tuple(blocks),
+                       back_channels, back_blocks)

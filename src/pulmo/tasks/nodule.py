@@ -69,7 +69,7 @@ class PreparedCT:
     """A CT on the network's isotropic grid.
 
     Attributes:
-        image: float32 ``(D, H, W)`` in [0, 1] (HU window), D, H, W multiples of 8 (padded at the far end).
+        image: float32 ``(D, H, W)`` in [0, 1] (HU window), D, H, W multiples of the network's size divisor (padded at the far end).
         hu: float32 ``(D, H, W)`` HU on the same grid (padding -1000).
         lungs: bool ``(D, H, W)`` lung mask on the grid.
         offset: ``(z, y, x)`` original voxel index of the crop's first voxel.
@@ -101,20 +101,21 @@ def window(hu: np.ndarray) -> np.ndarray:
     return np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _pad8(a: np.ndarray, value: float, mirror_z: bool = False) -> np.ndarray:
-    """Pad each axis at its far end to a multiple of 8: with ``value``, or along z (``mirror_z``) with the
-    mirrored last slices, so a scan cut through the lungs does not end in an artificial air/tissue edge (the
-    network reads such edges as nodule borders)."""
+def _pad_multiple(a: np.ndarray, value: float, mirror_z: bool = False, divisor: int = 8) -> np.ndarray:
+    """Pad each axis at its far end to a multiple of ``divisor`` (8; 16 for a four-stage net): with ``value``,
+    or along z (``mirror_z``) with the mirrored last slices, so a scan cut through the lungs does not end in an
+    artificial air/tissue edge (the network reads such edges as nodule borders)."""
     if mirror_z:
-        pz = (-a.shape[0]) % 8
+        pz = (-a.shape[0]) % divisor
         a = np.pad(a, [(0, pz), (0, 0), (0, 0)], mode="reflect" if a.shape[0] > pz else "edge")
-    return np.pad(a, [(0, (-n) % 8) for n in a.shape], constant_values=value)
+    return np.pad(a, [(0, (-n) % divisor) for n in a.shape], constant_values=value)
 
 
 def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None = None,
-               margin_mm: float = 8.0, mirror_z: bool = False) -> PreparedCT:
+               margin_mm: float = 8.0, mirror_z: bool = False, divisor: int = 8) -> PreparedCT:
     """Crop a CT to its lungs and resample it to an isotropic grid (see the module docstring). ``mirror_z``:
-    pad z by mirroring (inference; see :func:`_pad8`) instead of with -1000 HU (training).
+    pad z by mirroring (inference; see :func:`_pad_multiple`) instead of with -1000 HU (training); ``divisor``:
+    the network's size divisor (:attr:`NoduleNet3d.size_divisor`) the grid is padded to.
 
     Raises:
         InputError: not a CT in HU or no lungs found (from :func:`lung_mask_ct`).
@@ -132,8 +133,8 @@ def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None
     lung_iso = F.interpolate(torch.from_numpy(lungs[crop].astype(np.float32))[None, None], size=tuple(size),
                              mode="trilinear", align_corners=False)[0, 0].numpy() >= 0.5
     step = (hi - lo) / size
-    hu_iso = _pad8(hu_iso, -1000.0, mirror_z=mirror_z)
-    return PreparedCT(image=window(hu_iso), hu=hu_iso, lungs=_pad8(lung_iso, False), offset=lo.astype(np.float64),
+    hu_iso = _pad_multiple(hu_iso, -1000.0, mirror_z=mirror_z, divisor=divisor)
+    return PreparedCT(image=window(hu_iso), hu=hu_iso, lungs=_pad_multiple(lung_iso, False, divisor=divisor), offset=lo.astype(np.float64),
                       step=step, valid=tuple(int(s) for s in size), spacing_mm=spacing_mm)
 
 
@@ -249,7 +250,7 @@ class NoduleDetector:
         The centre, diameter (equivalent sphere) and volume come from the mask when it is not empty, else
         from the box.
         """
-        prep = prepare_ct(volume, self.spacing_mm, lungs, mirror_z=True)
+        prep = prepare_ct(volume, self.spacing_mm, lungs, mirror_z=True, divisor=self.model.size_divisor)
         det = detect_prepared(self.model, prep.image, lung_dist=lung_distance(prep.lungs))
         voxel_mm3 = float(np.prod(volume.spacing))
         found = []
@@ -304,8 +305,11 @@ class NoduleConfig(TrainConfig):
         exclude_labels: label volumes (e.g. ``lung1_label.nrrd``) whose labelled voxels are excluded the same way.
         spacing_mm: isotropic grid. patch: training crop side (grid voxels, multiple of 8).
         samples_per_epoch: random crops per epoch. max_nodules: synthetic nodules per crop (0..max).
-        channels: widths of the feature net's stride-2, -4 and -8 stages; blocks: residual blocks per stage
-            (default 24-48-64 and 1-2-2, sized for a CPU; the ``nodulenet-lidc`` preset: 32-64-128, 2-3-3).
+        channels: widths of the feature net's encoder stages, three (strides 2, 4, 8) or four (2, 4, 8, 16:
+            NoduleNet's depth, then ``patch`` must be a multiple of 16); blocks: residual blocks per stage
+            (default 24-48-64 and 1-2-2, sized for a CPU; the ``nodulenet-lidc`` preset: NoduleNet's 32-64-64-64
+            and 2-2-3-3). back_channels / back_blocks: widths and residual blocks of the top-down fusion
+            blocks, deepest first (empty: the encoder widths, one block; NoduleNet: 64, 128 and 3, 3).
         name: weight-set name.
     """
 
@@ -318,6 +322,8 @@ class NoduleConfig(TrainConfig):
     val_samples: int = 24
     channels: list[int] = dataclasses.field(default_factory=lambda: [24, 48, 64])
     blocks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 2])
+    back_channels: list[int] = dataclasses.field(default_factory=list)
+    back_blocks: list[int] = dataclasses.field(default_factory=list)
     name: str = DEFAULT_WEIGHTS
     epochs: int = 12
     batch_size: int = 2
@@ -522,20 +528,29 @@ def _patch_froc(model: NoduleNet3d, dataset: SyntheticNoduleDataset, spacing_mm:
 
 def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
     """Train on synthetic nodules, write ``<out_dir>/<name>.safetensors`` (fp16) + card."""
-    if config.patch % 8:
-        raise ConfigError(f"patch must be a multiple of 8, got {config.patch}")
+    if len(config.channels) not in (3, 4) or len(config.blocks) != len(config.channels):
+        raise ConfigError(f"channels and blocks need 3 values each (strides 2, 4, 8) or 4 each (strides 2, 4, 8, "
+                          f"16), got {config.channels} and {config.blocks}")
+    n_back = len(config.channels) - 2
+    for key in ("back_channels", "back_blocks"):
+        if getattr(config, key) and len(getattr(config, key)) != n_back:
+            raise ConfigError(f"{key} needs {n_back} value(s) for {len(config.channels)} stages (deepest first), "
+                              f"got {getattr(config, key)}")
+    divisor = 16 if len(config.channels) == 4 else 8
+    if config.patch % divisor:
+        raise ConfigError(f"patch must be a multiple of {divisor} for {len(config.channels)} stages, got {config.patch}")
     if not config.backgrounds:
         raise ConfigError("train nodule needs --backgrounds (CT volumes to insert synthetic nodules into)")
     out = Path(config.out_dir)
     save_config(config, out / "config.yaml")
     backgrounds = load_backgrounds(config.backgrounds, config.exclude_labels, config.spacing_mm, config.patch)
     anchors_mm = (5.0, 10.0, 20.0, 30.0)
-    if len(config.channels) != 3 or len(config.blocks) != 3:
-        raise ConfigError(f"channels and blocks need 3 values each (stride 2, 4, 8), got {config.channels} and "
-                          f"{config.blocks}")
     kwargs: dict[str, Any] = {"anchors": [round(a / config.spacing_mm, 3) for a in anchors_mm]}
     if list(config.channels) != [24, 48, 64] or list(config.blocks) != [1, 2, 2]:  # the defaults stay implicit
         kwargs.update(channels=list(config.channels), blocks=list(config.blocks))
+    for key in ("back_channels", "back_blocks"):
+        if getattr(config, key):
+            kwargs[key] = list(getattr(config, key))
     model = create_model("nodulenet-3d", **kwargs)
     train_ds = SyntheticNoduleDataset(backgrounds, config.samples_per_epoch, config.patch, config.max_nodules)
     val_ds = SyntheticNoduleDataset(backgrounds, config.val_samples, config.patch, config.max_nodules, seed=10_000 + config.seed)
