@@ -357,3 +357,27 @@ def test_an_out_of_scope_upload_fails_with_the_gates_reason(service, tmp_path):
         assert job["status"] == "failed" and job["error_code"] == "out_of_scope", job
         assert "constant image" in job["error"] and "\n" not in job["error"] and "DOE" not in job["error"]
         assert client.get(f"/api/v1/jobs/{job_id}/findings").status_code == 409
+
+
+def test_serve_weights_choice_reaches_the_worker_processes(service, tmp_path, monkeypatch):
+    """``pulmo serve --weights cxr-classify=FILE``: the worker processes analyse with the user's weight set
+    (a renamed copy of the bundled classifier with its own card here), and findings.json names it."""
+    from pulmo.weights import OVERRIDE_ENV, WEIGHTS_DIR, parse_weight_overrides, set_weight_overrides
+
+    card = json.loads((WEIGHTS_DIR / "cxr-classify.json").read_text())
+    card["name"], card["file"] = "site-classifier", "site-classifier.safetensors"
+    mine = tmp_path / "site-classifier.safetensors"
+    shutil.copyfile(WEIGHTS_DIR / "cxr-classify.safetensors", mine)
+    mine.with_suffix(".json").write_text(json.dumps(card))
+    monkeypatch.delenv(OVERRIDE_ENV, raising=False)
+    set_weight_overrides(parse_weight_overrides([f"cxr-classify={mine}"]))  # what the serve command does
+    try:
+        with service(workers=1) as client:
+            job = wait_for_job(client, upload(client, EXAMPLE_CXR).json()["id"])
+            assert job["status"] == "done", job
+            models = {m["task"]: m for m in client.get(f"/api/v1/jobs/{job['id']}/findings").json()["models"]}
+    finally:
+        set_weight_overrides({})
+    assert models["cxr-classify"]["name"] == "site-classifier"
+    assert models["cxr-classify"]["sha256"] == card["sha256"]
+    assert models["lung-seg"]["name"] == "lung-seg-unet"  # tasks not chosen keep the bundled weights

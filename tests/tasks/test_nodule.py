@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pulmo.errors import ConfigError
 from pulmo.io import Volume, read_image
 from pulmo.models import create_model
 from pulmo.tasks import nodule as nod
@@ -86,3 +87,17 @@ def test_bundled_model_finds_the_labelled_nrrd_nodule():
     assert np.linalg.norm((np.array(rows[0]["center_zyx_index"]) - centre) * volume.spacing) < 5.0
     assert len(rows) <= 2
     assert nod._dice(labels == 1, label) > 0.6
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"channels": [32, 64, 64, 64], "blocks": [2, 2, 3]}, "channels and blocks"),
+    ({"channels": [32, 64], "blocks": [2, 2]}, "channels and blocks"),
+    ({"channels": [32, 64, 64, 64], "blocks": [2, 2, 3, 3], "back_channels": [64]}, "back_channels needs 2"),
+    ({"channels": [32, 64, 64, 64], "blocks": [2, 2, 3, 3], "patch": 40}, "multiple of 16"),
+])
+def test_feature_net_settings_are_checked_before_any_data_is_read(settings, needle, tmp_path):
+    config = nod.NoduleConfig(backgrounds=[str(tmp_path / "never-read.nii.gz")], out_dir=str(tmp_path / "run"),
+                              **settings)
+    with pytest.raises(ConfigError, match=needle):
+        nod.train(config)
+    assert not (tmp_path / "run").exists()
