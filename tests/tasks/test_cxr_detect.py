@@ -11,6 +11,7 @@ import torch
 
 from pulmo.cli import main
 from pulmo.io import Image2D
+from pulmo.metrics.detection import detection_report
 from pulmo.tasks import cxr_detect as cd
 from pulmo.tasks import cxr_detect_unet as cu
 from pulmo.weights import WEIGHTS_DIR
@@ -185,7 +186,7 @@ def test_negatives_give_false_boxes_per_image_and_image_auc():
     gts = [{"boxes": np.array([[0, 0, 10, 10]], float), "labels": ["TB"]},
            {"boxes": np.zeros((0, 4)), "labels": []}, {"boxes": np.zeros((0, 4)), "labels": []}]
     preds = [_pred([0.9]), _pred([0.6, 0.2]), _pred([])]
-    m = cd._metrics(preds, gts, 0.5, ["tbx11k", "a", "b"], n_resamples=50)
+    m = detection_report(preds, gts, 0.5, ["tbx11k", "a", "b"], n_resamples=50)
     assert m["n_positive_images"] == 1 and m["n_negative_images"] == 2
     assert m["fp_per_negative_image"] == pytest.approx(0.5)  # one box >= 0.5 over two healthy images
     assert m["negative_images_with_boxes"] == 1
@@ -195,7 +196,7 @@ def test_negatives_give_false_boxes_per_image_and_image_auc():
     assert m["ap_50_agnostic"] == pytest.approx(1.0)  # on the images with boxes
     assert m["ap_50_agnostic_with_negatives"] < 1.0 + 1e-9
     # without negatives there are no negative-image keys
-    assert "fp_per_negative_image" not in cd._metrics(preds[:1], gts[:1], 0.5)
+    assert "fp_per_negative_image" not in detection_report(preds[:1], gts[:1], 0.5)
 
 
 def test_operating_threshold_is_raised_until_healthy_images_are_quiet():

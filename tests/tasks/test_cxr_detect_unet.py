@@ -99,12 +99,11 @@ def test_probability_map_modes():
 
 
 def test_mask_bce_is_the_per_pixel_cross_entropy():
-    class _Boxes:  # the two attributes mask_bce reads from a DetectionDataset
-        boxes = [np.array([[0.0, 0.0, 4.0, 8.0]])]
-        labels = [np.array([1])]
+    from types import SimpleNamespace
 
-    truth = cu.boxes_to_masks(_Boxes.boxes[0], _Boxes.labels[0], 1, 8).astype(np.float32)
+    boxes = SimpleNamespace(boxes=[np.array([[0.0, 0.0, 4.0, 8.0]])], labels=[np.array([1])])  # as a DetectionDataset
+    truth = cu.boxes_to_masks(boxes.boxes[0], boxes.labels[0], 1, 8).astype(np.float32)
     assert truth.sum() == 32
-    assert cu.mask_bce([truth], _Boxes(), 1) < 1e-6                      # perfect: ~0
-    assert cu.mask_bce([np.full((1, 8, 8), 0.5)], _Boxes(), 1) == pytest.approx(np.log(2))
-    assert cu.mask_bce([1 - truth], _Boxes(), 1) == pytest.approx(-np.log(1e-7), rel=1e-3)  # clipped, finite
+    assert cu.mask_bce([truth], boxes, 1) < 1e-6                      # perfect: ~0
+    assert cu.mask_bce([np.full((1, 8, 8), 0.5)], boxes, 1) == pytest.approx(np.log(2))
+    assert cu.mask_bce([1 - truth], boxes, 1) == pytest.approx(-np.log(1e-7), rel=1e-3)  # clipped, finite

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pulmo.metrics.classification import bootstrap_ci, roc_auc
+
 #: IoU thresholds of the RSNA Pneumonia Detection Challenge: 0.40, 0.45, ..., 0.75.
 RSNA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
 #: False positives per image at which ChestX-Det10 reads the recall (its ``eval.py``: ``avgFP``).
@@ -463,3 +465,73 @@ def detection_metrics(predictions: Sequence[Mapping[str, Any]], ground_truths: S
             "map_50": float(np.mean(list(ap.values()))) if ap else float("nan"),
             "ap_50_agnostic": average_precision(predictions, ground_truths, None, iou_threshold, interpolation),
             "rsna_score": rsna_score(predictions, ground_truths)}
+
+
+def above(preds: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """Predictions with score >= ``threshold``."""
+    out = []
+    for p in preds:
+        keep = p["scores"] >= threshold
+        out.append({"boxes": p["boxes"][keep], "scores": p["scores"][keep],
+                    "labels": [lab for lab, k in zip(p["labels"], keep) if k]})
+    return out
+
+
+def image_scores(preds: list[dict[str, Any]]) -> np.ndarray:
+    """Image-level lesion score: the highest box score of each image (0 without boxes), as TBX11K's image-level
+    TB task."""
+    return np.array([float(p["scores"].max()) if len(p["scores"]) else 0.0 for p in preds])
+
+
+def detection_report(preds: list[dict], gts: list[dict], threshold: float, sources: Sequence[str] | None = None,
+                     n_resamples: int = 1000) -> dict[str, Any]:
+    """Detection metrics on the images with boxes, plus ChestX-Det10's average recall at 0.05 / 0.1 / 0.2 false
+    positives per image over all images (:func:`pulmo.metrics.detection.average_recall_at_fp`, every candidate)
+    and, when some images have none (negatives), the false-positive boxes per negative image at ``threshold``
+    (overall and per ``sources``), the image-level AUC (max box score) and AP over all images; 95 %
+    percentile-bootstrap CIs over images. ``preds`` are every candidate (scores in [0, 1]); ``threshold`` is
+    the operating score threshold of the boxes a user sees. Shapes as the module docstring.
+
+    Returns:
+        :func:`detection_metrics` of the images with boxes, plus ``n_images``, ``n_positive_images``,
+        ``n_negative_images``, ``score_threshold``, ``rsna_score``, ``ap_50_agnostic_ci95``,
+        ``average_recall_at_fp`` (+ ``_per_class``) and, with negatives, ``fp_per_negative_image`` (+ CI, count,
+        ``_by_source``), ``image_auc`` (+ CI) and ``ap_50_agnostic_with_negatives``.
+    """
+
+    pos = [i for i, g in enumerate(gts) if len(g["labels"])]
+    neg = [i for i, g in enumerate(gts) if not len(g["labels"])]
+    pp, pg = [preds[i] for i in pos], [gts[i] for i in pos]
+    m = detection_metrics(pp, pg) if pos else {"n_images": 0}
+    m["n_images"], m["n_positive_images"], m["n_negative_images"] = len(gts), len(pos), len(neg)
+    if pos:
+        m["rsna_score"] = rsna_score(above(pp, threshold), pg)  # the RSNA score counts every box kept
+        m["ap_50_agnostic_ci95"] = list(bootstrap_ci(
+            lambda idx: float(detection_metrics([pp[i] for i in idx], [pg[i] for i in idx])["ap_50_agnostic"]),
+            len(pos), n_resamples=min(n_resamples, 200)))
+    m["score_threshold"] = threshold
+    if pos:
+        # ChestX-Det10's metric, over every image (false positives per image include those on the negatives)
+        ar = average_recall_at_fp(preds, gts)
+        m["average_recall_at_fp_per_class"] = ar.pop("per_class")
+        m["average_recall_at_fp"] = ar
+    if neg:
+        fp = np.array([np.sum(preds[i]["scores"] >= threshold) for i in neg], float)
+        m["fp_per_negative_image"] = float(fp.mean())
+        m["fp_per_negative_image_ci95"] = list(bootstrap_ci(lambda idx: float(fp[idx].mean()), len(fp), n_resamples))
+        m["negative_images_with_boxes"] = int((fp > 0).sum())
+        if sources is not None:
+            by: dict[str, Any] = {}
+            for src in sorted({sources[i] for i in neg}):
+                f = np.array([fp[k] for k, i in enumerate(neg) if sources[i] == src])
+                by[src] = {"n": len(f), "fp_per_image": float(f.mean()), "images_with_boxes": int((f > 0).sum()),
+                           "fp_per_image_ci95": list(bootstrap_ci(lambda idx, f=f: float(f[idx].mean()), len(f),
+                                                                  n_resamples))}
+            m["fp_per_negative_image_by_source"] = by
+        if pos:
+            score = image_scores(preds)
+            y = np.array([len(g["labels"]) > 0 for g in gts])
+            m["image_auc"] = roc_auc(score, y)
+            m["image_auc_ci95"] = list(bootstrap_ci(lambda idx: roc_auc(score[idx], y[idx]), len(y), n_resamples))
+            m["ap_50_agnostic_with_negatives"] = detection_metrics(preds, gts)["ap_50_agnostic"]
+    return m

@@ -46,7 +46,8 @@ from pulmo.datasets.detection import (
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
-from pulmo.metrics.detection import average_recall_at_fp, detection_metrics, rsna_score
+from pulmo.metrics import round_floats
+from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
 from pulmo.models import create_model
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card, save_weights
@@ -296,16 +297,6 @@ def dataset_ground_truth(dataset: DetectionDataset, classes: Sequence[str]) -> l
             for b, lab in zip(dataset.boxes, dataset.labels)]
 
 
-def above(preds: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    """Predictions with score >= ``threshold``."""
-    out = []
-    for p in preds:
-        keep = p["scores"] >= threshold
-        out.append({"boxes": p["boxes"][keep], "scores": p["scores"][keep],
-                    "labels": [lab for lab, k in zip(p["labels"], keep) if k]})
-    return out
-
-
 def choose_score_threshold(preds: list[dict[str, Any]], gts: list[dict[str, Any]],
                            max_fp_per_negative: float | None = None) -> tuple[float, dict[str, float]]:
     """The operating score threshold on validation, over :data:`SCORE_GRID`: the one maximising the RSNA score
@@ -323,59 +314,6 @@ def choose_score_threshold(preds: list[dict[str, Any]], gts: list[dict[str, Any]
         if quiet:
             best = max(best, min(quiet))
     return best, grid
-
-
-def image_scores(preds: list[dict[str, Any]]) -> np.ndarray:
-    """Image-level lesion score: the highest box score of each image (0 without boxes), as TBX11K's image-level
-    TB task."""
-    return np.array([float(p["scores"].max()) if len(p["scores"]) else 0.0 for p in preds])
-
-
-def _metrics(preds: list[dict], gts: list[dict], threshold: float, sources: Sequence[str] | None = None,
-             n_resamples: int = 1000) -> dict[str, Any]:
-    """Detection metrics on the images with boxes, plus ChestX-Det10's average recall at 0.05 / 0.1 / 0.2 false
-    positives per image over all images (:func:`pulmo.metrics.detection.average_recall_at_fp`, every candidate)
-    and, when some images have none (negatives), the false-positive boxes per negative image at ``threshold``
-    (overall and per ``sources``), the image-level AUC (max box score) and AP over all images; 95 %
-    percentile-bootstrap CIs over images."""
-    from pulmo.metrics.classification import bootstrap_ci, roc_auc
-
-    pos = [i for i, g in enumerate(gts) if len(g["labels"])]
-    neg = [i for i, g in enumerate(gts) if not len(g["labels"])]
-    pp, pg = [preds[i] for i in pos], [gts[i] for i in pos]
-    m = detection_metrics(pp, pg) if pos else {"n_images": 0}
-    m["n_images"], m["n_positive_images"], m["n_negative_images"] = len(gts), len(pos), len(neg)
-    if pos:
-        m["rsna_score"] = rsna_score(above(pp, threshold), pg)  # the RSNA score counts every box kept
-        m["ap_50_agnostic_ci95"] = list(bootstrap_ci(
-            lambda idx: float(detection_metrics([pp[i] for i in idx], [pg[i] for i in idx])["ap_50_agnostic"]),
-            len(pos), n_resamples=min(n_resamples, 200)))
-    m["score_threshold"] = threshold
-    if pos:
-        # ChestX-Det10's metric, over every image (false positives per image include those on the negatives)
-        ar = average_recall_at_fp(preds, gts)
-        m["average_recall_at_fp_per_class"] = ar.pop("per_class")
-        m["average_recall_at_fp"] = ar
-    if neg:
-        fp = np.array([np.sum(preds[i]["scores"] >= threshold) for i in neg], float)
-        m["fp_per_negative_image"] = float(fp.mean())
-        m["fp_per_negative_image_ci95"] = list(bootstrap_ci(lambda idx: float(fp[idx].mean()), len(fp), n_resamples))
-        m["negative_images_with_boxes"] = int((fp > 0).sum())
-        if sources is not None:
-            by: dict[str, Any] = {}
-            for src in sorted({sources[i] for i in neg}):
-                f = np.array([fp[k] for k, i in enumerate(neg) if sources[i] == src])
-                by[src] = {"n": len(f), "fp_per_image": float(f.mean()), "images_with_boxes": int((f > 0).sum()),
-                           "fp_per_image_ci95": list(bootstrap_ci(lambda idx, f=f: float(f[idx].mean()), len(f),
-                                                                  n_resamples))}
-            m["fp_per_negative_image_by_source"] = by
-        if pos:
-            score = image_scores(preds)
-            y = np.array([len(g["labels"]) > 0 for g in gts])
-            m["image_auc"] = roc_auc(score, y)
-            m["image_auc_ci95"] = list(bootstrap_ci(lambda idx: roc_auc(score[idx], y[idx]), len(y), n_resamples))
-            m["ap_50_agnostic_with_negatives"] = detection_metrics(preds, gts)["ap_50_agnostic"]
-    return m
 
 
 #: the licence note of a card, by training format
@@ -444,10 +382,10 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
     model.eval()
     val_preds = predict_dataset(model, val_ds, classes)
     threshold, grid = choose_score_threshold(val_preds, val_gt, config.max_fp_per_negative if negatives else None)
-    val_metrics = _metrics(val_preds, val_gt, threshold, [r["source"] for r in val_all])
+    val_metrics = detection_report(val_preds, val_gt, threshold, [r["source"] for r in val_all])
     test_all = test_r + neg_test
     test_ds = DetectionDataset(test_all, classes, config.size, progress=config.progress)
-    test_metrics = _metrics(predict_dataset(model, test_ds, classes), dataset_ground_truth(test_ds, classes),
+    test_metrics = detection_report(predict_dataset(model, test_ds, classes), dataset_ground_truth(test_ds, classes),
                             threshold, [r["source"] for r in test_all])
     neg_sources = sorted({r["source"] for r in negatives})
     card = {
@@ -482,7 +420,7 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
                      "pretraining": ("fine-tuned from " + config.init_weights) if config.init_weights else
                      ("backbone initialised from " + config.init_backbone) if config.init_backbone
                      else "none: ImageNet weights cannot be downloaded here; trained from scratch"},
-        "metrics": {"validation": _round(val_metrics), "test": _round(test_metrics)},
+        "metrics": {"validation": round_floats(val_metrics), "test": round_floats(test_metrics)},
         "scope": {"classes": classes,
                   "trained_on": f"{config.format} images with boxes ({len(train_r)} train)" + (
                       f" and {len(neg_train)} images without lesions from {', '.join(neg_sources)}" if negatives else
@@ -494,17 +432,6 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
                    + ("; negatives from " + ", ".join(neg_sources) + " (see their licences)" if negatives else ""),
     }
     return save_weights(model, out / f"{config.name}.safetensors", card)
-
-
-def _round(m: Any) -> Any:
-    """``m`` with every float rounded to 4 decimals, at any depth."""
-    if isinstance(m, float):
-        return round(m, 4)
-    if isinstance(m, dict):
-        return {k: _round(v) for k, v in m.items()}
-    if isinstance(m, (list, tuple)):
-        return [_round(v) for v in m]
-    return m
 
 
 class Detector:
@@ -589,6 +516,6 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     for r in tqdm(records, desc="cxr-detect evaluate", disable=not progress):
         preds += det.predict_raw([read_image(r["image"])])
         gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
-    m = _metrics(preds, gts, det.threshold, [r["source"] for r in records])
-    return {"task": "cxr-detect", **_round(m), "split": split, "weights": det.card["name"],
+    m = detection_report(preds, gts, det.threshold, [r["source"] for r in records])
+    return {"task": "cxr-detect", **round_floats(m), "split": split, "weights": det.card["name"],
             "weights_sha256": det.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}

@@ -49,13 +49,12 @@ from pulmo.datasets.detection import label_counts
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D
-from pulmo.metrics.detection import detection_metrics
+from pulmo.metrics import round_floats
+from pulmo.metrics.detection import detection_metrics, detection_report
 from pulmo.models import create_model
 from pulmo.models.tiling import overlap_tile_inference, whole_image_inference
 from pulmo.tasks.cxr_detect import (
     DetectionDataset,
-    _metrics,
-    _round,
     dataset_ground_truth,
     load_records,
     prepare_image,
@@ -297,11 +296,11 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
     grid = {t: detection_metrics([masks_to_boxes(p, t, classes) for p in val_prob], val_gt)["ap_50_agnostic"]
             for t in MASK_GRID}
     threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
-    val_metrics = _metrics([masks_to_boxes(p, threshold, classes) for p in val_prob], val_gt, 0.0)
+    val_metrics = detection_report([masks_to_boxes(p, threshold, classes) for p in val_prob], val_gt, 0.0)
     test_ds = DetectionDataset(test_r, classes, config.size, progress=config.progress)
     test_prob = _probabilities(model, test_ds, config.tile, config.patch, divisor)
     test_preds = [masks_to_boxes(p, threshold, classes) for p in test_prob]
-    test_metrics = _metrics(test_preds, dataset_ground_truth(test_ds, classes), 0.0)
+    test_metrics = detection_report(test_preds, dataset_ground_truth(test_ds, classes), 0.0)
     test_metrics["bce_loss"] = mask_bce(test_prob, test_ds, len(classes))
     card = {
         "name": config.name,
@@ -329,7 +328,7 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
                                       "other": "random lesion/background crop, horizontal flip, affine, "
                                                "contrast, intensity scale, Gaussian noise"},
                      "pretraining": "none: trained from scratch"},
-        "metrics": {"validation": _round(val_metrics), "test": _round(test_metrics)},
+        "metrics": {"validation": round_floats(val_metrics), "test": round_floats(test_metrics)},
         "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)",
     }
     return save_weights(model, out / f"{config.name}.safetensors", card)
