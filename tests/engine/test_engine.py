@@ -47,9 +47,37 @@ def test_fit_checkpoint_and_resume(tiny_lung_dataset, tmp_path):
     assert card["metrics"]["shenzhen/visible_channel"]["n"] >= 1  # validation Dice at the original size
 
 
-def test_bf16_and_channels_last(tiny_lung_dataset, tmp_path):
-    card = train(_tiny_config(tiny_lung_dataset, tmp_path / "r", bf16=True, channels_last=True))
-    assert card["training"]["epochs_run"] == 2
+@pytest.mark.parametrize("bf16, channels_last", [(True, True), (False, False)])
+def test_bf16_and_channels_last_reach_the_training_steps(tmp_path, bf16, channels_last):
+    """--bf16 runs each training forward under CPU bfloat16 autocast (a conv then outputs bf16) and
+    --channels-last hands the model channels-last batches and weights; without them, neither happens."""
+    import torch
+    from torch.utils.data import Dataset
+
+    from pulmo.engine import TrainConfig, fit
+
+    class _Images(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"image": torch.rand(2, 8, 8), "label": torch.rand(1, 8, 8)}  # 2 channels: C=1 is both layouts
+
+    model = torch.nn.Conv2d(2, 1, 3, padding=1)
+    seen = []
+
+    def loss_fn(m, batch):
+        out = m(batch["image"])
+        seen.append((out.dtype, batch["image"].is_contiguous(memory_format=torch.channels_last),
+                     model.weight.is_contiguous(memory_format=torch.channels_last)))
+        return torch.nn.functional.mse_loss(out.float(), batch["label"])
+
+    config = TrainConfig(epochs=1, batch_size=2, out_dir=str(tmp_path / "run"), progress=False, bf16=bf16,
+                         channels_last=channels_last)
+    fit(model, _Images(), loss_fn, lambda m: {"score": 0.0}, config, monitor="score")
+    assert len(seen) == 2
+    expected = (torch.bfloat16 if bf16 else torch.float32, channels_last, channels_last)
+    assert all(s == expected for s in seen), seen
 
 
 def _free_port() -> int:

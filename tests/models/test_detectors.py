@@ -42,6 +42,11 @@ def test_retinanet_losses_and_predictions(name, tmp_path):
                                                      "task": "cxr-detect"})
     loaded = create_model(name, weights=str(tmp_path / "d.safetensors"))
     assert not loaded.training
+    saved, back = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == back.keys()
+    for k, v in saved.items():  # stored as fp16: equal to fp16 precision
+        if v.is_floating_point():
+            torch.testing.assert_close(back[k].float(), v.float(), rtol=2e-3, atol=1e-4, msg=k)
 
 
 def test_init_backbone_from_classifier():

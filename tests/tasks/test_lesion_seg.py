@@ -66,7 +66,10 @@ def test_evaluate_cli_writes_the_documented_keys(tmp_path):
     assert m["task"] == "lesion-seg" and m["n"] == 50
     for k in ("dice_mean", "dice_global", "accuracy", "precision", "sensitivity", "specificity", "f1"):
         assert 0.0 <= m[k] <= 1.0
-    assert m["dice_global"] == m["f1"]
+    # the global Dice is 2 TP / (2 TP + FP + FN) over every pixel: the harmonic mean of pixel precision and recall
+    p, r = m["precision"], m["sensitivity"]
+    assert m["dice_global"] == pytest.approx(2 * p * r / (p + r), abs=2e-4)
+    assert m["dice_global"] != pytest.approx(m["dice_mean"], abs=1e-6)  # pooled over pixels, not a slice mean
 
 
 def test_lung_crop_box_grows_and_clips():
