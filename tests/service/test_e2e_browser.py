@@ -309,6 +309,10 @@ def test_viewer_draws_visible_boxes_on_a_tb_xray(server, tmp_path):
         assert rect.is_visible()
         box = rect.bounding_box()
         assert box["width"] > 5 and box["height"] > 5
+        first = findings["detections"][0]
+        assert first["name"] in ("active TB", "latent TB")  # the clinical name, not TBX11K's class string
+        assert page.locator("#box-layer text").first.text_content().startswith(first["name"])
+        assert first["name"] in page.locator("#box-rows").inner_text()
         page.screenshot(path=str(ARTIFACTS / "viewer_cxr_tb_boxes.png"), full_page=True)
         page.locator("#controls2d label", has_text="boxes").locator("input").uncheck()
         assert not rect.is_visible()

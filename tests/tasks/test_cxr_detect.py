@@ -97,6 +97,9 @@ def test_bundled_detector_on_held_out_tbx11k(tmp_path):
     out = det.predict(read_image(records[0]["image"]))
     assert all(d["score"] >= det.threshold for d in out)
     assert all(0 <= d["box_xyxy"][0] < d["box_xyxy"][2] <= 512 for d in out)
+    names = {"ActiveTuberculosis": "active TB", "ObsoletePulmonaryTuberculosis": "latent TB"}
+    assert all(d["name"] == names[d["label"]] for d in out)  # each box carries its clinical name
+    assert cd.display_name("Effusion") == "Effusion"  # ChestX-Det10 classes are shown as they are
 
 
 def _tbx_copy(tmp_path, n: int):

@@ -30,7 +30,7 @@
   ``heatmaps`` {"gradcam": PNG, "gradcam++": PNG} (normalised over the whole image,
   ``heatmap_normalisation``), ``heatmap_energy_in_lungs`` {method: fraction of the map's weight inside the
   lungs}
-* ``detections`` (CXR, when a detector is bundled): ``[{"label", "score", "box_xyxy"}]`` with ``box_xyxy``
+* ``detections`` (CXR, when a detector is bundled): ``[{"label", "name", "score", "box_xyxy"}]`` (``name``: the clinical display name) with ``box_xyxy``
   ``[x1, y1, x2, y2]`` in original pixels, scores in [0, 1] at or above the model card's threshold, highest
   first; an empty list when nothing passes the threshold
 * ``nodules`` (CT volume, when a nodule model is bundled): ``[{"center_xyz_mm", "center_zyx_index",

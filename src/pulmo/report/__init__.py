@@ -50,10 +50,7 @@ def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.nd
     mask_overlay(image.pixels, masks["lungs"]).save(out / "overlay.png")
     images = {"lung mask overlay": "overlay.png"}
     if findings.detections is not None:
-        from pulmo.datasets.detection import TBX11K_CLINICAL_NAMES
-
-        detection_overlay(image.pixels, findings.detections, lungs=masks["lungs"],
-                          names=TBX11K_CLINICAL_NAMES).save(out / "detections.png")
+        detection_overlay(image.pixels, findings.detections, lungs=masks["lungs"]).save(out / "detections.png")
         n = len(findings.detections)
         images[f"lesion detections ({n} box{'es' if n != 1 else ''} above the threshold)"] = "detections.png"
     cls = findings.classification or {}

@@ -133,8 +133,9 @@ def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[s
                       lungs: np.ndarray | None = None, names: dict[str, str] | None = None,
                       max_side: int = 1024) -> Image.Image:
     """The image with labelled boxes (seed 2's picture): each ``{"label", "score", "box_xyxy"}`` (original
-    px) drawn as a rectangle with ``"<name> <score>"`` above it; one colour per label; lungs outlined when
-    given. ``names`` maps labels to display names (e.g. TBX11K's clinical terms)."""
+    px, optional ``"name"``: the detector's display name) drawn as a rectangle with ``"<name> <score>"`` above
+    it; one colour per label; lungs outlined when given. ``names`` maps labels to display names where a
+    detection carries none."""
     from PIL import ImageDraw
 
     rgb = grey_rgb(pixels).astype(np.float32)
@@ -152,7 +153,7 @@ def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[s
         colour = DETECTION_COLOURS[order.index(d["label"]) % len(DETECTION_COLOURS)] if d["label"] in order else (255, 255, 255)
         x1, y1, x2, y2 = (v * scale for v in d["box_xyxy"])
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = f"{(names or {}).get(d['label'], d['label'])} {d['score']:.2f}"
+        text = f"{d.get('name') or (names or {}).get(d['label'], d['label'])} {d['score']:.2f}"
         tx, ty = x1, max(0, y1 - font.size - 4) if hasattr(font, "size") else max(0, y1 - 14)
         bbox = draw.textbbox((tx, ty), text, font=font)
         draw.rectangle(bbox, fill=(0, 0, 0))

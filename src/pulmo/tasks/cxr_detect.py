@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from pulmo.datasets import split_by_patient
 from pulmo.datasets.detection import (
     NEGATIVE_FORMATS,
+    TBX11K_CLINICAL_NAMES,
     chestx_det10_folder_records,
     label_counts,
     negative_records,
@@ -434,6 +435,13 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
     return save_weights(model, out / f"{config.name}.safetensors", card)
 
 
+def display_name(label: str) -> str:
+    """The clinical name of a detector class for reports and viewers: TBX11K's class names mapped to "active TB"
+    / "latent TB" (:data:`pulmo.datasets.detection.TBX11K_CLINICAL_NAMES`), any other class (ChestX-Det10's
+    "Effusion", ...) as it is."""
+    return TBX11K_CLINICAL_NAMES.get(label, label)
+
+
 class Detector:
     """Lesion boxes on chest X-rays with a bundled or trained ``cxr-detect`` weight set (RetinaNet).
 
@@ -459,11 +467,12 @@ class Detector:
         return _to_numpy_predictions(outputs, self.labels, scales)
 
     def predict(self, image: Image2D) -> list[dict[str, Any]]:
-        """Detections above the card's score threshold, highest score first:
-        ``[{"label": str, "score": float in [0, 1], "box_xyxy": [x1, y1, x2, y2] original px}]``."""
+        """Detections above the card's score threshold, highest score first: ``[{"label": str (the dataset's
+        class), "name": str (its clinical name for display: TBX11K's ``ObsoletePulmonaryTuberculosis`` is "latent
+        TB"), "score": float in [0, 1], "box_xyxy": [x1, y1, x2, y2] original px}]``."""
         p = above(self.predict_raw([image]), self.threshold)[0]
         order = np.argsort(-p["scores"], kind="mergesort")
-        return [{"label": p["labels"][i], "score": round(float(p["scores"][i]), 4),
+        return [{"label": p["labels"][i], "name": display_name(p["labels"][i]), "score": round(float(p["scores"][i]), 4),
                  "box_xyxy": [round(float(v), 1) for v in p["boxes"][i]]} for i in order]
 
 

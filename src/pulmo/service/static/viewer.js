@@ -284,10 +284,11 @@
       rect.setAttribute("width", x1 - x0); rect.setAttribute("height", y1 - y0);
       const text = document.createElementNS(ns, "text");
       text.setAttribute("x", x0 + 4); text.setAttribute("y", Math.max(20, y0 - 6));
-      text.textContent = `${b.label || "finding"} ${score}`;
+      const name = b.name || b.label || "finding";  // the detector's clinical name ("latent TB"), else its class
+      text.textContent = `${name} ${score}`;
       svg.append(rect, text);
       const tr = rows.insertRow();
-      tr.insertCell().textContent = b.label || "finding";
+      tr.insertCell().textContent = name;
       tr.insertCell().textContent = score || "—";
       tr.insertCell().textContent = xyxy.map((v) => Math.round(v)).join(", ");
     }
