@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pulmo.findings import Findings
 from pulmo.io import Volume
-from pulmo.pipeline.findings import Findings
 from pulmo.report import write_ct_outputs
 from pulmo.report.html import NODULE_COLUMNS, render_report
 from pulmo.report.overlay import NODULE_MARKER_COLOUR, nodule_marker_radius_px

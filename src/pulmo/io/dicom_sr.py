@@ -216,7 +216,7 @@ def build_measurement_report(sources: Sequence[pydicom.Dataset], seg: pydicom.Da
         sources: the source image headers (as given to :func:`pulmo.io.dicom_seg.build_segmentation`).
         seg: the SEG of the same analysis (its segments are referenced by number).
         segments: the segments of ``seg``, in its order (numbers 1..).
-        findings: the ``findings.json`` content (:mod:`pulmo.pipeline.findings`): ``modality``, ``lungs``,
+        findings: the ``findings.json`` content (:mod:`pulmo.findings`): ``modality``, ``lungs``,
             ``infection``, ``nodules`` (CT) or ``lungs``, ``classification``, ``detections`` (CXR), ``models``.
         software_version: the pulmo version (device observer model name, algorithm versions).
         series_number: Series Number of the new series.

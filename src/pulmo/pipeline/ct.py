@@ -16,8 +16,8 @@ import os
 import numpy as np
 
 from pulmo.errors import InputError
+from pulmo.findings import Findings
 from pulmo.io import Image2D, Volume
-from pulmo.pipeline.findings import Findings
 from pulmo.pipeline.progress import report_stage
 from pulmo.tasks.ct_lungs import lung_coverage, lung_mask_ct, lung_mask_slice
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices

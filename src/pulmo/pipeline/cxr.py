@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pulmo.findings import Findings
 from pulmo.io import Image2D
-from pulmo.pipeline.findings import Findings
 from pulmo.pipeline.progress import report_stage
 from pulmo.tasks.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
 from pulmo.tasks.cxr_classify import CxrClassifier

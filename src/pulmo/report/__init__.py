@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pulmo.findings import Findings
 from pulmo.io import Image2D, Volume, write_mask_png, write_nifti
-from pulmo.pipeline.findings import Findings
 from pulmo.report.html import render_report
 from pulmo.report.overlay import (
     LUNG_COLOUR,
