@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from pulmo.datasets import LungSegDataset, covid_chestxray_records, image_mask_records, split_by_patient
+from pulmo.datasets import LungSegDataset, covid_chestxray_mask_records, image_mask_records, split_by_patient
 from pulmo.errors import InputError
 from tests.conftest import data_path
 
@@ -19,14 +19,14 @@ def test_montgomery_shenzhen_layout():
 
 
 def test_covid_chestxray_v7_masks():
-    records = covid_chestxray_records(data_path("cxr", "covid-chestxray-dataset"))
+    records = covid_chestxray_mask_records(data_path("cxr", "covid-chestxray-dataset"))
     assert len(records) == 427  # every V7 lung mask of the README has its image
     assert sum(r["ignore"] is not None for r in records) == 50
     assert len({r["patient_id"] for r in records}) < len(records)  # several images per patient
 
 
 def test_split_is_patient_disjoint_and_deterministic():
-    records = covid_chestxray_records(data_path("cxr", "covid-chestxray-dataset"))
+    records = covid_chestxray_mask_records(data_path("cxr", "covid-chestxray-dataset"))
     train, val = split_by_patient(records, 0.2, seed=0)
     assert {r["patient_id"] for r in train}.isdisjoint({r["patient_id"] for r in val})
     assert 0.1 < len(val) / len(records) < 0.35

@@ -3,7 +3,7 @@
 * :func:`image_mask_records`: the ``images/`` + ``masks/`` layout (same file stem, masks 0/255), used by
   Montgomery / Shenzhen (NLM), JSRT/SCR exports and most Kaggle lung-mask sets.
   Lungs drawn as the visible lung fields.
-* :func:`covid_chestxray_records`: ieee8023 ``covid-chestxray-dataset`` (``metadata.csv`` + ``images/``)
+* :func:`covid_chestxray_mask_records`: ieee8023 ``covid-chestxray-dataset`` (``metadata.csv`` + ``images/``)
   with the V7 Labs lung masks (``masks_v7_lung/<stem>.png``; optional ``masks_v7_ignore/``). V7 masks
   include the retro-cardiac lung.
 
@@ -71,7 +71,7 @@ def image_mask_records(root: str | Path, source: str | None = None) -> list[dict
     return records
 
 
-def covid_chestxray_records(root: str | Path) -> list[dict[str, Any]]:
+def covid_chestxray_mask_records(root: str | Path) -> list[dict[str, Any]]:
     """Records of ``covid-chestxray-dataset`` images that have a V7 lung mask.
 
     ``metadata.csv`` gives the patient (``patientid``); images are matched by file stem, since copies

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pulmo.errors import ConfigError
 
-MB = 1024 * 1024
-GB = 1024 * MB
+MIB = 1024 * 1024  # the *_mb settings are MiB, the *_gb settings GiB (names kept for the CLI flags)
+GIB = 1024 * MIB
 MIN_JOB_MEMORY_GB = 2.0
 SERVICE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = SERVICE_DIR / "static"
@@ -42,9 +42,9 @@ class ServiceConfig:
             (error code ``timeout``) and its worker process terminated and restarted. 0 = no limit.
         job_memory_gb: memory limit of each worker process, GiB, set with ``RLIMIT_DATA`` (the heap
             and anonymous memory; not the shared libraries, which ``RLIMIT_AS`` would count: about
-            3.9 GB of address space for this torch build before any work). A job that runs out fails
+            3.9 GiB of address space for this torch build before any work). A job that runs out fails
             with error code ``out_of_memory``. 0 = no limit; otherwise at least
-            ``MIN_JOB_MEMORY_GB`` (a worker holds about 1 GB once its libraries are loaded).
+            ``MIN_JOB_MEMORY_GB`` (a worker holds about 1 GiB once its libraries are loaded).
         auth_max_failures: failed token checks (wrong or missing token) from one client address within
             ``auth_window_s`` that start a back-off (429 with ``Retry-After``); only with a token.
         auth_window_s: the window of ``auth_max_failures``, seconds; also how long an address must stay
@@ -94,7 +94,7 @@ class ServiceConfig:
             raise ConfigError(f"job_timeout_s = {self.job_timeout_s}: expected a number of seconds (0 = no limit)")
         if not (self.job_memory_gb == 0 or self.job_memory_gb >= MIN_JOB_MEMORY_GB):
             raise ConfigError(f"job_memory_gb = {self.job_memory_gb}: expected 0 (no limit) or at least "
-                              f"{MIN_JOB_MEMORY_GB} GiB (a worker holds about 1 GB once torch and the models are loaded)")
+                              f"{MIN_JOB_MEMORY_GB} GiB (a worker holds about 1 GiB once torch and the models are loaded)")
         for name in ("auth_window_s", "auth_backoff_s", "auth_backoff_max_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive number of seconds")
@@ -129,13 +129,13 @@ class ServiceConfig:
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * MB)
+        return int(self.max_upload_mb * MIB)
 
     @property
     def max_unzipped_bytes(self) -> int:
-        return int(self.max_unzipped_mb * MB)
+        return int(self.max_unzipped_mb * MIB)
 
     @property
     def job_memory_bytes(self) -> int:
         """The worker memory limit in bytes (0 = none)."""
-        return int(self.job_memory_gb * GB)
+        return int(self.job_memory_gb * GIB)

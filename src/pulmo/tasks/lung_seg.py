@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from pulmo.datasets import LungSegDataset, covid_chestxray_records, image_mask_records, split_by_patient
+from pulmo.datasets import LungSegDataset, covid_chestxray_mask_records, image_mask_records, split_by_patient
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
@@ -73,7 +73,7 @@ def collect_records(config: LungSegConfig) -> tuple[list[dict], list[dict]]:
     train, val = [], []
     sources = [image_mask_records(root) for root in config.visible_data]
     if config.v7_data:
-        sources.append(covid_chestxray_records(config.v7_data))
+        sources.append(covid_chestxray_mask_records(config.v7_data))
     if not sources:
         raise InputError("no training data: give --visible-data (images/ + masks/) and/or --v7-data")
     for records in sources:
