@@ -127,8 +127,8 @@ def load_records(data: str | Path, format: str, annotations: str | Path | None =
     if format == "chestx-det10":
         return chestx_det10_folder_records(data, annotations or None, counts=counts)
     if not annotations:
-        raise ConfigError(f"--format {format} needs --annotations (the label file: RSNA "
-                          f"stage_2_train_labels.csv or NIH BBox_List_2017.csv)")
+        raise ConfigError(f"format {format!r} needs an annotations file (--annotations on the command line): RSNA "
+                          f"stage_2_train_labels.csv or NIH BBox_List_2017.csv")
     ann = Path(annotations)
     if not ann.is_absolute() and (data / ann).is_file():
         ann = data / ann

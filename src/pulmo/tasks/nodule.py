@@ -540,7 +540,7 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
     if config.patch % divisor:
         raise ConfigError(f"patch must be a multiple of {divisor} for {len(config.channels)} stages, got {config.patch}")
     if not config.backgrounds:
-        raise ConfigError("train nodule needs --backgrounds (CT volumes to insert synthetic nodules into)")
+        raise ConfigError("NoduleConfig.backgrounds is empty (pulmo train nodule --backgrounds): CT volumes to insert synthetic nodules into")
     out = Path(config.out_dir)
     save_config(config, out / "config.yaml")
     backgrounds = load_backgrounds(config.backgrounds, config.exclude_labels, config.spacing_mm, config.patch)

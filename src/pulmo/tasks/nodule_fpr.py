@@ -435,7 +435,7 @@ def train(config: NoduleFprConfig, command: str = "") -> dict[str, Any]:
         ConfigError: bad settings. InputError: unreadable data.
     """
     if not config.data or not config.scans:
-        raise ConfigError("nodule-fpr needs --data (LIDC-IDRI-slices) and at least one --scans CT series")
+        raise ConfigError("NoduleFprConfig needs data (the LIDC-IDRI-slices folder; --data) and at least one CT series in scans (--scans)")
     out = Path(config.out_dir)
     save_config(config, out / "config.yaml")
     data = read_lidc_slices(config.data, progress=config.progress)

@@ -166,7 +166,7 @@ def _check_config(config: NoduleSegConfig) -> None:
     if config.format not in FORMATS:
         raise ConfigError(f"nodule-seg format {config.format!r}; expected one of {FORMATS}")
     if not config.data:
-        raise ConfigError("nodule-seg needs --data (the LIDC-IDRI-slices folder or its .tar.gz)")
+        raise ConfigError("NoduleSegConfig.data is empty (pulmo train nodule-seg --data): the LIDC-IDRI-slices folder or its .tar.gz")
     if config.loss not in LOSSES:
         raise ConfigError(f"nodule-seg loss {config.loss!r}; expected one of {LOSSES}")
     if config.context < 0:
