@@ -5,8 +5,7 @@ Public API: :func:`read_image`, :func:`analyze`, :func:`create_model`, :func:`li
 
 from pulmo.errors import ConfigError, InputError, NotAvailableError, OutOfScopeError, PulmoError, WeightsError
 from pulmo.io import Image2D, Volume, read_image
-
-__version__ = "0.1.0"
+from pulmo.version import __version__
 
 
 def __getattr__(name: str):

@@ -74,7 +74,7 @@ class Findings:
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
-        from pulmo import __version__
+        from pulmo.version import __version__
 
         d = {"schema_version": SCHEMA_VERSION, "pulmo_version": __version__}
         d.update(dataclasses.asdict(self))

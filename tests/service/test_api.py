@@ -362,6 +362,7 @@ def test_an_out_of_scope_upload_fails_with_the_gates_reason(service, tmp_path):
 def test_serve_weights_choice_reaches_the_worker_processes(service, tmp_path, monkeypatch):
     """``pulmo serve --weights cxr-classify=FILE``: the worker processes analyse with the user's weight set
     (a renamed copy of the bundled classifier with its own card here), and findings.json names it."""
+    from pulmo import list_models
     from pulmo.weights import OVERRIDE_ENV, WEIGHTS_DIR, parse_weight_overrides, set_weight_overrides
 
     card = json.loads((WEIGHTS_DIR / "cxr-classify.json").read_text())
@@ -370,7 +371,7 @@ def test_serve_weights_choice_reaches_the_worker_processes(service, tmp_path, mo
     shutil.copyfile(WEIGHTS_DIR / "cxr-classify.safetensors", mine)
     mine.with_suffix(".json").write_text(json.dumps(card))
     monkeypatch.delenv(OVERRIDE_ENV, raising=False)
-    set_weight_overrides(parse_weight_overrides([f"cxr-classify={mine}"]))  # what the serve command does
+    set_weight_overrides(parse_weight_overrides([f"cxr-classify={mine}"], registered={m["name"] for m in list_models()}))  # what the serve command does
     try:
         with service(workers=1) as client:
             job = wait_for_job(client, upload(client, EXAMPLE_CXR).json()["id"])

@@ -86,7 +86,7 @@ def test_ten_class_retinanet_trains_and_evaluates_on_the_sample(tmp_path):
     assert set(card["metrics"]["test"]["average_recall_at_fp"]) == {"0.05", "0.1", "0.2", "mean"}
 
     weights = str(tmp_path / "run" / "det10-tiny.safetensors")
-    m = cd.evaluate(root, "chestx-det10", weights=weights, progress=False)
+    m = cd.evaluate(root, format="chestx-det10", weights=weights, progress=False)
     assert m["task"] == "cxr-detect" and m["weights"] == "det10-tiny"
     assert (m["n_images"], m["n_positive_images"], m["n_negative_images"]) == (40, 29, 11)
     assert m["labels"] == list(CHESTX_DET10_CLASSES) and set(m["ap_50"]) == set(CHESTX_DET10_CLASSES)

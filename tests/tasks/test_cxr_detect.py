@@ -153,7 +153,7 @@ def test_evaluate_scores_a_unet_route_weight_set(tmp_path):
     save_weights(create_model("monai-unet", **kwargs), weights, card)
     with pytest.raises(WeightsError, match="cxr-detect-unet"):
         cd.Detector(str(weights))
-    m = cd.evaluate(data, "tbx11k", "annotations/json/sub.json", weights=str(weights), progress=False)
+    m = cd.evaluate(data, format="tbx11k", annotations="annotations/json/sub.json", weights=str(weights), progress=False)
     assert m["weights"] == "tiny-unet" and m["n_images"] == 2
     assert 0.0 <= m["ap_50_agnostic"] <= 1.0 and 0.0 <= m["rsna_score"] <= 1.0
 
@@ -162,7 +162,7 @@ def test_negative_records_of_every_layout():
     """Images without lesions from the classification and detection layouts, with their patients."""
     from collections import Counter
 
-    from pulmo.datasets.detection import negative_records
+    from pulmo.datasets.negatives import negative_records
     from pulmo.errors import InputError
 
     cxr = data_path("cxr")

@@ -95,7 +95,7 @@ def test_evaluate_test_split_uses_the_held_out_patients(trained):
 
 def test_segmenter_predicts_the_centre_slice(trained):
     _, weights = trained
-    seg = NoduleSegmenter.from_weights(str(weights))
+    seg = NoduleSegmenter(str(weights))
     stack = np.full((3, SIZE, SIZE), 20, np.uint8)
     mask = seg.predict(stack)
     assert mask.shape == (SIZE, SIZE) and mask.dtype == bool
@@ -142,7 +142,7 @@ def test_refine_nodule_masks_with_smoke_weights(trained):
     from pulmo.tasks.nodule_seg import DETECTOR_MASK_METHOD, MASK_METHOD, refine_nodule_masks, refine_window
 
     _, weights = trained
-    seg = NoduleSegmenter.from_weights(str(weights))
+    seg = NoduleSegmenter(str(weights))
     spacing, shape, centre = (2.5, 0.7, 0.7), (16, 96, 96), (8, 48, 48)
     grid = np.ogrid[:shape[0], :shape[1], :shape[2]]
     ball = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= 5.0 ** 2
@@ -181,7 +181,7 @@ def test_analyze_real_lidc_example_with_smoke_nodule_seg_weights(trained, tmp_pa
     if not (WEIGHTS_DIR / "nodule.json").is_file():
         pytest.skip("no bundled nodule weights: the CT pipeline finds no nodules")
     _, weights = trained
-    seg = NoduleSegmenter.from_weights(str(weights))
+    seg = NoduleSegmenter(str(weights))
     monkeypatch.setattr(ct, "nodule_segmenter", lambda: seg)
     out = tmp_path / "ct"
     assert main(["--no-progress", "analyze", str(example), "--out", str(out)]) == 0

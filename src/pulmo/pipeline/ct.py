@@ -20,7 +20,7 @@ from pulmo.findings import Findings
 from pulmo.io import Image2D, Volume
 from pulmo.pipeline.progress import report_stage
 from pulmo.tasks.ct_lungs import lung_coverage, lung_mask_ct, lung_mask_slice
-from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter, frame_ct_slices
+from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
 from pulmo.tasks.nodule_seg import DEFAULT_WEIGHTS as NODULE_SEG_WEIGHTS
@@ -94,13 +94,7 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
     lungs = lung_mask_ct(volume)
     report_stage("ct", "infection")
     seg = lesion_segmenter()
-    raw = np.zeros(volume.shape, np.uint8)
-    zs, (rows, cols), slices01 = frame_ct_slices(volume, lungs)
-    chunk = 8  # the segmenter's batch: the same labels as one call, with progress between batches
-    for start in range(0, len(slices01), chunk):
-        for z, labels in zip(zs[start:start + chunk], seg.predict(slices01[start:start + chunk], batch_size=chunk)):
-            raw[z, rows, cols] = labels
-        report_stage("ct", "infection", (start + chunk) / max(1, len(slices01)))
+    raw = seg.predict_volume(volume, lungs, on_progress=lambda f: report_stage("ct", "infection", f))
     infection, postprocessing = postprocess_infection(raw, volume.hu, lungs, volume.spacing)
     del raw
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0

@@ -107,7 +107,7 @@ def write_dicom_results(image: Image2D | Volume, findings: dict[str, Any], masks
     Raises:
         InputError: the input is not DICOM, or SEG / SR cannot be built on its headers (the message says why).
     """
-    from pulmo import __version__
+    from pulmo.version import __version__
     from pulmo.errors import InputError
 
     files = source_files(image)

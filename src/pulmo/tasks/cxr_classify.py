@@ -67,6 +67,7 @@ from pulmo.metrics import binary_report, classification_report, roc_auc
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, reliability_bins, softmax
 from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card, save_weights
 
@@ -442,7 +443,7 @@ def penultimate_features(model: torch.nn.Module, arrays: np.ndarray, batch_size:
     float32 ``(N, F)``."""
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     feats: list[np.ndarray] = []
-    hook = last.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].float().numpy()))
+    hook = last.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].float().cpu().numpy()))
     try:
         batched_logits(model, arrays, last.out_features, batch_size)
     finally:
@@ -514,7 +515,8 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
     train_ds = ClassifyDataset(arrays["train"], list(y["train"]), _augmentation(config.size))
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(m(batch["image"]).float(), batch["label"], weight=weights)
+        logits = m(batch["image"]).float()
+        return F.cross_entropy(logits, batch["label"], weight=weights.to(logits.device))
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         prob = softmax(_logits(m, arrays["val"], len(labels)), 1.0)
@@ -678,17 +680,24 @@ class CxrClassifier:
         return out
 
 
-def evaluate(data: str | Path, format: str, weights: str = DEFAULT_WEIGHTS, progress: bool = True) -> dict[str, Any]:
-    """Metrics on a labelled dataset: ``{"task", "n", "labels", "accuracy", "macro_f1", "per_class",
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True) -> EvalReport:
+    """Metrics of a weight set on a labelled dataset (every image, ``split`` ``all``; ``format`` one of
+    :data:`FORMATS`, default ``kermany``): an :class:`EvalReport` of ``n`` images with ``{"labels", "accuracy", "macro_f1", "per_class",
     "confusion_matrix", "confusion_labels", "ece", "scope", "subgroups"}`` (+ ``per_folder`` with
     ``format="folders"``). Prediction = argmax over all model labels; ``ece`` = 15-bin top-label ECE of the
     calibrated probabilities; ``scope`` = :func:`scope_metrics`.
 
     Raises:
-        ConfigError: unknown format. InputError: unreadable dataset.
+        ConfigError: unknown format or split, or an ``annotations`` file (the layouts carry their labels).
+        InputError: unreadable dataset. WeightsError: bad weights.
     """
+    format = choose(format, FORMATS, task="cxr-classify", parameter="format")
+    choose(split, SPLITS, task="cxr-classify", parameter="split")
+    if annotations:
+        raise ConfigError("evaluate cxr-classify: annotations are not used (each format carries its labels)")
     records = load_records(data, format)
-    clf = CxrClassifier(weights)
+    clf = CxrClassifier(weights or DEFAULT_WEIGHTS)
     labels = clf.labels
     t0 = time.perf_counter()
     prob = np.zeros((len(records), len(labels)))
@@ -722,8 +731,36 @@ def evaluate(data: str | Path, format: str, weights: str = DEFAULT_WEIGHTS, prog
                          "in_scope_rate": float(keep[sel].mean()),
                          "accuracy": float((top[sel] == labels.index(name)).mean()) if name in labels else None}
         result["per_folder"] = per
-    return {**result, "weights": clf.card["name"], "weights_sha256": clf.card.get("sha256"),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return EvalReport.from_metrics({**result, "weights": clf.card["name"], "weights_sha256": clf.card.get("sha256"),
+                                    "seconds": round(time.perf_counter() - t0, 2)}, task="cxr-classify")
 
 
-__all__ = ["CxrClassifier", "CxrClassifyConfig", "evaluate", "in_scope", "out_of_scope_scores", "roc_auc", "train"]
+def summary(report: EvalReport) -> str:
+    """Accuracy, macro-F1 and ECE, and for images outside the classes how many were called COVID-19 in scope."""
+    line = (f"accuracy={report['accuracy']:.4f} macro_f1={report['macro_f1']:.4f} ece={report['ece']:.4f} "
+            f"labels={report['labels']}")
+    if "other_finding" in report["scope"]:
+        o = report["scope"]["other_finding"]
+        line += (f" other_finding_called_covid19_in_scope={o['called_covid19_in_scope']:.3f} "
+                 f"flagged_out_of_scope={o['flagged_out_of_scope']:.3f} (n={o['n']})")
+    return line
+
+
+Config = CxrClassifyConfig
+SPLITS = ("all",)
+
+
+class Predictor(CxrClassifier):
+    """The task contract's predictor: :class:`CxrClassifier` built by :meth:`from_weights`."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """A classifier from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
+
+        Raises:
+            WeightsError: missing or corrupted weights.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+
+__all__ = ["Config", "CxrClassifier", "CxrClassifyConfig", "FORMATS", "Predictor", "SPLITS", "evaluate", "summary", "in_scope", "out_of_scope_scores", "roc_auc", "train"]

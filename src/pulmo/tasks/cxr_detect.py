@@ -35,21 +35,22 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import split_by_patient
 from pulmo.datasets.detection import (
-    NEGATIVE_FORMATS,
     TBX11K_CLINICAL_NAMES,
     chestx_det10_folder_records,
     label_counts,
-    negative_records,
     nih_bbox_records,
     rsna_pneumonia_records,
     tbx11k_records,
 )
+from pulmo.datasets.negatives import NEGATIVE_FORMATS, negative_records
 from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
 from pulmo.models import create_model
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card, save_weights
 
@@ -73,7 +74,7 @@ class DetectConfig(TrainConfig):
         init_backbone: optional ``.safetensors`` of a torchvision ResNet classifier of the same depth (e.g. a
             ``pulmo train cxr-classify --architecture resnet18`` run) to initialise the body from.
         negatives: images with no lesion, each ``format=path`` (formats of
-            :data:`pulmo.datasets.detection.NEGATIVE_FORMATS`, e.g. ``covid-radiography=DATA/cxr/COVID-19_Radiography_Dataset``):
+            :data:`pulmo.datasets.negatives.NEGATIVE_FORMATS`, e.g. ``covid-radiography=DATA/cxr/COVID-19_Radiography_Dataset``):
             split by patient like the positives and trained as images without boxes.
         init_weights: a ``cxr-detect`` weight set (name or ``.safetensors``) of the same architecture and classes to
             fine-tune from (e.g. the TB-only model, trained on the same TBX11K split).
@@ -147,7 +148,7 @@ def split_records(records: Sequence[dict], test_fraction: float, val_fraction: f
 
 
 def load_negatives(specs: Sequence[str]) -> list[dict[str, Any]]:
-    """Negative records (no boxes) of ``format=path`` specs (see :func:`pulmo.datasets.detection.negative_records`).
+    """Negative records (no boxes) of ``format=path`` specs (see :func:`pulmo.datasets.negatives.negative_records`).
 
     Raises:
         ConfigError: a spec without ``=`` or with an unknown format. InputError: as ``negative_records``.
@@ -272,11 +273,11 @@ def _to_numpy_predictions(outputs: list[dict[str, torch.Tensor]], classes: Seque
                           scale: Sequence[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
     preds = []
     for i, o in enumerate(outputs):
-        boxes = o["boxes"].float().numpy().astype(np.float64)
+        boxes = o["boxes"].float().cpu().numpy().astype(np.float64)
         if scale is not None:
             sx, sy = scale[i]
             boxes = boxes * np.array([sx, sy, sx, sy])
-        preds.append({"boxes": boxes.reshape(-1, 4), "scores": o["scores"].float().numpy().astype(np.float64),
+        preds.append({"boxes": boxes.reshape(-1, 4), "scores": o["scores"].float().cpu().numpy().astype(np.float64),
                       "labels": [classes[int(k) - 1] for k in o["labels"]]})
     return preds
 
@@ -284,11 +285,12 @@ def _to_numpy_predictions(outputs: list[dict[str, torch.Tensor]], classes: Seque
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset: DetectionDataset, classes: Sequence[str],
                     batch_size: int = 4) -> list[dict[str, Any]]:
-    """Predictions (working px) for every image of ``dataset``, in order."""
+    """Predictions (working px) for every image of ``dataset``, in order (run on the model's device)."""
     model.eval()
+    device = model_device(model)
     preds = []
     for s in range(0, len(dataset), batch_size):
-        images = [dataset[i]["image"] for i in range(s, min(len(dataset), s + batch_size))]
+        images = [dataset[i]["image"].to(device) for i in range(s, min(len(dataset), s + batch_size))]
         preds += _to_numpy_predictions(model(images), classes)
     return preds
 
@@ -442,6 +444,16 @@ def display_name(label: str) -> str:
     return TBX11K_CLINICAL_NAMES.get(label, label)
 
 
+def detection_rows(raw: dict[str, Any], threshold: float) -> list[dict[str, Any]]:
+    """One image's scored boxes (``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": [str]}``) at or above
+    ``threshold`` as findings rows, highest score first: ``[{"label", "name", "score", "box_xyxy"}]`` (see
+    :meth:`Detector.predict`)."""
+    p = above([raw], threshold)[0]
+    order = np.argsort(-p["scores"], kind="mergesort")
+    return [{"label": p["labels"][i], "name": display_name(p["labels"][i]), "score": round(float(p["scores"][i]), 4),
+             "box_xyxy": [round(float(v), 1) for v in p["boxes"][i]]} for i in order]
+
+
 class Detector:
     """Lesion boxes on chest X-rays with a bundled or trained ``cxr-detect`` weight set (RetinaNet).
 
@@ -470,17 +482,15 @@ class Detector:
         """Detections above the card's score threshold, highest score first: ``[{"label": str (the dataset's
         class), "name": str (its clinical name for display: TBX11K's ``ObsoletePulmonaryTuberculosis`` is "latent
         TB"), "score": float in [0, 1], "box_xyxy": [x1, y1, x2, y2] original px}]``."""
-        p = above(self.predict_raw([image]), self.threshold)[0]
-        order = np.argsort(-p["scores"], kind="mergesort")
-        return [{"label": p["labels"][i], "name": display_name(p["labels"][i]), "score": round(float(p["scores"][i]), 4),
-                 "box_xyxy": [round(float(v), 1) for v in p["boxes"][i]]} for i in order]
+        return detection_rows(self.predict_raw([image])[0], self.threshold)
 
 
-def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path | None = None,
-             weights: str = DEFAULT_WEIGHTS, split: str = "all", progress: bool = True,
-             negatives: Sequence[str] = ()) -> dict[str, Any]:
-    """Detection metrics of a weight set (RetinaNet ``cxr-detect`` or U-Net route ``cxr-detect-unet``) on a
-    labelled dataset, in original pixels: ``{"task": "cxr-detect", "n_images", "n_positive_images",
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True,
+             negatives: Sequence[str] = ()) -> EvalReport:
+    """Detection metrics of a weight set (RetinaNet ``cxr-detect``; a ``cxr-detect-unet`` card is handed to that
+    task's ``evaluate`` through the registry) on a labelled dataset, in original pixels: an :class:`EvalReport`
+    of ``n`` images (positives and negatives) with ``{"n_images", "n_positive_images",
     "n_negative_images", "labels", "ap_50": {label: AP}, "map_50", "ap_50_agnostic" (+ ``_ci95``),
     "rsna_score", "score_threshold"}`` on the images with boxes (AP over every candidate; the RSNA score over
     the boxes above the card's threshold), and ChestX-Det10's metric over all images, every candidate:
@@ -491,24 +501,41 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
     threshold, ``image_auc`` (max box score as the image score, + CI) and ``ap_50_agnostic_with_negatives``.
 
     Args:
-        split: ``all`` (every image with its file present) or ``test`` (only the images the card lists as
+        format: one of :data:`FORMATS` (default ``tbx11k``).
+        annotations: the label file (TBX11K: the COCO JSON relative to ``data``; ChestX-Det10 JSON; RSNA
+            ``stage_2_train_labels.csv``; NIH ``BBox_List_2017.csv``); default: the format's usual place.
+        split: ``all`` (default: every image with its file present) or ``test`` (only the images the card lists as
             held out from training, e.g. to re-score TBX11K on the images the model never saw).
         negatives: ``format=path`` specs of images without lesions (see :func:`load_negatives`); with
             ``split="test"`` only those the card lists as held out.
 
     Raises:
         ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
+        WeightsError: bad weights.
     """
-    if split not in ("all", "test"):
-        raise ConfigError(f"split must be 'all' or 'test', got {split!r}")
+    weights = weights or DEFAULT_WEIGHTS
+    if resolve_card(weights).get("task") == "cxr-detect-unet":  # the U-Net route: same outputs and scoring
+        from pulmo.tasks.registry import get_task
+
+        return get_task("cxr-detect-unet").evaluate(data, format=format, annotations=annotations, split=split,
+                                                    weights=weights, progress=progress, negatives=negatives)
+    return score_detector(Detector(weights), data, format=format, annotations=annotations, split=split,
+                          progress=progress, negatives=negatives)
+
+
+def score_detector(det: Any, data: str | Path, *, format: str | None = None,
+                   annotations: str | Path | None = None, split: str | None = None, progress: bool = True,
+                   negatives: Sequence[str] = (), task: str = "cxr-detect") -> EvalReport:
+    """The scoring of :func:`evaluate` for any detector with ``card``, ``threshold`` and ``predict_raw(images)``
+    (:class:`Detector`, :class:`pulmo.tasks.cxr_detect_unet.UnetBoxDetector`); arguments as :func:`evaluate`.
+
+    Raises:
+        ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
+    """
+    format = choose(format, FORMATS, task=task, parameter="format")
+    split = choose(split, SPLITS, task=task, parameter="split")
     records = load_records(data, format, annotations)
     negs = load_negatives(negatives)
-    if resolve_card(weights).get("task") == "cxr-detect-unet":  # the seed-1 route, same outputs and scoring
-        from pulmo.tasks.cxr_detect_unet import UnetBoxDetector
-
-        det = UnetBoxDetector(weights)
-    else:
-        det = Detector(weights)
     if split == "test":
         held = set(det.card["training"].get("test_images", []))
         records = [r for r in records if Path(r["image"]).name in held]
@@ -526,5 +553,40 @@ def evaluate(data: str | Path, format: str = "tbx11k", annotations: str | Path |
         preds += det.predict_raw([read_image(r["image"])])
         gts.append({"boxes": r["boxes_xyxy"], "labels": r["labels"]})
     m = detection_report(preds, gts, det.threshold, [r["source"] for r in records])
-    return {"task": "cxr-detect", **round_floats(m), "split": split, "weights": det.card["name"],
-            "weights_sha256": det.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}
+    return EvalReport(task=task, n=len(records), weights=det.card["name"], weights_sha256=det.card.get("sha256"),
+                      seconds=round(time.perf_counter() - t0, 2), metrics={**round_floats(m), "split": split})
+
+
+def summary(report: EvalReport) -> str:
+    """AP50 (class-agnostic, mean and per class), the RSNA score, false boxes per negative image, image AUC and
+    ChestX-Det10's average recall, where the report has them."""
+    aps = " ".join(f"AP50[{k}]={v:.4f}" for k, v in report.get("ap_50", {}).items())
+    line = (f"ap_50_agnostic={report.get('ap_50_agnostic', float('nan')):.4f} "
+            f"map_50={report.get('map_50', float('nan')):.4f} {aps} "
+            f"rsna_score={report.get('rsna_score', float('nan')):.4f}")
+    if "fp_per_negative_image" in report:
+        line += f" fp_per_negative_image={report['fp_per_negative_image']:.3f} (n={report['n_negative_images']})"
+    if "image_auc" in report:
+        line += f" image_auc={report['image_auc']:.4f}"
+    ar = report.get("average_recall_at_fp") or {}
+    if ar:  # ChestX-Det10's official metric: recall at 0.05 / 0.1 / 0.2 false positives per image
+        line += " " + " ".join(f"recall@{k}fp={v:.4f}" if k != "mean" else f"average_recall={v:.4f}"
+                               for k, v in ar.items() if isinstance(v, float))
+    return line
+
+
+Config = DetectConfig
+SPLITS = ("all", "test")
+
+
+class Predictor(Detector):
+    """The task contract's predictor: :class:`Detector` built by :meth:`from_weights`."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """A detector from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
+
+        Raises:
+            WeightsError: missing or corrupted weights, or a card of another task.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)

@@ -47,18 +47,24 @@ from torch.utils.data import Dataset
 
 from pulmo.datasets.detection import label_counts
 from pulmo.engine import TrainConfig, fit, save_config
-from pulmo.errors import ConfigError, InputError
+from pulmo.engine.predict import model_device
+from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import detection_metrics, detection_report
 from pulmo.models import create_model
 from pulmo.models.tiling import overlap_tile_inference, whole_image_inference
+from pulmo.tasks.base import EvalReport
 from pulmo.tasks.cxr_detect import (
+    FORMATS,
     DetectionDataset,
     dataset_ground_truth,
+    detection_rows,
     load_records,
     prepare_image,
+    score_detector,
     split_records,
+    summary,
 )
 from pulmo.transforms.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA
 from pulmo.weights import resolve_card, save_weights
@@ -189,10 +195,10 @@ def overlap_tile_probability(model: torch.nn.Module, image01: np.ndarray, patch:
 
     margin = patch // 4
     padded = np.pad(image01, margin, mode="reflect")
-    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None]
+    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None].to(model_device(model))
     logits = sliding_window_inference(x, (patch, patch), sw_batch_size=4, predictor=model, overlap=overlap,
                                       mode="gaussian", padding_mode="reflect")
-    prob = torch.sigmoid(logits[0].float()).numpy()
+    prob = torch.sigmoid(logits[0].float()).cpu().numpy()
     return prob[:, margin:margin + image01.shape[0], margin:margin + image01.shape[1]]
 
 
@@ -336,10 +342,17 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
 
 class UnetBoxDetector:
     """Boxes from the U-Net route (a ``cxr-detect-unet`` weight set), same output as
-    :meth:`pulmo.tasks.cxr_detect.Detector.predict`."""
+    :meth:`pulmo.tasks.cxr_detect.Detector.predict`.
+
+    Raises:
+        WeightsError: missing or corrupted weights, or a card of another task.
+    """
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS):
         self.card = resolve_card(weights)
+        if self.card.get("task") != "cxr-detect-unet":
+            raise WeightsError(f"{weights}: a {self.card.get('task')!r} weight set, expected a 'cxr-detect-unet' one "
+                               "(a U-Net trained by `pulmo train cxr-detect-unet`)")
         self.model = create_model(self.card["architecture"], weights=weights).eval()
         self.size = int(self.card["input"]["size"][0])
         self.patch = int(self.card["input"]["patch"])
@@ -360,3 +373,39 @@ class UnetBoxDetector:
             p["boxes"] = p["boxes"] * np.array([sx, sy, sx, sy])
             preds.append(p)
         return preds
+
+    def predict(self, image: Image2D) -> list[dict[str, Any]]:
+        """Boxes at or above the card's score threshold, as :meth:`pulmo.tasks.cxr_detect.Detector.predict`."""
+        return detection_rows(self.predict_raw([image])[0], self.threshold)
+
+
+Config = UnetDetectConfig
+SPLITS = ("all", "test")
+
+
+class Predictor(UnetBoxDetector):
+    """The task contract's predictor: :class:`UnetBoxDetector` built by :meth:`from_weights`."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """A U-Net box detector from a weight name or a ``.safetensors`` path (None: ``cxr-detect-unet``, which is
+        not bundled: give the run's weights).
+
+        Raises:
+            WeightsError: missing or corrupted weights, or a card of another task.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True,
+             negatives: Sequence[str] = ()) -> EvalReport:
+    """Detection metrics of a U-Net route weight set, exactly as :func:`pulmo.tasks.cxr_detect.evaluate` scores a
+    RetinaNet (same arguments, same report with ``task`` ``cxr-detect-unet``).
+
+    Raises:
+        ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
+        WeightsError: missing weights, or a card of another task.
+    """
+    return score_detector(UnetBoxDetector(weights or DEFAULT_WEIGHTS), data, format=format, annotations=annotations,
+                          split=split, progress=progress, negatives=negatives, task="cxr-detect-unet")

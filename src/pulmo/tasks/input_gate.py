@@ -32,8 +32,10 @@ from pulmo.datasets.gate_corpus import GATE_LABELS, GateCorpus, build_gate_corpu
 from pulmo.datasets.splits import patient_fold
 from pulmo.engine import TrainConfig, batched_logits, fit, save_config
 from pulmo.errors import ConfigError
+from pulmo.io import Image2D
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, softmax
 from pulmo.models import create_model
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.transforms import GATE_SIZE, gate_input
 from pulmo.weights import resolve_card, save_weights
 
@@ -212,7 +214,8 @@ def train(config: InputGateConfig, command: str = "", corpus: GateCorpus | None 
     val_x, val_y = corpus.images[split["val"]], corpus.labels[split["val"]]
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(m(batch["image"]).float(), batch["label"], weight=class_weight)
+        logits = m(batch["image"]).float()
+        return F.cross_entropy(logits, batch["label"], weight=class_weight.to(logits.device))
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         logits = _logits(m, val_x)
@@ -355,34 +358,78 @@ class InputGateModel:
         return {lab: float(p) for lab, p in zip(self.labels, prob)}
 
 
-def evaluate(data: str | Path, *, corpus: str | Path | None = None, weights: str = DEFAULT_WEIGHTS,
-             split_seed: int = 0, test_fraction: float = 0.2, progress: bool = True) -> dict[str, Any]:
+Config = InputGateConfig
+FORMATS = ("gate-corpus",)
+SPLITS = ("test",)
+
+
+class Predictor(InputGateModel):
+    """The task contract's predictor: :class:`InputGateModel` built by :meth:`from_weights`; ``predict`` also
+    takes an :class:`~pulmo.io.Image2D` (its pixels)."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """The gate model from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
+
+        Raises:
+            WeightsError: missing or corrupted weights.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+    def predict(self, pixels: np.ndarray | Image2D) -> dict[str, float]:
+        """Calibrated ``{label: p}`` of a picture: an :class:`~pulmo.io.Image2D` or its ``(H, W)`` pixels."""
+        return super().predict(pixels.pixels if isinstance(pixels, Image2D) else pixels)
+
+
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True,
+             corpus: str | Path | None = None, split_seed: int = 0, test_fraction: float = 0.2) -> EvalReport:
     """Rates of a gate model on the held-out groups (the test split) of the corpus of ``data``.
 
     Args:
-        data: the data root the corpus is rendered from (``cxr/``, ``ct/``).
-        corpus: a cached corpus ``.npz`` to read instead of rendering (rendering takes about a minute).
-        weights: bundled weight name or ``.safetensors`` path.
-        split_seed, test_fraction: the split of the model's card (defaults: those of the bundled model).
+        data: the data root the corpus is rendered from (``cxr/``, ``ct/``); format ``gate-corpus``.
+        format, split: ``gate-corpus`` and ``test`` (the only ones; None = those).
+        annotations: not used (the corpus carries its labels); must be None.
+        weights: bundled weight name or ``.safetensors`` path (None: the bundled model).
         progress: tqdm bars while rendering.
+        corpus: a cached corpus ``.npz`` to read instead of rendering (rendering takes about a minute).
+        split_seed, test_fraction: the split of the model's card (defaults: those of the bundled model).
 
     Returns:
-        ``{"task", "n", "weights", "weights_sha256", "seconds", "rates": gate_rates(...), "ece", "accuracy"}``.
+        :class:`EvalReport` of ``n`` held-out pictures with ``rates`` (:func:`gate_rates`), ``ece`` and
+        ``accuracy``.
 
     Raises:
+        ConfigError: another format or split, or an annotations file.
         InputError: ``data`` holds no chest X-ray source.
         WeightsError: missing or corrupted weights.
     """
+    choose(format, FORMATS, task="input-gate", parameter="format")
+    choose(split, SPLITS, task="input-gate", parameter="split")
+    if annotations:
+        raise ConfigError("evaluate input-gate: annotations are not used (the corpus carries its labels)")
     t0 = time.perf_counter()
-    gate = InputGateModel(weights)
+    gate = InputGateModel(weights or DEFAULT_WEIGHTS)
     c = GateCorpus.load(corpus) if corpus and Path(corpus).is_file() else build_gate_corpus(data, progress=progress)
     test = c.held_out(test_fraction, split_seed)
     prob = softmax(_logits(gate.model, c.images[test]), gate.temperature)
-    return {"task": "input-gate", "n": int(test.sum()), "weights": gate.card["name"],
-            "weights_sha256": gate.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2),
-            "rates": gate_rates(prob, c.labels[test], [s for s, t in zip(c.sources, test) if t], gate.thresholds),
-            "ece": expected_calibration_error(prob, c.labels[test]),
-            "accuracy": float((prob.argmax(1) == c.labels[test]).mean())}
+    return EvalReport(task="input-gate", n=int(test.sum()), weights=gate.card["name"],
+                      weights_sha256=gate.card.get("sha256"), seconds=round(time.perf_counter() - t0, 2),
+                      metrics={"rates": gate_rates(prob, c.labels[test], [s for s, t in zip(c.sources, test) if t],
+                                                   gate.thresholds),
+                               "ece": expected_calibration_error(prob, c.labels[test]),
+                               "accuracy": float((prob.argmax(1) == c.labels[test]).mean())})
 
 
-__all__ = ["InputGateConfig", "InputGateModel", "evaluate", "gate_rates", "leave_one_source_out", "train"]
+def summary(report: EvalReport) -> str:
+    """False refusals of real chest X-rays and CT slices, false acceptances of the rest, and the ECE."""
+    r = report["rates"]
+    return (f"false_refusal_cxr={r['cxr']['false_refusal_rate']:.4f} ({r['cxr']['refused']}/{r['cxr']['n']}) "
+            f"false_acceptance_non_cxr={r['non_cxr']['false_acceptance_rate']:.4f} "
+            f"({r['non_cxr']['accepted']}/{r['non_cxr']['n']}) false_refusal_ct_slice="
+            f"{r['ct_slice']['false_refusal_rate']:.4f} false_acceptance_non_ct="
+            f"{r['non_ct']['false_acceptance_rate']:.4f} ece={report['ece']:.4f}")
+
+
+__all__ = ["Config", "FORMATS", "InputGateConfig", "InputGateModel", "Predictor", "SPLITS", "evaluate", "gate_rates",
+           "leave_one_source_out", "summary", "train"]

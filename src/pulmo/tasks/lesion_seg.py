@@ -24,13 +24,16 @@ from tqdm.auto import tqdm
 from pulmo.datasets import LesionSliceDataset, covid_semiseg_records, ct_volume_records, split_by_patient
 from pulmo.datasets.covid_ct import CLASS_NAMES, read_mask
 from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
-from pulmo.io import Volume, read_image
+from pulmo.io import Image2D, Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
 from pulmo.models import create_model
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.transforms import lung_crop_box, resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
+from pulmo.transforms.ct_postprocess import postprocess_infection
 from pulmo.weights import resolve_card, save_weights, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -173,7 +176,9 @@ def _infection_probability(logits: torch.Tensor) -> torch.Tensor:
 def _validation_probabilities(model: torch.nn.Module, dataset: LesionSliceDataset) -> tuple[np.ndarray, np.ndarray]:
     images = torch.from_numpy(np.stack([it[0] for it in dataset.items]))
     labels = np.stack([it[1][0] for it in dataset.items])
-    probs = torch.cat([_infection_probability(model(images[i:i + 8])) for i in range(0, len(images), 8)])
+    device = model_device(model)
+    probs = torch.cat([_infection_probability(model(images[i:i + 8].to(device))).cpu()
+                       for i in range(0, len(images), 8)])
     return probs[:, 0].numpy(), labels
 
 
@@ -283,6 +288,30 @@ class LesionSegmenter:
                 out.append(labels)
         return out
 
+    def predict_volume(self, volume: Volume, lungs: np.ndarray, batch_size: int = 8,
+                       on_progress: Any = None) -> np.ndarray:
+        """Raw (not post-processed) infection labels of a CT volume in HU: every slice holding lung is framed to
+        the lungs' box and lung-windowed (:func:`frame_ct_slices`) and segmented.
+
+        Args:
+            volume: CT in HU, ``(Z, Y, X)``.
+            lungs: bool lung mask ``(Z, Y, X)`` (e.g. :func:`pulmo.tasks.ct_lungs.lung_mask_ct`).
+            batch_size: slices per forward pass.
+            on_progress: called with the fraction done (0-1] after each batch, or None.
+
+        Returns:
+            uint8 ``(Z, Y, X)`` labels (0 background), 0 outside the framed slices.
+        """
+        raw = np.zeros(volume.shape, np.uint8)
+        zs, (rows, cols), slices01 = frame_ct_slices(volume, lungs)
+        for start in range(0, len(slices01), batch_size):
+            chunk = slices01[start:start + batch_size]
+            for z, labels in zip(zs[start:start + batch_size], self.predict(chunk, batch_size=batch_size)):
+                raw[z, rows, cols] = labels
+            if on_progress is not None:
+                on_progress((start + batch_size) / max(1, len(slices01)))
+        return raw
+
 
 def score_records(seg: LesionSegmenter, records: list[dict], progress: bool = True) -> dict[str, Any]:
     """Binary infection metrics of ``seg`` on COVID-SemiSeg records at the original resolution:
@@ -301,16 +330,93 @@ def score_records(seg: LesionSegmenter, records: list[dict], progress: bool = Tr
             "per_image": rows}
 
 
-def evaluate(data: str | Path, format: str = "covid-semiseg", split: str = "test", weights: str = DEFAULT_WEIGHTS,
-             progress: bool = True) -> dict[str, Any]:
-    """Binary infection metrics on a labelled split at the original resolution:
-    ``{"task", "n", "dice_mean", "dice_global", "accuracy", "precision", "sensitivity", "specificity", "f1"}``
-    (``dice_mean`` over images; the others over all pixels)."""
-    if format != "covid-semiseg":
-        raise ConfigError(f"evaluate lesion-seg supports --format covid-semiseg, got {format!r}")
+Config = LesionSegConfig
+FORMATS = ("covid-semiseg",)
+SPLITS = ("test", "train")
+
+
+@dataclasses.dataclass
+class InfectionResult:
+    """Infection labels of a CT volume or slice (:meth:`Predictor.predict`).
+
+    Attributes:
+        labels: uint8 ``(Z, Y, X)`` (volume) or ``(H, W)`` (slice) in the input grid: 0 background, then the
+            card's ``labels`` in order (binary model: 1 = infection).
+        label_names: the names of labels 1, 2, ... .
+        postprocessing: for a volume in HU, what :func:`pulmo.transforms.ct_postprocess.postprocess_infection`
+            removed (rules, thresholds, mL); None for a slice.
+    """
+
+    labels: np.ndarray
+    label_names: list[str]
+    postprocessing: dict[str, Any] | None = None
+
+
+class Predictor(LesionSegmenter):
+    """The task contract's predictor: :class:`LesionSegmenter` built by :meth:`from_weights`, whose ``predict``
+    takes a CT volume in HU or one slice (as ``pulmo analyze`` does)."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """A lesion segmenter from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
+
+        Raises:
+            WeightsError: missing or corrupted weights.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+    def predict(self, image_or_volume: Volume | Image2D) -> InfectionResult:  # type: ignore[override]
+        """Infection of a CT volume in HU (lungs by HU threshold, every lung slice framed and windowed as in
+        training, HU post-processing) or of one slice (HU from DICOM, else already windowed 8/16-bit pixels).
+
+        Raises:
+            InputError: a volume that is not in HU, or no lungs found.
+        """
+        if isinstance(image_or_volume, Volume):
+            volume = image_or_volume
+            lungs = lung_mask_ct(volume)
+            raw = self.predict_volume(volume, lungs)
+            labels, post = postprocess_infection(raw, volume.hu, lungs, volume.spacing)
+            return InfectionResult(labels=labels, label_names=list(self.labels), postprocessing=post)
+        image = image_or_volume
+        if image.source.get("format") == "DICOM":
+            slice01 = window_hu(image.pixels)
+        else:
+            hi = 65535.0 if image.source.get("bit_depth") == 16 else 255.0
+            slice01 = np.clip(image.pixels / hi, 0, 1)
+        return InfectionResult(labels=LesionSegmenter.predict(self, [slice01.astype(np.float32)])[0],
+                               label_names=list(self.labels))
+
+
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True) -> EvalReport:
+    """Binary infection metrics of a weight set on a labelled split at the original resolution: an
+    :class:`EvalReport` of ``n`` slices with ``dice_mean`` (mean over slices), ``dice_global``, ``accuracy``,
+    ``precision``, ``sensitivity``, ``specificity``, ``f1`` (over all pixels; all in [0, 1]) and ``per_image``.
+
+    Args:
+        format: ``covid-semiseg`` (COVID-SemiSeg, Fan et al., IEEE TMI 2020), the only one.
+        split: ``test`` (default: ``TestingSet``) or ``train`` (``TrainingSet``).
+
+    Raises:
+        ConfigError: another format or split, or an annotations file. InputError: a missing split folder.
+        WeightsError: bad weights.
+    """
+    choose(format, FORMATS, task="lesion-seg", parameter="format")
+    split = choose(split, SPLITS, task="lesion-seg", parameter="split")
+    if annotations:
+        raise ConfigError("evaluate lesion-seg: annotations are not used (the GT/ folder is the reference)")
     records = covid_semiseg_records(data, split, "binary")
-    seg = LesionSegmenter(weights)
+    seg = LesionSegmenter(weights or DEFAULT_WEIGHTS)
     t0 = time.perf_counter()
     scores = score_records(seg, records, progress)
-    return {"task": "lesion-seg", **scores, "split": split, "weights": seg.card["name"],
-            "weights_sha256": seg.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2)}
+    return EvalReport.from_metrics({**scores, "split": split, "weights": seg.card["name"],
+                                    "weights_sha256": seg.card.get("sha256"),
+                                    "seconds": round(time.perf_counter() - t0, 2)}, task="lesion-seg")
+
+
+def summary(report: EvalReport) -> str:
+    """Dice (per slice and global), precision, sensitivity and specificity."""
+    return (f"dice_mean={report['dice_mean']:.4f} dice_global={report['dice_global']:.4f} "
+            f"precision={report['precision']:.4f} sensitivity={report['sensitivity']:.4f} "
+            f"specificity={report['specificity']:.4f}")

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import LungSegDataset, covid_chestxray_mask_records, image_mask_records, split_by_patient
 from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import dice, iou
 from pulmo.models import create_model
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.transforms import normalize_cxr, resize_image, resize_probability
 from pulmo.transforms.augment import segmentation_augmentation
 from pulmo.weights import resolve_card, save_weights
@@ -93,6 +95,7 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.T
     Shapes: ``logits``, ``label``, ``weight`` ``(B, K, H, W)``; ``channel_weight`` ``(K,)``.
     """
     logits = logits.float()
+    channel_weight = channel_weight.to(logits.device)
     bce = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
     w = weight * channel_weight.view(1, -1, 1, 1)
     bce = (bce * w).sum() / w.sum().clamp_min(1.0)
@@ -107,10 +110,11 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.T
 def _evaluate_working(model: torch.nn.Module, dataset: LungSegDataset, batch_size: int = 16) -> dict[str, float]:
     """Dice at the working resolution per convention (thresholded sigmoid, no post-processing)."""
     scores: dict[str, list[float]] = {"visible": [], "v7": []}
+    device = model_device(model)
     for start in range(0, len(dataset), batch_size):
         items = [dataset.load(i) for i in range(start, min(len(dataset), start + batch_size))]
-        x = torch.from_numpy(np.stack([it[0] for it in items]))
-        prob = torch.sigmoid(model(x)).numpy()
+        x = torch.from_numpy(np.stack([it[0] for it in items])).to(device)
+        prob = torch.sigmoid(model(x)).cpu().numpy()
         for j, (_, label, weight) in enumerate(items):
             ch = int(weight.reshape(2, -1).max(axis=1).argmax())
             valid = weight[ch] > 0
@@ -227,8 +231,8 @@ class LungSegmenter:
         if image.modality not in ("cxr", None):
             raise InputError(f"{image.source.get('path', 'image')}: modality {image.modality!r}; lung-seg expects a chest X-ray")
         x = resize_image(normalize_cxr(image.pixels), self.size)
-        prob = torch.sigmoid(self.model(torch.from_numpy(x)[None, None]))
-        return resize_probability(prob, image.shape)[0].numpy()
+        prob = torch.sigmoid(self.model(torch.from_numpy(x)[None, None].to(model_device(self.model))))
+        return resize_probability(prob, image.shape)[0].cpu().numpy()
 
     def postprocess(self, probability: np.ndarray) -> np.ndarray:
         """Threshold ``(H, W)`` probabilities, keep the two largest components (each >= 10 % of the
@@ -247,15 +251,43 @@ class LungSegmenter:
         return self.postprocess(self.probabilities(image)[self.channel])
 
 
-def evaluate(data: str | Path, weights: str = DEFAULT_WEIGHTS, progress: bool = True) -> dict[str, Any]:
-    """Evaluate on an ``images/`` + ``masks/`` folder: ``{"task", "n", "dice_mean", "dice_std", "iou_mean",
-    "per_image"}`` with Dice/IoU at the original resolution.
+Config = LungSegConfig
+FORMATS = ("images-masks",)
+SPLITS = ("all",)
+
+
+class Predictor(LungSegmenter):
+    """The task contract's predictor: :class:`LungSegmenter` built by :meth:`from_weights`."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """A lung segmenter from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
+
+        Raises:
+            WeightsError: missing or corrupted weights, or a card of another task.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True) -> EvalReport:
+    """Dice / IoU of a weight set at the original resolution on an ``images/`` + ``masks/`` folder (masks 0/255,
+    same file names; every image is scored, ``split`` ``all``).
+
+    Returns:
+        :class:`EvalReport` with ``n`` images and the metrics ``dice_mean``, ``dice_std``, ``iou_mean`` (each
+        in [0, 1]) and ``per_image`` ``[{"image", "dice", "iou"}]``.
 
     Raises:
-        InputError: bad layout or unreadable files. WeightsError: bad weights.
+        ConfigError: an unknown format or split, or an ``annotations`` file (this layout has none).
+        InputError: bad layout, unreadable files or a mask of another size. WeightsError: bad weights.
     """
+    choose(format, FORMATS, task="lung-seg", parameter="format")
+    choose(split, SPLITS, task="lung-seg", parameter="split")
+    if annotations:
+        raise ConfigError("evaluate lung-seg: annotations are not used (the masks/ folder is the reference)")
     records = image_mask_records(data)
-    segmenter = LungSegmenter(weights)
+    segmenter = LungSegmenter(weights or DEFAULT_WEIGHTS)
     t0 = time.perf_counter()
     rows = []
     for r in tqdm(records, desc="lung-seg evaluate", disable=not progress):
@@ -266,7 +298,12 @@ def evaluate(data: str | Path, weights: str = DEFAULT_WEIGHTS, progress: bool = 
         pred = segmenter.predict(image)
         rows.append({"image": Path(r["image"]).name, "dice": dice(pred, ref), "iou": iou(pred, ref)})
     d = np.array([r["dice"] for r in rows])
-    return {"task": "lung-seg", "n": len(rows), "dice_mean": float(d.mean()), "dice_std": float(d.std()),
-            "iou_mean": float(np.mean([r["iou"] for r in rows])), "weights": segmenter.card.get("name"),
-            "weights_sha256": segmenter.card.get("sha256"), "seconds": round(time.perf_counter() - t0, 2),
-            "per_image": rows}
+    return EvalReport(task="lung-seg", n=len(rows), weights=segmenter.card.get("name"),
+                      weights_sha256=segmenter.card.get("sha256"), seconds=round(time.perf_counter() - t0, 2),
+                      metrics={"dice_mean": float(d.mean()), "dice_std": float(d.std()),
+                               "iou_mean": float(np.mean([r["iou"] for r in rows])), "per_image": rows})
+
+
+def summary(report: EvalReport) -> str:
+    """``dice=<mean>±<std> iou=<mean>``."""
+    return f"dice={report['dice_mean']:.4f}±{report['dice_std']:.4f} iou={report['iou_mean']:.4f}"

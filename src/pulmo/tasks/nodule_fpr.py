@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,13 @@ from pulmo.datasets.lidc_slices import (
     split_nodules,
 )
 from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Volume, read_image
 from pulmo.metrics import bootstrap_ci
 from pulmo.metrics.classification import roc_auc
 from pulmo.models import create_model
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.weights import resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
@@ -302,9 +305,12 @@ class CropDataset(Dataset):
 
 @torch.no_grad()
 def crop_probabilities(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Nodule probability of uint8 crops ``(N, 3, 64, 64)``: float64 ``(N,)`` in [0, 1]."""
+    """Nodule probability of uint8 crops ``(N, 3, 64, 64)``: float64 ``(N,)`` in [0, 1] (run on the model's
+    device)."""
     model.eval()
-    out = [torch.sigmoid(model(torch.from_numpy(crops[i:i + batch_size].astype(np.float32) / 255.0)).float())[:, 0]
+    device = model_device(model)
+    out = [torch.sigmoid(model(torch.from_numpy(crops[i:i + batch_size].astype(np.float32) / 255.0).to(device))
+                         .float())[:, 0].cpu()
            for i in range(0, len(crops), batch_size)]
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
@@ -467,8 +473,8 @@ def train(config: NoduleFprConfig, command: str = "") -> dict[str, Any]:
     pos_weight = torch.tensor(len(neg_train) * repeat / max(1, len(pos_train)))
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(m(batch["image"]).float()[:, 0], batch["label"],
-                                                  pos_weight=pos_weight)
+        logits = m(batch["image"]).float()[:, 0]
+        return F.binary_cross_entropy_with_logits(logits, batch["label"], pos_weight=pos_weight.to(logits.device))
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         p, n = crop_probabilities(m, val_pos), crop_probabilities(m, val_neg)
@@ -529,5 +535,93 @@ def train(config: NoduleFprConfig, command: str = "") -> dict[str, Any]:
     return save_weights(model, out / f"{config.name}.safetensors", card)
 
 
-__all__ = ["DEFAULT_WEIGHTS", "NoduleFpr", "NoduleFprConfig", "ScanCandidates", "crop_probabilities",
+Config = NoduleFprConfig
+FORMATS = ("lidc-slices",)
+SPLITS = ("test", "all")
+
+
+class Predictor(NoduleFpr):
+    """The task contract's predictor: :class:`NoduleFpr` built by :meth:`from_weights`."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """The second stage of a weight name or ``.safetensors`` path (None: ``nodule-fpr``, not bundled).
+
+        Raises:
+            WeightsError: missing or corrupted weights.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+    def predict(self, volume: Volume, centres_zyx: Sequence[Sequence[float]]) -> np.ndarray:
+        """Nodule probability float64 ``(N,)`` in [0, 1] at candidate points ``(N, 3)`` (z, y, x voxels) of a CT
+        volume in HU.
+
+        Raises:
+            InputError: not a CT volume.
+        """
+        if not isinstance(volume, Volume):
+            raise InputError(f"nodule-fpr needs a CT volume (pulmo.io.Volume in HU), got {type(volume).__name__}")
+        return self.probabilities(volume.hu, volume.spacing, centres_zyx)
+
+
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True,
+             scans: Sequence[str] = ()) -> EvalReport:
+    """Score a second-stage weight set: sensitivity on real LIDC nodule crops (the card's held-out patients with
+    ``split="test"``, the default, or every nodule with ``all``) at the card's threshold, with a 95 % bootstrap
+    interval and by size, and, for each of ``scans``, how many of its non-nodule points (vessels, border,
+    parenchyma, the detector's own candidates) it calls a nodule.
+
+    Args:
+        data: the LIDC-IDRI-slices folder or ``.tar.gz`` (format ``lidc-slices``).
+        annotations: not used; must be None.
+        weights: weight name or ``.safetensors`` path (None: ``nodule-fpr``).
+        scans: CT series as ``PATH`` or ``PATH=LABEL`` (a label volume of its lesions, kept out of the negatives).
+
+    Returns:
+        :class:`EvalReport` of ``n`` nodules with ``positives`` (``sensitivity``, ``sensitivity_ci95``,
+        ``by_size``, ``n_nodules``, ``n_patients``), ``scans`` (per scan: counts and rates per kind of point,
+        ``fp_per_scan``), ``threshold`` and ``split``.
+
+    Raises:
+        ConfigError: unknown format or split, an annotations file, or ``split="test"`` with a card that lists no
+            test patients. InputError: unreadable data. WeightsError: bad weights.
+    """
+    choose(format, FORMATS, task="nodule-fpr", parameter="format")
+    split = choose(split, SPLITS, task="nodule-fpr", parameter="split")
+    if annotations:
+        raise ConfigError("evaluate nodule-fpr: annotations are not used")
+    fpr = NoduleFpr(weights or DEFAULT_WEIGHTS)
+    patients = None
+    if split == "test":
+        patients = ((fpr.card.get("training") or {}).get("split") or {}).get("test_patients")
+        if not patients:
+            raise ConfigError(f"weights {fpr.card.get('name')!r}: the card lists no held-out test patients; use "
+                              "split='all'")
+    t0 = time.perf_counter()
+    nodules = read_lidc_slices(data, patients=patients, progress=progress).nodules
+    probs = crop_probabilities(fpr.model, np.stack([nodule_crops(n, 1.0)[0] for n in nodules]))
+    scan_rows = []
+    for k, spec in enumerate(scans):
+        path, _, label = spec.partition("=")
+        sc = scan_candidates(path, label or None, seed=k)
+        scan_rows.append(_scan_report(sc, crop_probabilities(fpr.model, sc.crops), fpr.threshold))
+    return EvalReport(task="nodule-fpr", n=len(nodules), weights=fpr.card.get("name"),
+                      weights_sha256=fpr.card.get("sha256"), seconds=round(time.perf_counter() - t0, 2),
+                      metrics={"split": split, "threshold": fpr.threshold,
+                               "positives": _positive_report(nodules, probs, fpr.threshold), "scans": scan_rows})
+
+
+def summary(report: EvalReport) -> str:
+    """Sensitivity on the nodules (95 % interval) and each scan's non-nodule points called a nodule."""
+    pos = report["positives"]
+    line = (f"split={report['split']} nodules={pos['n_nodules']} threshold={report['threshold']:.3f} "
+            f"sensitivity={pos['sensitivity']:.4f} [{pos['sensitivity_ci95'][0]:.4f}, {pos['sensitivity_ci95'][1]:.4f}]")
+    for row in report["scans"]:
+        called = sum(row[k]["called_nodule"] for k in NEGATIVE_KINDS)
+        line += f" {row['scan']}: {called}/{row['n_crops'] - len(row['references'])} non-nodule points called nodule"
+    return line
+
+
+__all__ = ["Config", "DEFAULT_WEIGHTS", "FORMATS", "Predictor", "SPLITS", "evaluate", "summary", "NoduleFpr", "NoduleFprConfig", "ScanCandidates", "crop_probabilities",
            "nodule_crops", "scan_candidates", "scan_crop", "threshold_for_sensitivity", "train"]

@@ -70,9 +70,11 @@ from pulmo.datasets.lidc_slices import (
     split_nodules,
 )
 from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.metrics import bootstrap_ci, dice, iou
 from pulmo.models import create_model
+from pulmo.tasks.base import EvalReport, choose
 from pulmo.weights import resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ def nodule_probabilities(model: torch.nn.Module, images: np.ndarray, context: in
         context: slices either side fed as channels (edge slices repeated).
         divisor: the input is padded (edge values) to a multiple of this, then cropped back.
         batch_size: slices per forward pass.
-        bf16: run the network under bfloat16 autocast (CPU).
+        bf16: run the network under bfloat16 autocast (of the model's device type; inputs go to its device).
         tta: average over the 4 in-plane flips (:data:`TTA_FLIPS`; 4x the compute).
 
     Returns:
@@ -235,17 +237,18 @@ def _stacks_probabilities(model: torch.nn.Module, stacks: Sequence[np.ndarray], 
         for i in range(len(x01)):
             inputs.setdefault(x01.shape[1:], []).append((k, i, context_stack(x01, i, context)))
     outs = [np.empty(np.shape(s), dtype=np.float32) for s in stacks]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    device = model_device(model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for (h, w), items in inputs.items():
         ph, pw = (-h) % divisor, (-w) % divisor
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            x = torch.from_numpy(np.stack([c[2] for c in chunk]))
+            x = torch.from_numpy(np.stack([c[2] for c in chunk])).to(device)
             if ph or pw:
                 x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
             with autocast:
                 logits = model(x)
-            prob = torch.sigmoid(logits.float())[:, 0, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w].numpy()
+            prob = torch.sigmoid(logits.float())[:, 0, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w].cpu().numpy()
             for (k, i, _), p in zip(chunk, prob):
                 outs[k][i] = p
     return outs
@@ -430,11 +433,6 @@ class NoduleSegmenter:
         self.divisor = 2 ** (int(self.card.get("model_kwargs", {}).get("depth", 4)) - 1)
         self.tta = str(self.card.get("postprocessing", {}).get("tta", "none")) != "none"
 
-    @classmethod
-    def from_weights(cls, weights: str = DEFAULT_WEIGHTS) -> NoduleSegmenter:
-        """The segmenter of a weight name or ``.safetensors`` path (see the class)."""
-        return cls(weights)
-
     def _grey(self, array: np.ndarray, hu: bool) -> np.ndarray:
         a = np.asarray(array)
         if hu:
@@ -502,18 +500,19 @@ class NoduleSegmenter:
         return rows
 
 
-def evaluate(data: str | Path, format: str = "lidc-slices", weights: str = DEFAULT_WEIGHTS, split: str = "test",
-             progress: bool = True) -> dict[str, Any]:
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True) -> EvalReport:
     """Score a weight set on LIDC-IDRI-slices crops.
 
     Args:
         data: LIDC-IDRI-slices folder or ``.tar.gz``.
-        format: ``lidc-slices``.
-        weights: weight name or ``.safetensors`` path with its card.
-        split: ``test`` (only the patients the card lists as held out, ``training.split.test_patients``) or ``all``.
+        format: ``lidc-slices`` (the only one; None = it).
+        annotations: not used (the reader masks are in the layout); must be None.
+        weights: weight name or ``.safetensors`` path with its card (None: the bundled ``nodule-seg``).
+        split: ``test`` (default: only the patients the card lists as held out, ``training.split.test_patients``) or ``all``.
 
     Returns:
-        ``{"task": "nodule-seg", "split", "dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "n", "n_nodules",
+        :class:`EvalReport` of ``n`` nodules with ``{"split", "dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "n", "n_nodules",
         "n_patients", "n_skipped_empty", "by_readers", "by_size", "size_unit", "threshold", "reference", "weights",
         "weights_sha256", "seconds", "per_nodule"}`` (see :func:`overlap_report`; ``n`` = ``n_nodules``).
 
@@ -521,17 +520,17 @@ def evaluate(data: str | Path, format: str = "lidc-slices", weights: str = DEFAU
         ConfigError: unknown format or split, or ``split="test"`` with a card that lists no test patients.
         InputError: unreadable data, or none of the card's test patients in ``data``. WeightsError: bad weights.
     """
-    if format not in FORMATS:
-        raise ConfigError(f"evaluate nodule-seg supports --format lidc-slices, got {format!r}")
-    if split not in ("test", "all"):
-        raise ConfigError(f"evaluate nodule-seg: split {split!r}; expected 'test' or 'all'")
-    seg = NoduleSegmenter(weights)
+    choose(format, FORMATS, task="nodule-seg", parameter="format")
+    split = choose(split, SPLITS, task="nodule-seg", parameter="split")
+    if annotations:
+        raise ConfigError("evaluate nodule-seg: annotations are not used (the mask-0..3 folders are the reference)")
+    seg = NoduleSegmenter(weights or DEFAULT_WEIGHTS)
     patients = None
     if split == "test":
         patients = (seg.card.get("training", {}).get("split") or {}).get("test_patients")
         if not patients:
             raise ConfigError(f"weights {seg.card.get('name')!r}: the card lists no held-out test patients "
-                              "(training.split.test_patients); use --split all")
+                              "(training.split.test_patients); use split='all'")
     t0 = time.perf_counter()
     try:
         ds = read_lidc_slices(data, patients=patients, progress=progress)
@@ -542,11 +541,47 @@ def evaluate(data: str | Path, format: str = "lidc-slices", weights: str = DEFAU
                          f"{seg.card.get('name')!r} is in the data (e.g. {patients[0]})") from None
     rows = seg.score(ds.nodules, progress=progress)
     report = overlap_report(rows)
-    return {"task": "nodule-seg", "split": split, **report, "n": report["n_nodules"],
+    return EvalReport.from_metrics({"task": "nodule-seg", "split": split, **report, "n": report["n_nodules"],
             "n_skipped_empty": ds.n_skipped_empty, "threshold": seg.threshold,
             "reference": {"nodulenet_dsc": NODULENET_DSC, "source": "Tang et al., MICCAI 2019 (3-D, other protocol)"},
             "weights": seg.card.get("name"), "weights_sha256": seg.card.get("sha256"),
-            "seconds": round(time.perf_counter() - t0, 2), "per_nodule": rows}
+            "seconds": round(time.perf_counter() - t0, 2), "per_nodule": rows}, task="nodule-seg")
+
+
+def summary(report: EvalReport) -> str:
+    """Dice with its 95 % interval, IoU, and the nodules skipped for empty masks."""
+    return (f"split={report['split']} nodules={report['n_nodules']} patients={report['n_patients']} "
+            f"dice_mean={report['dice_mean']:.4f} [{report['dice_ci95'][0]:.4f}, {report['dice_ci95'][1]:.4f}] "
+            f"iou_mean={report['iou_mean']:.4f} skipped_empty={report['n_skipped_empty']}")
+
+
+Config = NoduleSegConfig
+SPLITS = ("test", "all")
+
+
+class Predictor(NoduleSegmenter):
+    """The task contract's predictor: :meth:`predict` outlines the nodule a crop stack is centred on
+    (:meth:`NoduleSegmenter.segment_nodule`); :meth:`NoduleSegmenter.predict` gives one centre slice."""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
+        """The segmenter of a weight name or ``.safetensors`` path (None: the bundled ``nodule-seg``).
+
+        Raises:
+            WeightsError: missing or corrupted weights.
+        """
+        return cls(name_or_path or DEFAULT_WEIGHTS)
+
+    def predict(self, images: np.ndarray, hu: bool = False) -> np.ndarray:  # type: ignore[override]
+        """bool ``(S, H, W)`` mask of the nodule at the centre of an axial crop stack ``(S, H, W)`` (uint8 crop
+        grey, float in [0, 1], or HU with ``hu=True``).
+
+        Raises:
+            InputError: not a 3-D stack, or values outside the expected range.
+        """
+        return self.segment_nodule(images, hu)
+
+
 
 
 # ---------------------------------------------------------------------------------------------- CT pipeline

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,12 +212,17 @@ PIPELINE_TASKS = {"input-gate": ("input-gate",), "lung-seg": ("lung-seg",), "cxr
                   "nodule": ("nodule",), "nodule-seg": ("nodule-seg",)}
 
 
-def parse_weight_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+def parse_weight_overrides(items: list[str] | tuple[str, ...], *, registered: Collection[str]) -> dict[str, str]:
     """Check ``TASK=FILE`` choices of user-trained weights against their cards, before any input is read.
 
     Each ``FILE`` is a ``.safetensors`` with its card (same stem, ``.json``) beside it, as ``pulmo train`` writes
     them. Checked: a pipeline task (:data:`PIPELINE_TASKS`), the card's ``task`` fits it, the card's
     ``architecture`` is registered and its sha256 matches the file.
+
+    Args:
+        items: the ``TASK=FILE`` strings.
+        registered: the registered architecture names (``{m["name"] for m in pulmo.list_models()}``; passed in,
+            so that ``pulmo.weights`` does not import ``pulmo.models``, which imports it).
 
     Returns:
         ``{task: absolute path}``.
@@ -225,10 +231,7 @@ def parse_weight_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]
         WeightsError: a malformed item, an unknown task, a missing file or card, a card of another task, an
             unregistered architecture, or a sha256 mismatch (one message naming the item).
     """
-    from pulmo.models import list_models
-
     chosen: dict[str, str] = {}
-    registered = {m["name"] for m in list_models()}
     for item in items:
         task, sep, file = str(item).partition("=")
         if not sep or not task or not file:
