@@ -47,6 +47,8 @@ _FLAG_HELP = {
     "num_workers": "DataLoader worker processes (0 = in the main process)", "threads": "torch CPU threads (0 = torch's default)",
     "seed": "random seed (initialisation, augmentation, sampling)", "resume": "continue from OUT_DIR/last.pt",
     "max_steps_per_epoch": "cap on optimiser steps per epoch, for smoke runs (0 = the whole epoch)",
+    "device": "where to train: cpu, cuda (this process's GPU, cuda:LOCAL_RANK under torchrun; an error "
+    "without one) or auto (cuda when a GPU is available, else cpu)",
     "features": "channels at the first scale", "size": "input size, px (square)", "data": "dataset root",
     "format": "dataset layout", "spacing_mm": "isotropic resampling spacing, mm", "patch": "training crop edge, voxels",
     "samples_per_epoch": "training crops per epoch", "cache_dir": "folder for preprocessed images, reused by later runs",
@@ -106,6 +108,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--resume", action="store_true", default=None)
     g.add_argument("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int)
+    g.add_argument("--device", choices=["cpu", "cuda", "auto"])
 
 
 def _positive_int(text: str) -> int:

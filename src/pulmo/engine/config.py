@@ -14,6 +14,9 @@ from pulmo.errors import ConfigError
 
 T = TypeVar("T")
 
+#: accepted values of :attr:`TrainConfig.device`
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -30,7 +33,7 @@ class TrainConfig:
         schedule: ``cosine`` (one warm-up epoch, then cosine decay to 2 % of ``lr``; default) or ``constant``
             (``lr`` throughout, as a report that names only a learning rate).
         patience: early stopping after this many epochs without improvement of the monitored metric.
-        bf16: run forward/backward under bfloat16 autocast (CPU).
+        bf16: run forward/backward under bfloat16 autocast on the training device.
         channels_last: use the channels-last memory format.
         num_workers: DataLoader worker processes.
         threads: torch intra-op threads (0 = leave as is).
@@ -38,6 +41,12 @@ class TrainConfig:
         resume: continue from ``out_dir/last.pt`` when it exists.
         max_steps_per_epoch: cap on optimiser steps per epoch (0 = full epoch; for smoke tests).
         progress: show tqdm progress bars.
+        device: where the model and batches live: ``cpu``, ``cuda`` or ``auto`` (default: ``cuda`` when
+            ``torch.cuda.is_available()``, else ``cpu``). Under DDP with CUDA each process takes ``cuda:LOCAL_RANK``.
+            Resolved by :func:`pulmo.engine.distributed.resolve_device` when training starts.
+
+    Raises:
+        ConfigError: ``device`` is not one of ``auto``, ``cpu``, ``cuda``.
     """
 
     out_dir: str = "runs/run"
@@ -56,6 +65,12 @@ class TrainConfig:
     resume: bool = False
     max_steps_per_epoch: int = 0
     progress: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)} "
+                              "(auto = cuda when a GPU is available, else cpu)")
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:

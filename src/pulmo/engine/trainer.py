@@ -1,11 +1,16 @@
 """Generic training loop: AdamW (or Adam / SGD) + warm-up/cosine (or constant) schedule, checkpoint/resume, early stopping, bf16
-autocast, channels-last, tqdm progress and DDP when launched by ``torchrun``.
+autocast, channels-last, tqdm progress and DDP when launched by ``torchrun``, on the CPU or a CUDA GPU
+(``TrainConfig.device``).
 
 The task supplies the model, datasets, a loss ``loss_fn(model, batch) -> scalar tensor`` and an
 evaluation ``evaluate_fn(model) -> {metric: float}`` run on the validation split after each epoch.
+Device contract: :func:`fit` moves the model and every tensor of each training batch (:func:`to_device`) to the
+training device before ``loss_fn`` sees them, so a loss builds any tensor of its own on its inputs' device;
+``evaluate_fn`` gets the model on that device and moves its inputs to ``next(model.parameters()).device``.
 Outputs in ``config.out_dir``: ``config.yaml`` (written by the task), ``history.jsonl`` (one line per
 epoch), ``last.pt`` (model, optimiser, scheduler, epoch, best; loaded with ``weights_only=True``) and
-``best.safetensors`` (fp32 weights of the best epoch).
+``best.safetensors`` (fp32 weights of the best epoch, CPU tensors). ``last.pt`` is loaded onto the CPU first,
+so a checkpoint written on a GPU resumes on the CPU (and the other way round).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,31 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def to_device(obj: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """``obj`` with every tensor moved to ``device``: tensors, and dicts / lists / tuples of them, nested
+    (e.g. a detection batch ``{"image": (B, C, H, W), "targets": [{"boxes", "labels"}, ...]}``). Containers are
+    rebuilt (dicts as ``dict``, named tuples keep their type); anything else is returned as is. A tensor already on
+    ``device`` is returned unchanged (no copy).
+
+    Args:
+        obj: a tensor or a nested container of tensors and other values.
+        device: the target device.
+        non_blocking: asynchronous host-to-GPU copies (pinned memory).
+
+    Returns:
+        The same structure with its tensors on ``device``.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(to_device(v, device, non_blocking) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -81,23 +111,37 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` and keep the best epoch by ``monitor`` (``mode`` "max" or "min").
 
+    The model and each batch go to ``config.device`` (:func:`pulmo.engine.distributed.resolve_device`: the CPU,
+    or ``cuda:LOCAL_RANK``); with ``config.bf16`` the loss runs under bfloat16 autocast of that device type.
+    ``loss_fn(model, batch)`` receives the batch with every tensor on the device (:func:`to_device`);
+    ``evaluate_fn(model)`` receives the model (not the DDP wrapper) on the device in eval mode under
+    ``torch.no_grad()`` and must move its inputs to ``next(model.parameters()).device``.
+
     ``collate_fn`` batches dataset items (default: PyTorch's ``default_collate``; detection tasks pass one
     that keeps per-image box lists).
 
     Returns:
-        ``{"best_metric", "best_epoch", "epochs_run", "stopped_early", "seconds", "world_size"}``.
-        The best weights are in ``out_dir/best.safetensors``; ``model`` is left with the last epoch.
+        ``{"best_metric", "best_epoch", "epochs_run", "stopped_early", "seconds", "world_size", "rank"}``.
+        The best weights are in ``out_dir/best.safetensors``; ``model`` is left with the last epoch, on the
+        training device.
+
+    Raises:
+        ConfigError: an unknown device, optimiser or schedule, or ``device`` ``cuda`` without a GPU.
+        ValueError: ``mode`` is neither "max" nor "min".
+        FloatingPointError: a non-finite training loss.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    rank, world = distributed.setup()
+    device = distributed.resolve_device(config.device)
+    rank, world = distributed.setup(device)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed + rank)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(device=device, memory_format=memory_format)
+    pin = device.type == "cuda"
 
     if world > 1:
         sampler = DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
@@ -105,7 +149,7 @@ def fit(
         sampler = RandomSampler(train_dataset, generator=torch.Generator().manual_seed(config.seed))
     loader = DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler, drop_last=len(
         train_dataset) > config.batch_size * world, num_workers=config.num_workers, worker_init_fn=_worker_init,
-        persistent_workers=config.num_workers > 0, collate_fn=collate_fn)
+        persistent_workers=config.num_workers > 0, collate_fn=collate_fn, pin_memory=pin)
     steps_per_epoch = len(loader) if not config.max_steps_per_epoch else min(len(loader), config.max_steps_per_epoch)
     total_steps = max(1, steps_per_epoch * config.epochs)
     warmup = max(1, steps_per_epoch)
@@ -118,13 +162,19 @@ def fit(
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    train_model: nn.Module = DistributedDataParallel(model) if world > 1 else model
+    if world > 1:
+        train_model: nn.Module = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        train_model = model
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
 
     start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
     last_path = out / "last.pt"
     if config.resume and last_path.is_file():
+        # onto the CPU first: a checkpoint of a GPU run resumes on a CPU-only machine; load_state_dict copies
+        # the weights onto the model's device and the optimiser moves its state to its parameters' device
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -146,9 +196,10 @@ def fit(
         for step, batch in enumerate(bar):
             if step >= steps_per_epoch:
                 break
+            batch = to_device(batch, device, non_blocking=pin)
             if config.channels_last and "image" in batch and batch["image"].dim() == 4:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
             with autocast:
                 loss = loss_fn(train_model, batch)
             if not torch.isfinite(loss):

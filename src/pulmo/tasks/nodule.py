@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Volume, read_image
 from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
@@ -156,12 +157,15 @@ def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: i
     the lungs than their radius + ``lung_margin`` voxels are dropped before false-positive reduction: a lung
     nodule touches the lung (juxta-pleural ones included), while the body wall, the diaphragm dome at the
     scan's end and the mediastinum do not.
+
+    The network runs on its own device; the returned tensors are on the CPU.
     """
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(prep_image))[None, None]
+    device = model_device(model)
+    x = torch.from_numpy(np.ascontiguousarray(prep_image))[None, None].to(device)
     out = model.features(x)
     cls, reg = model.flat_rpn(out)
-    anchors = model.anchors(out["cls"].shape[2:])
+    anchors = model.anchors(out["cls"].shape[2:], device=device)
     scores = torch.sigmoid(cls[0].float())
     k = min(len(scores), 3000)
     top = scores.topk(k).indices
@@ -172,7 +176,8 @@ def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: i
         c = boxes[:, :3].round().long()
         for a, n in enumerate(lung_dist.shape):
             c[:, a] = c[:, a].clamp(0, n - 1)
-        d = torch.from_numpy(lung_dist)[c[:, 0], c[:, 1], c[:, 2]]
+        c = c.cpu()
+        d = torch.from_numpy(lung_dist)[c[:, 0], c[:, 1], c[:, 2]].to(device)
         near = d <= boxes[:, 3] / 2 + lung_margin
         boxes, top_scores = boxes[near], top_scores[near]
     if not len(boxes):
@@ -181,16 +186,16 @@ def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: i
                 "masks": torch.zeros((0, model.mask_size, model.mask_size, model.mask_size))}
     keep = nms_cubes(boxes, top_scores, nms_iou, max_proposals)
     boxes, rpn = boxes[keep], top_scores[keep]
-    bi = torch.zeros(len(boxes), dtype=torch.long)
+    bi = torch.zeros(len(boxes), dtype=torch.long, device=device)
     logit, delta = model.fpr_head(out["f2"], x, bi, boxes)
     refined = decode(delta.float(), boxes)
     prob = torch.sigmoid(logit.float())
     keep = nms_cubes(refined, prob, nms_iou, max_detections)
-    keep = keep[prob[keep] >= min_probability]
+    keep = keep[(prob[keep] >= min_probability).cpu()]  # nms_cubes returns CPU indices
     refined, prob, rpn = refined[keep], prob[keep], rpn[keep]
     masks = model.mask_head(out["f2"], out["f4"], x, bi[:len(refined)], refined) if len(refined) else \
         torch.zeros((0, model.mask_size, model.mask_size, model.mask_size))
-    return {"boxes": refined, "probability": prob, "rpn": rpn, "masks": masks}
+    return {"boxes": refined.cpu(), "probability": prob.cpu(), "rpn": rpn.cpu(), "masks": masks.cpu()}
 
 
 def _mask_to_original(mask_logits: np.ndarray, box: np.ndarray, prep: PreparedCT, shape: tuple[int, int, int],
@@ -451,11 +456,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def nodule_loss(model: NoduleNet3d, batch: dict[str, Any], rng: torch.Generator | None = None) -> torch.Tensor:
     """RPN focal + box loss, FPR head loss on proposals and jittered ground truth (BCE + smooth L1), mask
-    Dice + BCE on jittered ground-truth boxes."""
+    Dice + BCE on jittered ground-truth boxes.
+
+    Every tensor of ``batch`` must be on the model's device; the targets are built there (the jitter is drawn on
+    the CPU, from ``rng`` or the global generator, then moved)."""
     image = batch["image"]
+    device = image.device
     out = model.features(image, batch["coords"])
     cls, reg = model.flat_rpn(out)
-    anchors = model.anchors(out["cls"].shape[2:])
+    anchors = model.anchors(out["cls"].shape[2:], device=device)
     loss = image.new_zeros(())
     roi_b, roi_boxes, roi_lab, roi_tgt = [], [], [], []
     mask_b, mask_boxes, mask_tgt = [], [], []
@@ -470,22 +479,22 @@ def nodule_loss(model: NoduleNet3d, batch: dict[str, Any], rng: torch.Generator 
             props = props[nms_cubes(props, scores[top], 0.1, 12)]
             if len(gt):
                 jit = gt.repeat(2, 1)
-                jit[:, :3] += torch.randn(jit[:, :3].shape, generator=rng) * 0.1 * jit[:, 3:]
-                jit[:, 3:] *= torch.exp(torch.randn(jit[:, 3:].shape, generator=rng) * 0.1)
+                jit[:, :3] += torch.randn(jit[:, :3].shape, generator=rng).to(device) * 0.1 * jit[:, 3:]
+                jit[:, 3:] *= torch.exp(torch.randn(jit[:, 3:].shape, generator=rng).to(device) * 0.1)
                 props = torch.cat([props, jit])
                 iou = box_iou_cubes(props, gt)
                 best, arg = iou.max(1)
                 lab = torch.where(best >= 0.4, 1.0, torch.where(best < 0.2, 0.0, -1.0))
                 tgt = encode(gt[arg], props)
                 mb = gt.clone()
-                mb[:, :3] += torch.randn(mb[:, :3].shape, generator=rng) * 0.05 * mb[:, 3:]
-                mb[:, 3:] *= torch.exp(torch.randn(mb[:, 3:].shape, generator=rng) * 0.05)
-                mask_b.append(torch.full((len(gt),), b))
+                mb[:, :3] += torch.randn(mb[:, :3].shape, generator=rng).to(device) * 0.05 * mb[:, 3:]
+                mb[:, 3:] *= torch.exp(torch.randn(mb[:, 3:].shape, generator=rng).to(device) * 0.05)
+                mask_b.append(torch.full((len(gt),), b, device=device))
                 mask_boxes.append(mb)
                 mask_tgt.append((b, batch["masks"][b]))
             else:
-                lab, tgt = torch.zeros(len(props)), torch.zeros((len(props), 4))
-        roi_b.append(torch.full((len(props),), b))
+                lab, tgt = torch.zeros(len(props), device=device), torch.zeros((len(props), 4), device=device)
+        roi_b.append(torch.full((len(props),), b, device=device))
         roi_boxes.append(props)
         roi_lab.append(lab)
         roi_tgt.append(tgt)
@@ -504,7 +513,7 @@ def nodule_loss(model: NoduleNet3d, batch: dict[str, Any], rng: torch.Generator 
         for b, masks in mask_tgt:
             sel = mb[mbi == b]
             for j in range(len(sel)):
-                t = roi_sample(masks[j][None, None].float(), torch.zeros(1, dtype=torch.long), sel[j:j + 1],
+                t = roi_sample(masks[j][None, None].float(), torch.zeros(1, dtype=torch.long, device=device), sel[j:j + 1],
                                model.mask_size, 1.0, mode="nearest")
                 targets.append(t[0, 0])
         loss = loss + dice_bce_loss(logits, torch.stack(targets))
