@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from pulmo.errors import InputError
+from pulmo.geometry.boxes import xywh_to_xyxy
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _xywh_to_xyxy(values: Iterable[Any], where: str) -> list[float]:
     x, y, w, h = (_number(v, where) for v in values)
     if w <= 0 or h <= 0:
         raise InputError(f"{where}: box [x={x}, y={y}, w={w}, h={h}] has a non-positive width or height")
-    return [x, y, x + w, y + h]
+    return xywh_to_xyxy(np.array([[x, y, w, h]]))[0].tolist()
 
 
 def _check_xyxy(values: Any, where: str) -> list[float]:

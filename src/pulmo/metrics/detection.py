@@ -1,7 +1,9 @@
 """Detection metrics on boxes: IoU, AP at an IoU threshold (per class, mean, class-agnostic), RSNA score.
 
 Pure numpy. Boxes are ``xyxy`` in pixels of the original image, continuous coordinates (area =
-``(x2 - x1) * (y2 - y1)``, no ``+ 1``, as in COCO and torchvision).
+``(x2 - x1) * (y2 - y1)``, no ``+ 1``, as in COCO and torchvision). The IoU comes from
+:func:`pulmo.geometry.boxes.box_iou` (float64; :mod:`pulmo.geometry` sits below metrics, imports nothing of ours
+and neither torch nor MONAI at import time, so metrics stays pure numpy).
 
 Inputs, one entry per image and in the same image order:
 
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pulmo.geometry.boxes import box_iou as geometry_box_iou
 from pulmo.metrics.classification import bootstrap_ci, roc_auc
 
 #: IoU thresholds of the RSNA Pneumonia Detection Challenge: 0.40, 0.45, ..., 0.75.
@@ -53,7 +56,8 @@ def _as_boxes(boxes: Any, what: str) -> np.ndarray:
 
 
 def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
-    """Intersection over union of every pair of boxes.
+    """Intersection over union of every pair of boxes (:func:`pulmo.geometry.boxes.box_iou`, float64, after
+    checking that the boxes are 2-D and finite).
 
     Args:
         boxes1: (N, 4) xyxy px.
@@ -65,16 +69,7 @@ def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
     Raises:
         ValueError: an input is not (K, 4) or not finite.
     """
-    a, b = _as_boxes(boxes1, "boxes1"), _as_boxes(boxes2, "boxes2")
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return geometry_box_iou(_as_boxes(boxes1, "boxes1"), _as_boxes(boxes2, "boxes2"))
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from pulmo.geometry.boxes import cube_iou, cube_nms
 from pulmo.models.registry import register_model
 
 RPN_STRIDE = 4
@@ -68,26 +69,17 @@ def coordinate_channels(shape: Sequence[int], device: torch.device | None = None
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
-def box_iou_cubes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of cubes ``a (N, 4)`` and ``b (M, 4)`` given as ``(z, y, x, d)`` -> ``(N, M)``."""
-    lo = torch.maximum(a[:, None, :3] - a[:, None, 3:] / 2, b[None, :, :3] - b[None, :, 3:] / 2)
-    hi = torch.minimum(a[:, None, :3] + a[:, None, 3:] / 2, b[None, :, :3] + b[None, :, 3:] / 2)
-    inter = (hi - lo).clamp(min=0).prod(-1)
-    return inter / (a[:, None, 3] ** 3 + b[None, :, 3] ** 3 - inter).clamp(min=1e-6)
+#: IoU of cubes ``a (N, 4)`` and ``b (M, 4)`` given as ``(z, y, x, d)`` -> ``(N, M)``
+#: (:func:`pulmo.geometry.boxes.cube_iou`).
+box_iou_cubes = cube_iou
 
 
 def nms_cubes(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int) -> torch.Tensor:
-    """Greedy non-maximum suppression of cubes; indices kept, highest score first (at most ``max_keep``)."""
-    order = scores.argsort(descending=True)
-    keep: list[int] = []
-    while order.numel() and len(keep) < max_keep:
-        i = int(order[0])
-        keep.append(i)
-        if order.numel() == 1:
-            break
-        iou = box_iou_cubes(boxes[i:i + 1], boxes[order[1:]])[0]
-        order = order[1:][iou <= iou_threshold]
-    return torch.as_tensor(keep, dtype=torch.long)
+    """Greedy non-maximum suppression of cubes (:func:`pulmo.geometry.boxes.cube_nms`: suppressed at IoU
+    ``> iou_threshold``); CPU indices kept, highest score first (at most ``max_keep``). Tied scores in the order
+    of torch's default ``argsort(descending=True)`` (``stable=False``), the order the bundled weights were tuned
+    and evaluated with."""
+    return cube_nms(boxes, scores, iou_threshold, max_keep, stable=False).cpu()
 
 
 def encode(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -281,7 +273,7 @@ def rpn_targets(anchors: torch.Tensor, gt: torch.Tensor, pos_iou: float = 0.3,
     targets = torch.zeros((len(anchors), 4), device=anchors.device)
     if len(gt) == 0:
         return labels, targets
-    iou = box_iou_cubes(anchors, gt)
+    iou = cube_iou(anchors, gt)
     best_iou, best_gt = iou.max(1)
     labels[(best_iou >= neg_iou) & (best_iou < pos_iou)] = -1
     labels[best_iou >= pos_iou] = 1

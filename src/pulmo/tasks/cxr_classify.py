@@ -62,6 +62,7 @@ from pulmo.datasets.cxr_labels import (
 )
 from pulmo.engine import TrainConfig, batched_logits, fit, save_config
 from pulmo.errors import ConfigError, InputError
+from pulmo.geometry.boxes import mask_to_box
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import binary_report, classification_report, roc_auc
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, reliability_bins, softmax
@@ -205,10 +206,10 @@ class Preprocessor:
         h, w = lungs.shape
         if lungs.sum() < 0.02 * h * w:
             return 0, h, 0, w
-        ys, xs = np.nonzero(lungs)
-        dy, dx = self.margin * (ys.max() - ys.min() + 1), self.margin * (xs.max() - xs.min() + 1)
-        return (max(0, int(ys.min() - dy)), min(h, int(np.ceil(ys.max() + 1 + dy))),
-                max(0, int(xs.min() - dx)), min(w, int(np.ceil(xs.max() + 1 + dx))))
+        r0, c0, r1, c1 = mask_to_box(lungs)  # rows r0..r1 - 1, columns c0..c1 - 1
+        dy, dx = self.margin * (r1 - r0), self.margin * (c1 - c0)
+        return (max(0, int(r0 - dy)), min(h, int(np.ceil(r1 + dy))),
+                max(0, int(c0 - dx)), min(w, int(np.ceil(c1 + dx))))
 
     def __call__(self, image: Image2D, lungs: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int]]:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pulmo.geometry.boxes import mask_to_box
+
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize ``(H, W)`` float image to ``size = (h, w)`` (bilinear, antialiased when shrinking)."""
@@ -37,9 +39,9 @@ def lung_crop_box(mask2d: np.ndarray, margin: float = 0.08) -> tuple[slice, slic
     Raises:
         ValueError: the mask is empty.
     """
-    ys, xs = np.nonzero(mask2d)
-    if not len(ys):
+    if not np.any(mask2d):
         raise ValueError("lung_crop_box: empty mask")
+    r0, c0, r1, c1 = mask_to_box(mask2d)  # rows r0..r1 - 1, columns c0..c1 - 1
     h, w = mask2d.shape
-    my, mx = int((ys.max() - ys.min()) * margin) + 2, int((xs.max() - xs.min()) * margin) + 2
-    return slice(max(0, ys.min() - my), min(h, ys.max() + my + 1)), slice(max(0, xs.min() - mx), min(w, xs.max() + mx + 1))
+    my, mx = int((r1 - 1 - r0) * margin) + 2, int((c1 - 1 - c0) * margin) + 2
+    return slice(max(0, r0 - my), min(h, r1 + my)), slice(max(0, c0 - mx), min(w, c1 + mx))
