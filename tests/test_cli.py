@@ -257,3 +257,32 @@ def test_analyze_weights_loads_a_user_trained_detector_checked_against_its_card(
     assert main(["analyze", str(image), "--out", str(tmp_path / "o3"), "--weights", f"cxr-detect={mine}"]) == 4
     assert "sha256 does not match" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+@pytest.mark.parametrize("argv, no_progress, verbose", [
+    (["--no-progress", "evaluate", "lung-seg", "--data", "d", "--out", "o"], True, False),
+    (["evaluate", "lung-seg", "--data", "d", "--out", "o", "--no-progress", "-v"], True, True),
+    (["evaluate", "lung-seg", "--data", "d", "--out", "o"], False, False),
+    (["train", "nodule", "--no-progress"], True, False),
+    (["analyze", "x", "--out", "y", "-v"], False, True),
+    (["-v", "models"], False, True),
+])
+def test_global_flags_before_or_after_the_verb(argv, no_progress, verbose):
+    args = build_parser().parse_args(argv)
+    assert (args.no_progress, args.verbose) == (no_progress, verbose)
+
+
+def test_evaluate_verbs_come_from_the_task_registry(capsys):
+    from pulmo.tasks.registry import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "-h"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in TASKS)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "nodule", "-h"])
+    text = capsys.readouterr().out
+    assert "--max-candidates-per-scan" in text and "(default 100)" in text and "--second-stage" in text
+    # a task with several layouts needs --format (exit 2, one line)
+    assert main(["evaluate", "cxr-detect", "--data", "d", "--out", "o"]) == 2
+    assert "give --format (tbx11k|chestx-det10|rsna|nih)" in capsys.readouterr().err

@@ -1,10 +1,13 @@
 """pulmo: chest-imaging computer-aided detection and diagnosis (chest X-ray and CT).
 
-Public API: :func:`read_image`, :func:`analyze`, :func:`create_model`, :func:`list_models`.
+Public API: :func:`read_image`, :func:`analyze`, :func:`create_model`, :func:`list_models`, and the tasks by name:
+:func:`get_task` (a task module with the contract of :mod:`pulmo.tasks.base`: ``Config``, ``train``, ``evaluate``,
+``Predictor``, ``summary``) and :func:`list_tasks`.
 """
 
 from pulmo.errors import ConfigError, InputError, NotAvailableError, OutOfScopeError, PulmoError, WeightsError
 from pulmo.io import Image2D, Volume, read_image
+from pulmo.tasks.registry import get_task, list_tasks
 from pulmo.version import __version__
 
 
@@ -38,6 +41,8 @@ __all__ = [
     "__version__",
     "analyze",
     "create_model",
+    "get_task",
     "list_models",
+    "list_tasks",
     "read_image",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -29,13 +28,6 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-#: train verb -> (task module, its config dataclass); imported only when that verb runs or shows its help
-_TRAIN_TASKS = {"lung-seg": ("lung_seg", "LungSegConfig"), "lesion-seg": ("lesion_seg", "LesionSegConfig"),
-                "input-gate": ("input_gate", "InputGateConfig"), "cxr-classify": ("cxr_classify", "CxrClassifyConfig"),
-                "cxr-detect": ("cxr_detect", "DetectConfig"), "cxr-detect-unet": ("cxr_detect_unet", "UnetDetectConfig"),
-                "nodule": ("nodule", "NoduleConfig"), "nodule-seg": ("nodule_seg", "NoduleSegConfig"),
-                "nodule-fpr": ("nodule_fpr", "NoduleFprConfig")}
-
 #: help of the flags many train verbs share, by dest (a verb's own help text wins)
 _FLAG_HELP = {
     "out_dir": "folder of the run: the weights + card, best.safetensors, last.pt, history.jsonl, config.yaml",
@@ -43,7 +35,7 @@ _FLAG_HELP = {
     "lr": "peak learning rate of the optimiser", "weight_decay": "weight decay of the optimiser",
     "optimizer": "adamw, adam or sgd (momentum 0.9)", "schedule": "cosine (warm-up epoch, cosine decay) or constant",
     "patience": "early stop after this many epochs without a better "
-    "validation metric", "bf16": "bfloat16 autocast on the CPU", "channels_last": "channels-last memory format",
+    "validation metric", "bf16": "bfloat16 autocast on the training device", "channels_last": "channels-last memory format",
     "num_workers": "DataLoader worker processes (0 = in the main process)", "threads": "torch CPU threads (0 = torch's default)",
     "seed": "random seed (initialisation, augmentation, sampling)", "resume": "continue from OUT_DIR/last.pt",
     "max_steps_per_epoch": "cap on optimiser steps per epoch, for smoke runs (0 = the whole epoch)",
@@ -57,9 +49,11 @@ _FLAG_HELP = {
 
 
 def _train_task(verb: str) -> tuple[Any, type]:
-    """The task module and config dataclass of a ``pulmo train`` verb."""
-    module = importlib.import_module(f"pulmo.tasks.{_TRAIN_TASKS[verb][0]}")
-    return module, getattr(module, _TRAIN_TASKS[verb][1])
+    """The task module and its ``Config`` dataclass of a ``pulmo train`` verb (from the task registry)."""
+    from pulmo.tasks.registry import get_task
+
+    module = get_task(verb)
+    return module, module.Config
 
 
 class _TrainHelp(argparse.Action):
@@ -121,11 +115,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _global_flags(parser: argparse.ArgumentParser, default: Any) -> argparse.ArgumentParser:
+    parser.add_argument("--verbose", "-v", action="store_true", default=default, help="debug logging")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true", default=default,
+                        help="no progress bars")
+    return parser
+
+
+def _accept_global_flags(subparsers: Any) -> Any:
+    """Every verb made by ``subparsers`` also takes ``-v`` / ``--no-progress`` after its name (``pulmo analyze X
+    --no-progress``); their defaults are suppressed there, so a flag given before the verb is kept."""
+    add = subparsers.add_parser
+    common = _global_flags(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add(name, parents=[*kwargs.pop("parents", []), common], **kwargs)
+
+    subparsers.add_parser = add_parser
+    return subparsers
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulmo", description="Chest X-ray and CT computer-aided detection.")
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``pulmo`` argument parser: verbs analyze, evaluate TASK, train TASK, models, serve; the tasks of evaluate
+    and train come from :mod:`pulmo.tasks.registry` (without importing torch)."""
+    parser = _global_flags(argparse.ArgumentParser(prog="pulmo", description="Chest X-ray and CT computer-aided "
+                                                                             "detection."), False)
+    sub = _accept_global_flags(parser.add_subparsers(dest="command", required=True))
 
     a = sub.add_parser("analyze", help="analyse an image, a DICOM series or a folder of images")
     a.add_argument("input", help="an image file, a DICOM series folder, a folder of images, or a DICOMweb study URL "
@@ -151,37 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bearer token for the DICOMweb server (default: $PULMO_DICOMWEB_TOKEN; credentials in the URL "
                    "are refused)")
 
-    e = sub.add_parser("evaluate", help="evaluate a bundled model on a labelled dataset")
-    e.add_argument("task", choices=["lung-seg", "lesion-seg", "cxr-classify", "cxr-detect", "nodule", "input-gate",
-                                   "nodule-seg"])
-    e.add_argument("--data", required=True, help="dataset root in the task's layout (nodule-seg: the LIDC-IDRI-slices "
-                   "folder or its .tar.gz)")
-    e.add_argument("--format", help="dataset layout (lesion-seg: covid-semiseg; cxr-classify: kermany, folders, "
-                   "covid-chestxray, covid-radiography, tbx11k, montgomery-shenzhen, chestx-det10, nih; cxr-detect: tbx11k, chestx-det10, rsna, nih; nodule: lidc, luna16; nodule-seg: lidc-slices)")
-    e.add_argument("--annotations", help="cxr-detect: the label file (TBX11K: the COCO JSON relative to --data; "
-                   "ChestX-Det10 JSON; RSNA stage_2_train_labels.csv; NIH BBox_List_2017.csv); nodule --format "
-                   "luna16: annotations.csv (default DATA/annotations.csv)")
-    e.add_argument("--split", choices=["test", "train", "all"],
-                   help="lesion-seg: test (default) or train; cxr-detect: all (default) or test (only the images "
-                   "the model card lists as held out from training); nodule-seg: test (default: the patients the card "
-                   "lists as held out) or all")
-    e.add_argument("--out", required=True, help="metrics JSON file to write")
-    e.add_argument("--weights", help="weight name or .safetensors path (default: the bundled model)")
-    e.add_argument("--corpus", help="input-gate: a cached rendered corpus .npz (default: render it from --data)")
-    e.add_argument("--negatives", action="append", default=[],
-                   help="cxr-detect: images without lesions as FORMAT=PATH (kermany, covid-radiography, "
-                   "covid-chestxray, chestx-det10, folder); scored as false boxes per image and image AUC; repeatable")
-    e.add_argument("--max-candidates-per-scan", dest="max_candidates_per_scan", type=int, default=100,
-                   help="nodule: keep each scan's N most probable candidates for the FROC, as the LUNA16 script's "
-                   "maxNumberOfCADMarks (default 100; 0 = all)")
-    e.add_argument("--second-stage", dest="second_stage", default="auto",
-                   help="nodule: false-positive reduction weights (name or .safetensors), 'auto' (default: the "
-                   "bundled nodule-fpr when present) or 'none' (the detector alone)")
+    e = sub.add_parser("evaluate", help="evaluate a bundled (or --weights) model on a labelled dataset")
+    _add_evaluate_verbs(_accept_global_flags(e.add_subparsers(dest="task", required=True, metavar="TASK")))
+
+    from pulmo.tasks.registry import TASKS
 
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--list-presets", dest="list_presets", action="store_true",
                    help="list the shipped training presets (one per reproduced report) and exit")
-    tsub = t.add_subparsers(dest="task")
+    tsub = _accept_global_flags(t.add_subparsers(dest="task"))
     _add_verb = tsub.add_parser
 
     def add_verb(name: str, **kwargs: Any) -> argparse.ArgumentParser:  # every train verb: -h with the defaults
@@ -190,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     tsub.add_parser = add_verb  # type: ignore[method-assign]
-    ls = tsub.add_parser("lung-seg", help="lung segmentation U-Net")
+    ls = tsub.add_parser("lung-seg", help=TASKS["lung-seg"].description)
     ls.add_argument("--visible-data", dest="visible_data", action="append",
                     help="images/ + masks/ root (visible lung fields); repeatable")
     ls.add_argument("--v7-data", dest="v7_data", help="covid-chestxray-dataset root with masks_v7_lung/")
@@ -199,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--size", type=int)
     ls.add_argument("--name", help="weight-set name")
     _add_train_flags(ls)
-    le = tsub.add_parser("lesion-seg", help="CT infection segmentation (U-Net family of seed 5)")
+    le = tsub.add_parser("lesion-seg", help=TASKS["lesion-seg"].description)
     le.add_argument("--data", help="dataset root")
     le.add_argument("--format", choices=["covid-semiseg", "ct-volumes"])
     le.add_argument("--classes", choices=["binary", "multiclass"])
@@ -217,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a local .safetensors of a torchvision ResNet-34 (e.g. ImageNet) for the encoder; sha256 printed")
     le.add_argument("--name", help="weight-set name")
     _add_train_flags(le)
-    cl = tsub.add_parser("cxr-classify", help="chest X-ray classifier (normal / bacterial / viral / COVID-19)")
+    cl = tsub.add_parser("cxr-classify", help=TASKS["cxr-classify"].description)
     cl.add_argument("--kermany", help="Kermany chest_xray root")
     cl.add_argument("--covid-chestxray", dest="covid_chestxray", help="covid-chestxray-dataset root")
     cl.add_argument("--covid-radiography", dest="covid_radiography", help="COVID-19_Radiography_Dataset root")
@@ -243,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--cache-dir", dest="cache_dir")
     cl.add_argument("--name", help="weight-set name")
     _add_train_flags(cl)
-    de = tsub.add_parser("cxr-detect", help="chest X-ray lesion detector (RetinaNet, focal loss)")
+    de = tsub.add_parser("cxr-detect", help=TASKS["cxr-detect"].description)
     de.add_argument("--data", help="dataset root")
     de.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
     de.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
@@ -264,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probability of the resolution-drop augmentation (default 0.3)")
     de.add_argument("--name", help="weight-set name")
     _add_train_flags(de)
-    du = tsub.add_parser("cxr-detect-unet", help="chest X-ray lesion boxes by the U-Net route of seed 1")
+    du = tsub.add_parser("cxr-detect-unet", help=TASKS["cxr-detect-unet"].description)
     du.add_argument("--data", help="dataset root")
     du.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
     du.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
@@ -283,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--elastic-prob", dest="elastic_prob", type=float, help="probability of the elastic deformation")
     du.add_argument("--name", help="weight-set name")
     _add_train_flags(du)
-    no = tsub.add_parser("nodule", help="3D nodule detector (NoduleNet design) on synthetic nodules in real lungs")
+    no = tsub.add_parser("nodule", help=TASKS["nodule"].description)
     no.add_argument("--backgrounds", help="comma-separated CT volumes (DICOM series folders, NIfTI, mhd, NRRD)")
     no.add_argument("--exclude-labels", dest="exclude_labels",
                     help="comma-separated label volumes, one per background ('' for none), of real nodules to keep "
@@ -301,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--name", help="weight-set name")
     _add_train_flags(no)
 
-    ns = tsub.add_parser("nodule-seg", help="2.5-D U-Net segmenting real LIDC nodules in axial crops")
+    ns = tsub.add_parser("nodule-seg", help=TASKS["nodule-seg"].description)
     ns.add_argument("--data", help="LIDC-IDRI-slices folder (<patient>/nodule-<k>/{images,mask-0..3}/slice-<i>.png) "
                     "or its .tar.gz")
     ns.add_argument("--format", choices=["lidc-slices"], help="dataset layout (default lidc-slices)")
@@ -322,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     ns.add_argument("--name", help="weight-set name (default nodule-seg)")
     _add_train_flags(ns)
 
-    fp = tsub.add_parser("nodule-fpr", help="second-stage nodule classifier: real LIDC nodules against real "
-                         "non-nodule CT points (false-positive reduction)")
+    fp = tsub.add_parser("nodule-fpr", help=TASKS["nodule-fpr"].description)
     fp.add_argument("--data", help="LIDC-IDRI-slices folder or .tar.gz (the positives)")
     fp.add_argument("--scans", action="append", help="a CT series for negatives, PATH or PATH=LABEL (a label volume "
                     "of its lesions, kept out of the negatives); repeatable")
@@ -339,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--name", help="weight-set name (default nodule-fpr)")
     _add_train_flags(fp)
 
-    ig = tsub.add_parser("input-gate", help="the input gate's 'chest radiograph / CT slice / other' model")
+    ig = tsub.add_parser("input-gate", help=TASKS["input-gate"].description)
     ig.add_argument("--data", help="data root holding the datasets' cxr/ and ct/ folders in their public layouts (see "
                     "pulmo.datasets.gate_corpus); not needed when --corpus exists")
     ig.add_argument("--corpus", help="cached rendered corpus .npz (built from --data when missing)")
@@ -416,86 +408,49 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _add_evaluate_verbs(esub: Any) -> None:
+    """``pulmo evaluate TASK``, one verb per registered task: the contract's common flags, then one flag per field
+    of the task's evaluation-options dataclass (help text from the field's metadata, default from the field)."""
+    from pulmo.tasks.registry import TASKS
+
+    for entry in TASKS.values():
+        v = esub.add_parser(entry.name, help=entry.description, description=f"evaluate {entry.name}: {entry.description}")
+        v.add_argument("--data", required=True, help=entry.data_help)
+        many = len(entry.formats) > 1
+        v.add_argument("--format", choices=entry.formats, help="dataset layout" + (
+            " (required)" if many else f" (default {entry.formats[0]})"))
+        if entry.annotations:
+            v.add_argument("--annotations", help="the label file (TBX11K: the COCO JSON relative to --data; ChestX-Det10 "
+                           "JSON; RSNA stage_2_train_labels.csv; NIH BBox_List_2017.csv; LUNA16 annotations.csv)")
+        v.add_argument("--split", choices=entry.splits, help=f"the split scored (default {entry.splits[0]})")
+        v.add_argument("--weights", help="weight name or .safetensors path with its card (default: the bundled model)")
+        v.add_argument("--out", required=True, help="metrics JSON file to write")
+        for f in dataclasses.fields(entry.options):
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            text = str(f.metadata.get("help", f.name.replace("_", " ")))
+            if isinstance(default, list):
+                v.add_argument(flag, dest=f.name, action="append", default=[], metavar=f.metadata.get("metavar"),
+                               help=text)
+            else:
+                v.add_argument(flag, dest=f.name, type=type(default), default=default,
+                               help=f"{text} (default {default if default != '' else 'none'})")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from pulmo.tasks import cxr_classify, cxr_detect, lesion_seg, lung_seg, nodule
+    from pulmo.tasks.registry import get_task, task_entry
 
-    progress = not args.no_progress
-    if args.task == "input-gate":
-        from pulmo.tasks import input_gate
-
-        metrics = input_gate.evaluate(args.data, corpus=args.corpus, weights=args.weights or input_gate.DEFAULT_WEIGHTS,
-                                      progress=progress)
-        r = metrics["rates"]
-        line = (f"false_refusal_cxr={r['cxr']['false_refusal_rate']:.4f} ({r['cxr']['refused']}/{r['cxr']['n']}) "
-                f"false_acceptance_non_cxr={r['non_cxr']['false_acceptance_rate']:.4f} "
-                f"({r['non_cxr']['accepted']}/{r['non_cxr']['n']}) false_refusal_ct_slice="
-                f"{r['ct_slice']['false_refusal_rate']:.4f} false_acceptance_non_ct="
-                f"{r['non_ct']['false_acceptance_rate']:.4f} ece={metrics['ece']:.4f}")
-    elif args.task == "nodule-seg":
-        from pulmo.tasks import nodule_seg
-
-        if args.split == "train":
-            raise ConfigError("evaluate nodule-seg: --split must be test or all")
-        metrics = nodule_seg.evaluate(args.data, args.format or "lidc-slices", args.weights or nodule_seg.DEFAULT_WEIGHTS,
-                                      split=args.split or "test", progress=progress)
-        line = (f"split={metrics['split']} nodules={metrics['n_nodules']} patients={metrics['n_patients']} "
-                f"dice_mean={metrics['dice_mean']:.4f} [{metrics['dice_ci95'][0]:.4f}, {metrics['dice_ci95'][1]:.4f}] "
-                f"iou_mean={metrics['iou_mean']:.4f} skipped_empty={metrics['n_skipped_empty']}")
-    elif args.task == "nodule":
-        if args.format not in nodule.FORMATS:
-            raise ConfigError(f"evaluate nodule needs --format lidc|luna16, got {args.format!r}")
-        metrics = nodule.evaluate(args.data, args.format, args.weights or nodule.DEFAULT_WEIGHTS, args.annotations,
-                                  progress=progress, max_candidates_per_scan=args.max_candidates_per_scan,
-                                  second_stage=None if args.second_stage == "none" else args.second_stage)
-        froc_line = " ".join(f"{k}:{v:.3f}" for k, v in metrics["froc"].items())
-        dice = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
-        line = f"nodules={metrics['n_nodules']} cpm={metrics['cpm']:.4f} froc[{froc_line}] dice_mean={dice}"
-    elif args.task == "cxr-detect":
-        if not args.format:
-            raise ConfigError("evaluate cxr-detect needs --format tbx11k|chestx-det10|rsna|nih")
-        metrics = cxr_detect.evaluate(args.data, args.format, args.annotations, args.weights or cxr_detect.DEFAULT_WEIGHTS,
-                                      split=args.split or "all", progress=progress, negatives=args.negatives)
-        aps = " ".join(f"AP50[{k}]={v:.4f}" for k, v in metrics.get("ap_50", {}).items())
-        line = (f"ap_50_agnostic={metrics.get('ap_50_agnostic', float('nan')):.4f} "
-                f"map_50={metrics.get('map_50', float('nan')):.4f} {aps} "
-                f"rsna_score={metrics.get('rsna_score', float('nan')):.4f}")
-        if "fp_per_negative_image" in metrics:
-            line += (f" fp_per_negative_image={metrics['fp_per_negative_image']:.3f} "
-                     f"(n={metrics['n_negative_images']})")
-        if "image_auc" in metrics:
-            line += f" image_auc={metrics['image_auc']:.4f}"
-        ar = metrics.get("average_recall_at_fp") or {}
-        if ar:  # ChestX-Det10's official metric: recall at 0.05 / 0.1 / 0.2 false positives per image
-            line += " " + " ".join(f"recall@{k}fp={v:.4f}" if k != "mean" else f"average_recall={v:.4f}"
-                                   for k, v in ar.items() if isinstance(v, float))
-    elif args.task == "cxr-classify":
-        if not args.format:
-            raise ConfigError("evaluate cxr-classify needs --format kermany|folders|covid-chestxray|covid-radiography|"
-                              "tbx11k|montgomery-shenzhen|chestx-det10|nih")
-        metrics = cxr_classify.evaluate(args.data, args.format, args.weights or cxr_classify.DEFAULT_WEIGHTS,
-                                        progress=progress)
-        line = (f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} ece={metrics['ece']:.4f} "
-                f"labels={metrics['labels']}")
-        if "other_finding" in metrics["scope"]:
-            o = metrics["scope"]["other_finding"]
-            line += (f" other_finding_called_covid19_in_scope={o['called_covid19_in_scope']:.3f} "
-                     f"flagged_out_of_scope={o['flagged_out_of_scope']:.3f} (n={o['n']})")
-    elif args.task == "lung-seg":
-        metrics = lung_seg.evaluate(args.data, args.weights or lung_seg.DEFAULT_WEIGHTS, progress=progress)
-        line = f"dice={metrics['dice_mean']:.4f}±{metrics['dice_std']:.4f} iou={metrics['iou_mean']:.4f}"
-    else:
-        if args.split == "all":
-            raise ConfigError("evaluate lesion-seg: --split must be test or train")
-        metrics = lesion_seg.evaluate(args.data, args.format or "covid-semiseg", args.split or "test", args.weights or lesion_seg.DEFAULT_WEIGHTS,
-                                      progress=progress)
-        line = (f"dice_mean={metrics['dice_mean']:.4f} dice_global={metrics['dice_global']:.4f} "
-                f"precision={metrics['precision']:.4f} sensitivity={metrics['sensitivity']:.4f} "
-                f"specificity={metrics['specificity']:.4f}")
+    entry = task_entry(args.task)
+    if args.format is None and len(entry.formats) > 1:
+        raise ConfigError(f"evaluate {entry.name}: give --format ({'|'.join(entry.formats)}): the layout of --data")
+    task = get_task(entry.name)
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(entry.options)}
+    report = task.evaluate(args.data, format=args.format, annotations=getattr(args, "annotations", None),
+                           split=args.split, weights=args.weights, progress=not args.no_progress, **options)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
-    n = metrics.get("n", metrics.get("n_images", metrics.get("n_scans")))
-    print(f"{metrics['task']}: n={n} {line} -> {out}")
+    out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"{report.task}: n={report.n} {task.summary(report)} -> {out}")
     return 0
 
 
@@ -553,13 +508,24 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weight_overrides(items: list[str] | None) -> dict[str, str]:
+    """``--weights TASK=FILE`` items checked against their cards and the registered architectures."""
+    from pulmo.weights import parse_weight_overrides
+
+    if not items:
+        return {}
+    from pulmo import list_models
+
+    return parse_weight_overrides(items, registered={m["name"] for m in list_models()})
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from pulmo.io import InputLimits
     from pulmo.io.dicomweb import is_dicomweb_url
     from pulmo.pipeline import analyze_path
-    from pulmo.weights import parse_weight_overrides, set_weight_overrides
+    from pulmo.weights import set_weight_overrides
 
-    set_weight_overrides(parse_weight_overrides(args.weights or []))  # checked before any input is read
+    set_weight_overrides(_weight_overrides(args.weights))  # checked before any input is read
     limits = InputLimits(max_pixels=args.max_pixels, max_voxels=args.max_voxels)
 
     if is_dicomweb_url(args.input):
@@ -596,9 +562,9 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 def _serve(args: argparse.Namespace) -> int:
     from pulmo.service import serve
-    from pulmo.weights import parse_weight_overrides, set_weight_overrides
+    from pulmo.weights import set_weight_overrides
 
-    set_weight_overrides(parse_weight_overrides(args.weights or []))  # the worker processes inherit the choice
+    set_weight_overrides(_weight_overrides(args.weights))  # the worker processes inherit the choice
     return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
                  max_upload_mb=args.max_upload_mb, job_timeout_s=args.job_timeout_s,
                  job_memory_gb=args.job_memory_gb, log_level=logging.DEBUG if args.verbose else logging.INFO,

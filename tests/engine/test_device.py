@@ -11,8 +11,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from pulmo.engine import TrainConfig, fit, load_config
-from pulmo.engine import distributed
+from pulmo.engine import TrainConfig, distributed, fit, load_config
 from pulmo.engine.distributed import choose_backend, resolve_device
 from pulmo.engine.trainer import to_device
 from pulmo.errors import ConfigError

@@ -107,8 +107,8 @@ def write_dicom_results(image: Image2D | Volume, findings: dict[str, Any], masks
     Raises:
         InputError: the input is not DICOM, or SEG / SR cannot be built on its headers (the message says why).
     """
-    from pulmo.version import __version__
     from pulmo.errors import InputError
+    from pulmo.version import __version__
 
     files = source_files(image)
     if not is_dicom_input(image) or not files:

@@ -99,6 +99,39 @@ class EvalReport(Mapping):
         return len(HEADER_FIELDS) + sum(1 for k in self.metrics if k not in HEADER_FIELDS)
 
 
+class FromWeights:
+    """``from_weights`` of the task contract for a predictor class whose constructor takes the weights first.
+
+    A task's ``Predictor`` subclasses its inference class and this mixin, and sets :attr:`default_weights`.
+    """
+
+    #: the bundled weight name used when ``from_weights`` gets None
+    default_weights: str = ""
+
+    @classmethod
+    def from_weights(cls, name_or_path: str | None = None, **kwargs: Any):
+        """The predictor of a bundled weight name or a ``.safetensors`` path with its card beside it (None: the
+        task's bundled weights); ``kwargs`` go to the constructor.
+
+        Raises:
+            WeightsError: missing or corrupted weights, or a card of another task.
+        """
+        return cls(name_or_path or cls.default_weights, **kwargs)
+
+
+def held_out_patients(card: Mapping[str, Any]) -> list[str]:
+    """The patients a card lists as held out for testing (``training.split.test_patients``).
+
+    Raises:
+        ConfigError: the card lists none (the message says to score ``split='all'``).
+    """
+    patients = ((card.get("training") or {}).get("split") or {}).get("test_patients")
+    if not patients:
+        raise ConfigError(f"weights {card.get('name')!r}: the card lists no held-out test patients "
+                          "(training.split.test_patients); use split='all'")
+    return list(patients)
+
+
 def choose(value: str | None, allowed: Sequence[str], *, task: str, parameter: str) -> str:
     """``value`` checked against ``allowed`` (``None`` = the first, the default).
 
@@ -132,4 +165,12 @@ def check_task_module(module: ModuleType, name: str) -> ModuleType:
     return module
 
 
-__all__ = ["CONTRACT_MEMBERS", "EvalReport", "HEADER_FIELDS", "check_task_module", "choose"]
+__all__ = [
+    "CONTRACT_MEMBERS",
+    "HEADER_FIELDS",
+    "EvalReport",
+    "FromWeights",
+    "check_task_module",
+    "choose",
+    "held_out_patients",
+]

@@ -68,7 +68,7 @@ from pulmo.metrics import binary_report, classification_report, roc_auc
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, reliability_bins, softmax
 from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card, save_weights
 
@@ -751,17 +751,10 @@ Config = CxrClassifyConfig
 SPLITS = ("all",)
 
 
-class Predictor(CxrClassifier):
+class Predictor(FromWeights, CxrClassifier):
     """The task contract's predictor: :class:`CxrClassifier` built by :meth:`from_weights`."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """A classifier from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
-
-        Raises:
-            WeightsError: missing or corrupted weights.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
 
-__all__ = ["Config", "CxrClassifier", "CxrClassifyConfig", "FORMATS", "Predictor", "SPLITS", "evaluate", "summary", "in_scope", "out_of_scope_scores", "roc_auc", "train"]
+__all__ = ["FORMATS", "SPLITS", "Config", "CxrClassifier", "CxrClassifyConfig", "Predictor", "evaluate", "in_scope", "out_of_scope_scores", "roc_auc", "summary", "train"]

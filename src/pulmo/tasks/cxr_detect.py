@@ -50,7 +50,7 @@ from pulmo.io import Image2D, read_image
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card, save_weights
 
@@ -513,6 +513,8 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
         WeightsError: bad weights.
     """
+    format = choose(format, FORMATS, task="cxr-detect", parameter="format")  # before any weights or data are read
+    split = choose(split, SPLITS, task="cxr-detect", parameter="split")
     weights = weights or DEFAULT_WEIGHTS
     if resolve_card(weights).get("task") == "cxr-detect-unet":  # the U-Net route: same outputs and scoring
         from pulmo.tasks.registry import get_task
@@ -579,14 +581,7 @@ Config = DetectConfig
 SPLITS = ("all", "test")
 
 
-class Predictor(Detector):
+class Predictor(FromWeights, Detector):
     """The task contract's predictor: :class:`Detector` built by :meth:`from_weights`."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """A detector from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
-
-        Raises:
-            WeightsError: missing or corrupted weights, or a card of another task.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS

@@ -54,7 +54,7 @@ from pulmo.metrics import round_floats
 from pulmo.metrics.detection import detection_metrics, detection_report
 from pulmo.models import create_model
 from pulmo.models.tiling import overlap_tile_inference, whole_image_inference
-from pulmo.tasks.base import EvalReport
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.tasks.cxr_detect import (
     FORMATS,
     DetectionDataset,
@@ -383,18 +383,10 @@ Config = UnetDetectConfig
 SPLITS = ("all", "test")
 
 
-class Predictor(UnetBoxDetector):
+class Predictor(FromWeights, UnetBoxDetector):
     """The task contract's predictor: :class:`UnetBoxDetector` built by :meth:`from_weights`."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """A U-Net box detector from a weight name or a ``.safetensors`` path (None: ``cxr-detect-unet``, which is
-        not bundled: give the run's weights).
-
-        Raises:
-            WeightsError: missing or corrupted weights, or a card of another task.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
 
 def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
@@ -407,5 +399,11 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
         WeightsError: missing weights, or a card of another task.
     """
+    format = choose(format, FORMATS, task="cxr-detect-unet", parameter="format")  # before the weights are read
+    split = choose(split, SPLITS, task="cxr-detect-unet", parameter="split")
     return score_detector(UnetBoxDetector(weights or DEFAULT_WEIGHTS), data, format=format, annotations=annotations,
                           split=split, progress=progress, negatives=negatives, task="cxr-detect-unet")
+
+
+__all__ = ["FORMATS", "SPLITS", "Config", "Predictor", "UnetBoxDetector", "UnetDetectConfig", "evaluate", "summary",
+           "train"]

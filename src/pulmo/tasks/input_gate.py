@@ -35,7 +35,7 @@ from pulmo.errors import ConfigError
 from pulmo.io import Image2D
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, softmax
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import GATE_SIZE, gate_input
 from pulmo.weights import resolve_card, save_weights
 
@@ -363,18 +363,11 @@ FORMATS = ("gate-corpus",)
 SPLITS = ("test",)
 
 
-class Predictor(InputGateModel):
+class Predictor(FromWeights, InputGateModel):
     """The task contract's predictor: :class:`InputGateModel` built by :meth:`from_weights`; ``predict`` also
     takes an :class:`~pulmo.io.Image2D` (its pixels)."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """The gate model from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
-
-        Raises:
-            WeightsError: missing or corrupted weights.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
     def predict(self, pixels: np.ndarray | Image2D) -> dict[str, float]:
         """Calibrated ``{label: p}`` of a picture: an :class:`~pulmo.io.Image2D` or its ``(H, W)`` pixels."""
@@ -431,5 +424,16 @@ def summary(report: EvalReport) -> str:
             f"{r['non_ct']['false_acceptance_rate']:.4f} ece={report['ece']:.4f}")
 
 
-__all__ = ["Config", "FORMATS", "InputGateConfig", "InputGateModel", "Predictor", "SPLITS", "evaluate", "gate_rates",
-           "leave_one_source_out", "summary", "train"]
+__all__ = [
+    "FORMATS",
+    "SPLITS",
+    "Config",
+    "InputGateConfig",
+    "InputGateModel",
+    "Predictor",
+    "evaluate",
+    "gate_rates",
+    "leave_one_source_out",
+    "summary",
+    "train",
+]

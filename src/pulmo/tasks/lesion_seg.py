@@ -29,7 +29,7 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.transforms import lung_crop_box, resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
@@ -39,7 +39,8 @@ from pulmo.weights import resolve_card, save_weights, sha256_of
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "lesion-seg"
-FORMATS = ("covid-semiseg", "ct-volumes")
+#: dataset layouts ``train`` reads (``evaluate`` reads :data:`FORMATS`)
+TRAIN_FORMATS = ("covid-semiseg", "ct-volumes")
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
 
 
@@ -86,12 +87,12 @@ class LesionSegConfig(TrainConfig):
 
 
 def load_records(data: str | Path, format: str, split: str = "train", classes: str = "binary") -> list[dict]:
-    """Records of a dataset in one of :data:`FORMATS`."""
+    """Records of a dataset in one of :data:`TRAIN_FORMATS`."""
     if format == "covid-semiseg":
         return covid_semiseg_records(data, split, classes)
     if format == "ct-volumes":
         return ct_volume_records(data)
-    raise ConfigError(f"unknown lesion-seg format {format!r}; expected one of {FORMATS}")
+    raise ConfigError(f"unknown lesion-seg format {format!r}; expected one of {TRAIN_FORMATS}")
 
 
 def frame_ct_slices(volume: Volume, lungs: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice], list[np.ndarray]]:
@@ -352,18 +353,11 @@ class InfectionResult:
     postprocessing: dict[str, Any] | None = None
 
 
-class Predictor(LesionSegmenter):
+class Predictor(FromWeights, LesionSegmenter):
     """The task contract's predictor: :class:`LesionSegmenter` built by :meth:`from_weights`, whose ``predict``
     takes a CT volume in HU or one slice (as ``pulmo analyze`` does)."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """A lesion segmenter from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
-
-        Raises:
-            WeightsError: missing or corrupted weights.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
     def predict(self, image_or_volume: Volume | Image2D) -> InfectionResult:  # type: ignore[override]
         """Infection of a CT volume in HU (lungs by HU threshold, every lung slice framed and windowed as in

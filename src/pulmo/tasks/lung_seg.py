@@ -30,7 +30,7 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import dice, iou
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import normalize_cxr, resize_image, resize_probability
 from pulmo.transforms.augment import segmentation_augmentation
 from pulmo.weights import resolve_card, save_weights
@@ -256,17 +256,10 @@ FORMATS = ("images-masks",)
 SPLITS = ("all",)
 
 
-class Predictor(LungSegmenter):
+class Predictor(FromWeights, LungSegmenter):
     """The task contract's predictor: :class:`LungSegmenter` built by :meth:`from_weights`."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """A lung segmenter from a bundled weight name or a ``.safetensors`` path (None: the bundled model).
-
-        Raises:
-            WeightsError: missing or corrupted weights, or a card of another task.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
 
 def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,

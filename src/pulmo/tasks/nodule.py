@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from pulmo.engine import TrainConfig, fit, save_config
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
+from pulmo.geometry.boxes import mask_to_box
 from pulmo.io import Volume, read_image
 from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
 from pulmo.models import create_model
@@ -51,6 +52,7 @@ from pulmo.models.nodulenet import (
     rpn_loss,
     rpn_targets,
 )
+from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.weights import WEIGHTS_DIR, resolve_card, save_weights
 
@@ -122,11 +124,10 @@ def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None
         InputError: not a CT in HU or no lungs found (from :func:`lung_mask_ct`).
     """
     lungs = lung_mask_ct(volume) if lungs is None else lungs
-    idx = np.argwhere(lungs.any(axis=2).any(axis=1))[:, 0], np.argwhere(lungs.any(axis=(0, 2)))[:, 0], \
-        np.argwhere(lungs.any(axis=(0, 1)))[:, 0]
+    box = mask_to_box(lungs)  # (z0, y0, x0, z1, y1, x1) voxels, ends exclusive
     spacing = np.asarray(volume.spacing, np.float64)
-    lo = np.array([max(0, int(i.min() - margin_mm / s)) for i, s in zip(idx, spacing)])
-    hi = np.array([min(n, int(i.max() + 1 + margin_mm / s)) for i, s, n in zip(idx, spacing, volume.shape)])
+    lo = np.array([max(0, int(b - margin_mm / s)) for b, s in zip(box[:3], spacing)])
+    hi = np.array([min(n, int(b + margin_mm / s)) for b, s, n in zip(box[3:], spacing, volume.shape)])
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     size = np.maximum(1, np.round((hi - lo) * spacing / spacing_mm)).astype(int)
     hu = torch.from_numpy(np.ascontiguousarray(volume.hu[crop], dtype=np.float32))[None, None]
@@ -236,10 +237,10 @@ class NoduleDetector:
         self.second_stage = None
         if second_stage == "auto":
             second_stage = FPR_WEIGHTS if (WEIGHTS_DIR / f"{FPR_WEIGHTS}.json").is_file() else None
-        if second_stage:
-            from pulmo.tasks.nodule_fpr import NoduleFpr
+        if second_stage:  # the second stage is a task of its own, bound late through the registry (no import cycle)
+            from pulmo.tasks.registry import get_task
 
-            self.second_stage = NoduleFpr(second_stage)
+            self.second_stage = get_task("nodule-fpr").Predictor.from_weights(second_stage)
         self.threshold = self.second_stage.threshold if self.second_stage else self.detector_threshold
 
     def detect(self, volume: Volume, lungs: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -418,8 +419,8 @@ def make_sample(bg: _Background, patch: int, max_nodules: int, rng: np.random.Ge
     boxes, masks = [], []
     for i in range(1, len(nodules) + 1):
         m = labels == i
-        idx = np.argwhere(m)
-        lo, hi = idx.min(0), idx.max(0) + 1
+        box = mask_to_box(m)
+        lo, hi = box[:3], box[3:]
         boxes.append([*((lo + hi - 1) / 2.0), float((hi - lo).max())])
         masks.append(m)
     shape = np.array(bg.prep.image.shape, np.float64)
@@ -613,9 +614,10 @@ def _lidc_series(root: Path) -> list[Path]:
                                                             and folder_is_dicom_series(p)})
 
 
-def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIGHTS, annotations: str | None = None,
-             progress: bool = True, max_candidates_per_scan: int | None = MAX_CANDIDATES_PER_SCAN,
-             second_stage: str | None = "auto") -> dict[str, Any]:
+def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,
+             split: str | None = None, weights: str | None = None, progress: bool = True,
+             max_candidates_per_scan: int | None = MAX_CANDIDATES_PER_SCAN,
+             second_stage: str | None = "auto") -> EvalReport:
     """LUNA16 FROC / CPM and mask Dice of a weight set, by the rules of the LUNA16 script
     ``noduleCADEvaluationLUNA16.py`` (:mod:`pulmo.metrics.froc`)::
 
@@ -638,7 +640,12 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
     under ``data`` with ``annotations.csv`` (``--annotations`` or ``data/annotations.csv``) and
     ``annotations_excluded.csv`` when present; no masks, so ``dice_mean`` is null.
 
+    Returns an :class:`EvalReport` of ``n`` scans (every scan found: ``split`` ``all``) with the metrics above.
+
     Args:
+        format: ``lidc`` (default) or ``luna16``.
+        annotations: ``luna16``: the ``annotations.csv`` (default ``data/annotations.csv``); not used by ``lidc``.
+        weights: the first stage's weight name or ``.safetensors`` path (None: the bundled ``nodule``).
         max_candidates_per_scan: keep at most this many of each scan's most probable candidates (default
             100, the script's ``maxNumberOfCADMarks``; 0 or ``None``: all).
         second_stage: the false-positive reduction weights (see :class:`NoduleDetector`; ``"auto"``: the bundled
@@ -649,8 +656,12 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
         ConfigError: unknown format, or ``max_candidates_per_scan`` not an integer. InputError: no scans or
             no reference nodules found.
     """
+    format = choose(format, FORMATS, task="nodule", parameter="format")
+    choose(split, SPLITS, task="nodule", parameter="split")
+    if second_stage == "none":
+        second_stage = None
     root = Path(data)
-    det = NoduleDetector(weights, second_stage=second_stage)
+    det = NoduleDetector(weights or DEFAULT_WEIGHTS, second_stage=second_stage)
     cands, refs, excl, dices, per_scan = {}, {}, {}, [], []
     t0 = time.perf_counter()
     if format == "lidc":
@@ -683,7 +694,7 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
             per_scan.append({"seriesuid": uid, "n_reference": len(ref), "n_candidates": len(found),
                              "top_candidates": [{k: v for k, v in n.items() if k not in ("mask", "mask_offset")}
                                                 for n in found[:5]]})
-    elif format == "luna16":
+    else:  # luna16
         from pulmo.datasets.luna16 import annotations_by_series, find_scans, read_annotations, read_scan
 
         ann_path = Path(annotations) if annotations else root / "annotations.csv"
@@ -701,10 +712,9 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
             if uid in excluded:
                 excl[uid] = excluded[uid]
             per_scan.append({"seriesuid": uid, "n_reference": len(refs[uid][1]), "n_candidates": len(found)})
-    else:
-        raise ConfigError(f"unknown nodule format {format!r}; expected one of {FORMATS}")
     result = froc(cands, refs, excluded=excl, seriesuids=list(refs), max_candidates_per_scan=max_candidates_per_scan)
-    return {"task": "nodule", "n_scans": result.n_scans, "n_nodules": result.n_nodules, "cpm": result.cpm,
+    return EvalReport.from_metrics({
+            "task": "nodule", "n_scans": result.n_scans, "n_nodules": result.n_nodules, "cpm": result.cpm,
             "froc": {f"{r:g}": s for r, s in zip(FROC_FP_RATES, result.sensitivities)},
             "cpm_ci95": None if result.cpm_ci is None else list(result.cpm_ci), "froc_ci95": result.froc_ci_dict(),
             "froc_by_size": result.by_size_dict(), "operating_point": result.operating_point(det.threshold),
@@ -716,7 +726,54 @@ def evaluate(data: str | Path, format: str = "lidc", weights: str = DEFAULT_WEIG
                 "weights": det.second_stage.card.get("name"), "weights_sha256": det.second_stage.card.get("sha256"),
                 "threshold": det.second_stage.threshold},
             "scans": per_scan,
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(time.perf_counter() - t0, 2)}, task="nodule", n_key="n_scans")
+
+
+def summary(report: EvalReport) -> str:
+    """CPM, the FROC at the seven LUNA16 rates and the mean Dice."""
+    froc_line = " ".join(f"{k}:{v:.3f}" for k, v in report["froc"].items())
+    dice = "n/a" if report["dice_mean"] is None else f"{report['dice_mean']:.4f}"
+    return f"nodules={report['n_nodules']} cpm={report['cpm']:.4f} froc[{froc_line}] dice_mean={dice}"
+
+
+Config = NoduleConfig
+SPLITS = ("all",)
+
+
+@dataclasses.dataclass
+class NoduleFindings:
+    """The nodules of one CT volume (:meth:`Predictor.predict`).
+
+    Attributes:
+        nodules: ``findings.json`` rows at or above the operating threshold, most probable first (see
+            :meth:`NoduleDetector.findings`: ``center_xyz_mm`` world LPS, ``diameter_mm``, ``volume_mm3``,
+            ``probability`` in [0, 1], ``slice_index``, ...).
+        label_map: int16 ``(Z, Y, X)`` in the volume's grid, 0 background, ``k`` = the k-th nodule.
+        threshold: the probability threshold applied.
+    """
+
+    nodules: list[dict[str, Any]]
+    label_map: np.ndarray
+    threshold: float
+
+
+class Predictor(FromWeights, NoduleDetector):
+    """The task contract's predictor: :class:`NoduleDetector` built by :meth:`from_weights` (which also takes
+    ``second_stage``)."""
+
+    default_weights = DEFAULT_WEIGHTS
+
+    def predict(self, volume: Volume, lungs: np.ndarray | None = None) -> NoduleFindings:
+        """Nodules of a CT volume in HU (lungs found by :func:`pulmo.tasks.ct_lungs.lung_mask_ct` when not
+        given).
+
+        Raises:
+            InputError: not a CT volume in HU.
+        """
+        if not isinstance(volume, Volume):
+            raise InputError(f"nodule detection needs a CT volume (pulmo.io.Volume in HU), got {type(volume).__name__}")
+        rows, label_map = self.findings(volume, lungs)
+        return NoduleFindings(nodules=rows, label_map=label_map, threshold=self.threshold)
 
 
 def paste_consensus(cluster: Any, shape: tuple[int, int, int], level: float = 0.5) -> np.ndarray:

@@ -78,7 +78,7 @@ from pulmo.io import Volume, read_image
 from pulmo.metrics import bootstrap_ci
 from pulmo.metrics.classification import roc_auc
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose, held_out_patients
 from pulmo.weights import resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
@@ -540,17 +540,10 @@ FORMATS = ("lidc-slices",)
 SPLITS = ("test", "all")
 
 
-class Predictor(NoduleFpr):
+class Predictor(FromWeights, NoduleFpr):
     """The task contract's predictor: :class:`NoduleFpr` built by :meth:`from_weights`."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """The second stage of a weight name or ``.safetensors`` path (None: ``nodule-fpr``, not bundled).
-
-        Raises:
-            WeightsError: missing or corrupted weights.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
     def predict(self, volume: Volume, centres_zyx: Sequence[Sequence[float]]) -> np.ndarray:
         """Nodule probability float64 ``(N,)`` in [0, 1] at candidate points ``(N, 3)`` (z, y, x voxels) of a CT
@@ -592,12 +585,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
     if annotations:
         raise ConfigError("evaluate nodule-fpr: annotations are not used")
     fpr = NoduleFpr(weights or DEFAULT_WEIGHTS)
-    patients = None
-    if split == "test":
-        patients = ((fpr.card.get("training") or {}).get("split") or {}).get("test_patients")
-        if not patients:
-            raise ConfigError(f"weights {fpr.card.get('name')!r}: the card lists no held-out test patients; use "
-                              "split='all'")
+    patients = held_out_patients(fpr.card) if split == "test" else None
     t0 = time.perf_counter()
     nodules = read_lidc_slices(data, patients=patients, progress=progress).nodules
     probs = crop_probabilities(fpr.model, np.stack([nodule_crops(n, 1.0)[0] for n in nodules]))
@@ -623,5 +611,21 @@ def summary(report: EvalReport) -> str:
     return line
 
 
-__all__ = ["Config", "DEFAULT_WEIGHTS", "FORMATS", "Predictor", "SPLITS", "evaluate", "summary", "NoduleFpr", "NoduleFprConfig", "ScanCandidates", "crop_probabilities",
-           "nodule_crops", "scan_candidates", "scan_crop", "threshold_for_sensitivity", "train"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "FORMATS",
+    "SPLITS",
+    "Config",
+    "NoduleFpr",
+    "NoduleFprConfig",
+    "Predictor",
+    "ScanCandidates",
+    "crop_probabilities",
+    "evaluate",
+    "nodule_crops",
+    "scan_candidates",
+    "scan_crop",
+    "summary",
+    "threshold_for_sensitivity",
+    "train",
+]

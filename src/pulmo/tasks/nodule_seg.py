@@ -74,7 +74,7 @@ from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.metrics import bootstrap_ci, dice, iou
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, choose
+from pulmo.tasks.base import EvalReport, FromWeights, choose, held_out_patients
 from pulmo.weights import resolve_card, save_weights
 
 logger = logging.getLogger(__name__)
@@ -525,12 +525,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
     if annotations:
         raise ConfigError("evaluate nodule-seg: annotations are not used (the mask-0..3 folders are the reference)")
     seg = NoduleSegmenter(weights or DEFAULT_WEIGHTS)
-    patients = None
-    if split == "test":
-        patients = (seg.card.get("training", {}).get("split") or {}).get("test_patients")
-        if not patients:
-            raise ConfigError(f"weights {seg.card.get('name')!r}: the card lists no held-out test patients "
-                              "(training.split.test_patients); use split='all'")
+    patients = held_out_patients(seg.card) if split == "test" else None
     t0 = time.perf_counter()
     try:
         ds = read_lidc_slices(data, patients=patients, progress=progress)
@@ -559,18 +554,11 @@ Config = NoduleSegConfig
 SPLITS = ("test", "all")
 
 
-class Predictor(NoduleSegmenter):
+class Predictor(FromWeights, NoduleSegmenter):
     """The task contract's predictor: :meth:`predict` outlines the nodule a crop stack is centred on
     (:meth:`NoduleSegmenter.segment_nodule`); :meth:`NoduleSegmenter.predict` gives one centre slice."""
 
-    @classmethod
-    def from_weights(cls, name_or_path: str | None = None) -> Predictor:
-        """The segmenter of a weight name or ``.safetensors`` path (None: the bundled ``nodule-seg``).
-
-        Raises:
-            WeightsError: missing or corrupted weights.
-        """
-        return cls(name_or_path or DEFAULT_WEIGHTS)
+    default_weights = DEFAULT_WEIGHTS
 
     def predict(self, images: np.ndarray, hu: bool = False) -> np.ndarray:  # type: ignore[override]
         """bool ``(S, H, W)`` mask of the nodule at the centre of an axial crop stack ``(S, H, W)`` (uint8 crop
