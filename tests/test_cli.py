@@ -31,7 +31,8 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def test_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "unet-seed1" in out and "monai-unet" in out and "lung-seg-unet" in out
+    assert "\nunet-rsna " in out and "monai-unet" in out and "lung-seg-unet" in out
+    assert "unet-seed1" not in out  # a deprecated alias, not listed
     assert "n=?" not in out and out.count("scope: trained on") >= 6  # every bundled model says what it cannot see
     table = out.split("bundled weights")[1].split("scope of each")[0].strip().splitlines()[1:]
     header, rule, rows = table[0], table[1], table[2:]

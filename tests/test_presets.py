@@ -18,7 +18,7 @@ PRESETS = {"rsna-pneumonia-unet": "cxr-detect-unet", "chestx-det-retinanet-r101"
            "nodulenet-lidc": "nodule", "covid-cxr-lungseg-classify": "cxr-classify",
            "covid-ct-res-attention-unet": "lesion-seg"}
 
-#: hyper-parameters each report prints, as --dry-run must show them (SEEDS.md)
+#: hyper-parameters each report prints, as --dry-run must show them
 REPORTED = {
     "rsna-pneumonia-unet": {"architecture": "unet-rsna-pneumonia", "depth": 5, "elastic": "report", "epochs": 1},
     "chestx-det-retinanet-r101": {"architecture": "retinanet-r101-fpn", "size": 1024, "fpn_channels": 256,

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--visible-data", dest="visible_data", action="append",
                     help="images/ + masks/ root (visible lung fields); repeatable")
     ls.add_argument("--v7-data", dest="v7_data", help="covid-chestxray-dataset root with masks_v7_lung/")
-    ls.add_argument("--architecture", help="registered model name (unet-seed1, monai-unet)")
+    ls.add_argument("--architecture", help="registered model name (unet-rsna, monai-unet)")
     ls.add_argument("--features", type=int)
     ls.add_argument("--size", type=int)
     ls.add_argument("--name", help="weight-set name")
@@ -516,7 +516,8 @@ def _weight_overrides(items: list[str] | None) -> dict[str, str]:
         return {}
     from pulmo import list_models
 
-    return parse_weight_overrides(items, registered={m["name"] for m in list_models()})
+    # deprecated names too: cards saved under a model's former name still load
+    return parse_weight_overrides(items, registered={m["name"] for m in list_models(include_aliases=True)})
 
 
 def _analyze(args: argparse.Namespace) -> int:

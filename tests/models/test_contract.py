@@ -41,25 +41,25 @@ def test_unknown_model_and_bad_kwargs():
     with pytest.raises(ConfigError, match="unknown model"):
         create_model("no-such-net")
     with pytest.raises(ConfigError, match="bad arguments"):
-        create_model("unet-seed1", colour=3)
+        create_model("unet-rsna", colour=3)
 
 
 def test_tampered_weights_rejected(tmp_path):
-    model = create_model("unet-seed1", features=4)
-    save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": "unet-seed1",
+    model = create_model("unet-rsna", features=4)
+    save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": "unet-rsna",
                                                      "model_kwargs": {"features": 4}, "task": "test"})
     data = bytearray((tmp_path / "w.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (tmp_path / "w.safetensors").write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
-        load_into(create_model("unet-seed1", features=4), resolve_card(tmp_path / "w.safetensors"))
+        load_into(create_model("unet-rsna", features=4), resolve_card(tmp_path / "w.safetensors"))
 
 
 def test_weights_for_other_architecture_rejected(tmp_path):
-    model = create_model("unet-seed1", features=4)
-    save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": "unet-seed1",
+    model = create_model("unet-rsna", features=4)
+    save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": "unet-rsna",
                                                      "model_kwargs": {"features": 4}, "task": "test"})
     with pytest.raises(ConfigError, match="not 'monai-unet'"):
         create_model("monai-unet", weights=str(tmp_path / "w.safetensors"))
     with pytest.raises(WeightsError, match="not found"):
-        create_model("unet-seed1", weights="no-such-weights")
+        create_model("unet-rsna", weights="no-such-weights")

@@ -22,9 +22,9 @@ class Tiny(nn.Module):
 
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, dict]:
-    """A valid weight file and card (``w.safetensors`` + ``w.json``) for the registered ``unet-seed1``."""
-    model = create_model("unet-seed1", features=4)
-    card = save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": "unet-seed1",
+    """A valid weight file and card (``w.safetensors`` + ``w.json``) for the registered ``unet-rsna``."""
+    model = create_model("unet-rsna", features=4)
+    card = save_weights(model, tmp_path / "w.safetensors", {"name": "w", "architecture": "unet-rsna",
                                                             "model_kwargs": {"features": 4}, "task": "test"})
     return tmp_path / "w.json", card
 
@@ -52,7 +52,7 @@ def test_every_bundled_card_has_a_matching_sha256_and_a_plain_file():
 
 def test_a_valid_card_loads(saved):
     card_path, _ = saved
-    model = create_model("unet-seed1", weights=str(card_path.with_suffix(".safetensors")))
+    model = create_model("unet-rsna", weights=str(card_path.with_suffix(".safetensors")))
     assert not model.training
 
 
@@ -64,7 +64,7 @@ def test_a_card_without_a_valid_sha256_is_refused(saved, value):
     else:
         _rewrite(card_path, sha256=value)
     with pytest.raises(WeightsError) as exc:
-        create_model("unet-seed1", weights=str(card_path.with_suffix(".safetensors")))
+        create_model("unet-rsna", weights=str(card_path.with_suffix(".safetensors")))
     assert exc.value.exit_code == 4
     message = str(exc.value)
     assert str(card_path) in message and "sha256" in message
@@ -106,11 +106,11 @@ def test_other_broken_cards_are_weights_errors(saved):
         resolve_card(weights)
     card_path.write_text(json.dumps({"name": "w", "file": "w.safetensors", "sha256": "0" * 64}))
     with pytest.raises(WeightsError, match="architecture"):
-        create_model("unet-seed1", weights=weights)
+        create_model("unet-rsna", weights=weights)
 
 
 def test_a_sha256_mismatch_is_still_refused(saved):
     card_path, _ = saved
     _rewrite(card_path, sha256="0" * 64)
     with pytest.raises(WeightsError, match="does not match"):
-        create_model("unet-seed1", weights=str(card_path.with_suffix(".safetensors")))
+        create_model("unet-rsna", weights=str(card_path.with_suffix(".safetensors")))

@@ -1,4 +1,5 @@
-"""Confusion-based metrics with the standard formulas (SEEDS.md notes seed 5 printed Sp and F1 wrongly):
+"""Confusion-based metrics with the standard formulas (the Res-Attention U-Net COVID-19 CT report printed its
+Sp and F1 formulas wrongly):
 accuracy (TP+TN)/N, precision TP/(TP+FP), sensitivity TP/(TP+FN), specificity TN/(TN+FP),
 F1 = 2 P S / (P + S) (equal to Dice for binary masks). Pure numpy."""
 
@@ -8,7 +9,18 @@ import numpy as np
 
 
 def confusion_counts(prediction: np.ndarray, reference: np.ndarray) -> dict[str, int]:
-    """Pixel counts ``{"tp", "fp", "tn", "fn"}`` of two binary arrays of equal shape."""
+    """Pixel counts ``{"tp", "fp", "tn", "fn"}`` of two binary arrays of equal shape.
+
+    Args:
+        prediction: Array of any shape; a value ``> 0`` is positive.
+        reference: Array of the same shape; a value ``> 0`` is positive.
+
+    Returns:
+        Integer counts ``{"tp", "fp", "fn", "tn"}`` summing to ``prediction.size``.
+
+    Raises:
+        ValueError: The two shapes differ.
+    """
     p, r = np.asarray(prediction) > 0, np.asarray(reference) > 0
     if p.shape != r.shape:
         raise ValueError(f"shapes differ: prediction {p.shape}, reference {r.shape}")
@@ -19,7 +31,17 @@ def confusion_counts(prediction: np.ndarray, reference: np.ndarray) -> dict[str,
 
 
 def binary_metrics(counts: dict[str, int]) -> dict[str, float]:
-    """``accuracy, precision, sensitivity, specificity, f1`` from counts; an undefined ratio (0/0) is NaN."""
+    """``accuracy, precision, sensitivity, specificity, f1`` from counts; an undefined ratio (0/0) is NaN.
+
+    Args:
+        counts: ``{"tp", "fp", "tn", "fn"}`` as from :func:`confusion_counts`.
+
+    Returns:
+        The five ratios, each in [0, 1] or NaN.
+
+    Raises:
+        KeyError: a count is missing.
+    """
     tp, fp, tn, fn = (counts[k] for k in ("tp", "fp", "tn", "fn"))
 
     def ratio(a: float, b: float) -> float:

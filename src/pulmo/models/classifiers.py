@@ -1,4 +1,5 @@
-"""Chest X-ray classifiers of seed 4 (SEEDS.md): torchvision ResNet-18, MobileNetV2 and DenseNet-121.
+"""Chest X-ray classifiers of the lung-segmentation-first COVID-19 CXR classifier report: torchvision
+ResNet-18, MobileNetV2 and DenseNet-121.
 
 Built with ``weights=None`` (no ImageNet download is possible here), a 1-channel first convolution for
 greyscale radiographs, and ``num_classes`` outputs (logits). ``GRADCAM_LAYERS`` names the last
@@ -21,6 +22,8 @@ GRADCAM_LAYERS = {"resnet18": "layer4", "mobilenet_v2": "features.18", "densenet
 
 @register_model("resnet18", task="classification", description="torchvision ResNet-18, 1-channel input")
 def resnet18(in_channels: int = 1, num_classes: int = 4) -> nn.Module:
+    """torchvision ResNet-18 (He et al., CVPR 2016), random init, with an ``in_channels`` 7x7 stride-2 first
+    convolution. Input ``(B, in_channels, H, W)`` (H, W >= 32), output ``(B, num_classes)`` logits."""
     m = tvm.resnet18(weights=None, num_classes=num_classes)
     m.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return m
@@ -28,6 +31,8 @@ def resnet18(in_channels: int = 1, num_classes: int = 4) -> nn.Module:
 
 @register_model("mobilenet_v2", task="classification", description="torchvision MobileNetV2, 1-channel input")
 def mobilenet_v2(in_channels: int = 1, num_classes: int = 4) -> nn.Module:
+    """torchvision MobileNetV2 (Sandler et al., CVPR 2018), random init, with an ``in_channels`` 3x3 stride-2
+    first convolution. Input ``(B, in_channels, H, W)`` (H, W >= 32), output ``(B, num_classes)`` logits."""
     m = tvm.mobilenet_v2(weights=None, num_classes=num_classes)
     first = m.features[0][0]
     m.features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=2, padding=1, bias=False)
@@ -36,6 +41,8 @@ def mobilenet_v2(in_channels: int = 1, num_classes: int = 4) -> nn.Module:
 
 @register_model("densenet121", task="classification", description="torchvision DenseNet-121, 1-channel input")
 def densenet121(in_channels: int = 1, num_classes: int = 4) -> nn.Module:
+    """torchvision DenseNet-121 (Huang et al., CVPR 2017), random init, with an ``in_channels`` 7x7 stride-2
+    first convolution. Input ``(B, in_channels, H, W)`` (H, W >= 32), output ``(B, num_classes)`` logits."""
     m = tvm.densenet121(weights=None, num_classes=num_classes)
     m.features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return m

@@ -83,7 +83,12 @@ def _retinanet(depth: int, num_classes: int, in_channels: int, fpn_channels: int
                 description="torchvision RetinaNet, 1-channel ResNet-18 FPN P4-P7, focal loss")
 def retinanet_r18_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: int = 128, min_size: int = 512,
                       max_size: int = 640, score_thresh: float = 0.05, detections_per_img: int = 50) -> RetinaNet:
-    """RetinaNet with a ResNet-18 FPN. ``num_classes`` foreground classes; label 0 is background (unused)."""
+    """RetinaNet with a ResNet-18 FPN. ``num_classes`` foreground classes; label 0 is background (unused).
+
+    Input a list of ``(in_channels, H, W)`` float tensors in [0, 1], resized inside to a shorter side of
+    ``min_size`` px (longer side at most ``max_size``); output in eval mode as in the module docstring, boxes
+    in px of each input, scores >= ``score_thresh``, at most ``detections_per_img`` per image.
+    """
     return _retinanet(18, num_classes, in_channels, fpn_channels, min_size, max_size, score_thresh,
                       detections_per_img)
 
@@ -92,7 +97,10 @@ def retinanet_r18_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: 
                 description="torchvision RetinaNet, 1-channel ResNet-34 FPN P4-P7, focal loss")
 def retinanet_r34_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: int = 128, min_size: int = 512,
                       max_size: int = 640, score_thresh: float = 0.05, detections_per_img: int = 50) -> RetinaNet:
-    """RetinaNet with a ResNet-34 FPN. ``num_classes`` foreground classes; label 0 is background (unused)."""
+    """RetinaNet with a ResNet-34 FPN. ``num_classes`` foreground classes; label 0 is background (unused).
+
+    Inputs and outputs as :func:`retinanet_r18_fpn`.
+    """
     return _retinanet(34, num_classes, in_channels, fpn_channels, min_size, max_size, score_thresh,
                       detections_per_img)
 
@@ -101,7 +109,10 @@ def retinanet_r34_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: 
                 description="torchvision RetinaNet, 1-channel ResNet-50 FPN P3-P7 (P6 from C5), 1024 px")
 def retinanet_r50_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: int = 256, min_size: int = 1024,
                       max_size: int = 1024, score_thresh: float = 0.05, detections_per_img: int = 100) -> RetinaNet:
-    """RetinaNet with a ResNet-50 FPN, P3-P7 as in Lin et al. 2017. ``num_classes`` foreground classes."""
+    """RetinaNet with a ResNet-50 FPN, P3-P7 as in Lin et al. 2017. ``num_classes`` foreground classes.
+
+    Inputs and outputs as :func:`retinanet_r18_fpn` (resized to 1024 px by default).
+    """
     return _retinanet(50, num_classes, in_channels, fpn_channels, min_size, max_size, score_thresh,
                       detections_per_img, levels="p3-p7")
 
@@ -110,7 +121,10 @@ def retinanet_r50_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: 
                 description="torchvision RetinaNet, 1-channel ResNet-101 FPN P3-P7 (P6 from C5), 1024 px: the TB report's")
 def retinanet_r101_fpn(num_classes: int = 2, in_channels: int = 1, fpn_channels: int = 256, min_size: int = 1024,
                        max_size: int = 1024, score_thresh: float = 0.05, detections_per_img: int = 100) -> RetinaNet:
-    """RetinaNet with a ResNet-101 FPN, P3-P7: the TB / ChestX-Det RetinaNet report's detector (SEEDS.md §2)."""
+    """RetinaNet with a ResNet-101 FPN, P3-P7: the TB / ChestX-Det10 RetinaNet report's detector.
+
+    Inputs and outputs as :func:`retinanet_r18_fpn` (resized to 1024 px by default).
+    """
     return _retinanet(101, num_classes, in_channels, fpn_channels, min_size, max_size, score_thresh,
                       detections_per_img, levels="p3-p7")
 

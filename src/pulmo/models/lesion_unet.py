@@ -1,10 +1,10 @@
-"""The four U-Nets of the COVID-19 CT infection comparison (SEEDS.md, seed 5), in one implementation.
+"""The four U-Nets compared by the Res-Attention U-Net COVID-19 CT infection report, in one implementation.
 
 * ``unet``: plain encoder (two 3x3 conv -> BN -> LeakyReLU per scale, as :mod:`pulmo.models.unet`);
 * ``res-unet``: residual encoder blocks (MONAI ``UnetResBlock``), no gates;
 * ``attention-unet``: plain encoder, attention gates on every skip;
 * ``res-attention-unet``: ResNet-34 encoder (torchvision, layers 0-4) + attention gates, final
-  up-sampling + 1x1 conv, as in the seed.
+  up-sampling + 1x1 conv, as in the report.
 
 The attention gate is MONAI's ``AttentionBlock`` (Oktay et al. 2018): A = W_g g + W_x x (1x1 convs + BN),
 alpha = sigmoid(psi(ReLU(A))), the skip multiplied by alpha; g is the up-sampled decoder feature.
@@ -81,6 +81,10 @@ class SegUNet(nn.Module):
         attention: gate every skip connection with an attention block.
         decoder_channels: decoder channels per level, shallow to deep (default: the encoder's skip
             channels; the ResNet-34 variant uses (16, 32, 64, 96) to stay under 45 MB in fp16).
+
+    Raises:
+        TypeError: ``encoder`` is not one of the three, or ``decoder_channels`` does not have one value per
+            skip connection (4).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, features: int = 16, encoder: str = "plain",
@@ -111,6 +115,18 @@ class SegUNet(nn.Module):
         self.attention = attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment a batch.
+
+        Args:
+            x: ``(B, C, H, W)`` float tensor, H and W divisible by ``self.divisor`` (32 for the ResNet-34
+                encoder, 16 for the others).
+
+        Returns:
+            ``(B, K, H, W)`` logits.
+
+        Raises:
+            ValueError: H or W is not divisible by ``self.divisor``.
+        """
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {self.divisor}")
         feats = self.encoder(x)
@@ -122,28 +138,45 @@ class SegUNet(nn.Module):
         return self.head(self.final_up(y))
 
 
-@register_model("unet", task="segmentation", description="U-Net baseline of seed 5 (plain encoder)")
+@register_model("unet", task="segmentation",
+                description="U-Net baseline of the Res-Attention U-Net report (plain encoder)")
 def unet(in_channels: int = 1, out_channels: int = 1, features: int = 16) -> nn.Module:
+    """:class:`SegUNet` with the plain encoder (5 scales from ``features`` channels), no attention gates.
+    Input ``(B, in_channels, H, W)``, H and W divisible by 16; output ``(B, out_channels, H, W)`` logits."""
     return SegUNet(in_channels, out_channels, features, encoder="plain", attention=False)
 
 
-@register_model("res-unet", task="segmentation", description="U-Net with a residual encoder (seed 5)")
+@register_model("res-unet", task="segmentation",
+                description="U-Net with a residual encoder (Res-U-Net baseline of the Res-Attention U-Net report)")
 def res_unet(in_channels: int = 1, out_channels: int = 1, features: int = 16) -> nn.Module:
+    """:class:`SegUNet` with the residual encoder (MONAI ``UnetResBlock``, 5 scales), no attention gates.
+    Input ``(B, in_channels, H, W)``, H and W divisible by 16; output ``(B, out_channels, H, W)`` logits."""
     return SegUNet(in_channels, out_channels, features, encoder="residual", attention=False)
 
 
-@register_model("attention-unet", task="segmentation", description="U-Net with attention gates on the skips (seed 5)")
+@register_model("attention-unet", task="segmentation",
+                description="U-Net with attention gates on the skips (baseline of the Res-Attention U-Net report)")
 def attention_unet(in_channels: int = 1, out_channels: int = 1, features: int = 16) -> nn.Module:
+    """:class:`SegUNet` with the plain encoder and an attention gate (Oktay et al. 2018) on every skip.
+    Input ``(B, in_channels, H, W)``, H and W divisible by 16; output ``(B, out_channels, H, W)`` logits."""
     return SegUNet(in_channels, out_channels, features, encoder="plain", attention=True)
 
 
 @register_model("res-attention-unet", task="segmentation",
-                description="ResNet-34 encoder + attention gates (seed 5's Res-Attention U-Net)")
+                description="ResNet-34 encoder + attention gates (the COVID-19 CT report's Res-Attention U-Net)")
 def res_attention_unet(in_channels: int = 1, out_channels: int = 1, features: int = 64,
                        decoder_channels: tuple[int, ...] | list[int] = (16, 32, 64, 96)) -> nn.Module:
     """``decoder_channels`` (16, 32, 64, 96) is the narrowed decoder of the bundled model (< 45 MB in fp16); the
     report's decoder, as wide as the encoder's skips, is (64, 64, 128, 256) (``--decoder full`` of
-    ``pulmo train lesion-seg``)."""
+    ``pulmo train lesion-seg``).
+
+    The Res-Attention U-Net: :class:`SegUNet` with the ResNet-34 encoder (random init; channels 64-512, so
+    ``features`` is not used) and attention gates. Input ``(B, in_channels, H, W)``, H and W divisible by 32;
+    output ``(B, out_channels, H, W)`` logits.
+
+    Raises:
+        TypeError: ``decoder_channels`` does not have 4 values.
+    """
     return SegUNet(in_channels, out_channels, features, encoder="resnet34", attention=True,
                    decoder_channels=tuple(decoder_channels))
 
@@ -161,7 +194,8 @@ def init_resnet34_encoder(model: SegUNet, state: dict[str, torch.Tensor]) -> int
         The number of tensors copied.
 
     Raises:
-        TypeError: the model has no ResNet-34 encoder. ValueError: no tensor of ``state`` fits it.
+        TypeError: the model has no ResNet-34 encoder.
+        ValueError: no tensor of ``state`` fits it.
     """
     enc = model.encoder
     if not isinstance(enc, _ResNet34Encoder):

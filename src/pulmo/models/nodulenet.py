@@ -1,5 +1,5 @@
 """A CPU-sized 3D nodule network of the NoduleNet design (Tang et al., "NoduleNet: Decoupled False Positive
-Reduction for Pulmonary Nodule Detection and Segmentation", MICCAI 2019; seed 3 of SEEDS.md).
+Reduction for Pulmonary Nodule Detection and Segmentation", MICCAI 2019).
 
 Design, as in the paper, scaled down for two CPU cores:
 
@@ -51,6 +51,7 @@ class ResBlock3d(nn.Module):
                      if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, cin, D, H, W)`` -> ``(B, cout, D/stride, H/stride, W/stride)`` (sides rounded up)."""
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return F.relu(self.bn2(self.conv2(y)) + self.skip(x), inplace=True)
 
@@ -211,8 +212,22 @@ class NoduleNet3d(nn.Module):
 
     # ------------------------------------------------------------------ features and RPN
     def features(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``{"f2": stride-2 map, "f4": fused stride-4 map, "cls": (B, A, D/4, H/4, W/4) logits,
-        "reg": (B, 4A, D/4, H/4, W/4)}``."""
+        """Feature maps and RPN outputs of a batch.
+
+        Args:
+            image: ``(B, 1, D, H, W)`` lung crops, intensities in [0, 1] (HU window -1200..600), every side a
+                multiple of ``size_divisor``.
+            coords: ``(B, 3, D/4, H/4, W/4)`` coordinate channels in [-1, 1]; default the crop's own
+                (:func:`coordinate_channels`).
+
+        Returns:
+            ``{"f2": (B, channels[0], D/2, H/2, W/2) stride-2 map, "f4": (B, C4, D/4, H/4, W/4) fused stride-4
+            map, "cls": (B, A, D/4, H/4, W/4) objectness logits, "reg": (B, 4A, D/4, H/4, W/4) deltas}``
+            with ``A`` anchors.
+
+        Raises:
+            ValueError: a side of ``image`` is not a multiple of ``size_divisor``.
+        """
         if any(s % self.size_divisor for s in image.shape[2:]):
             raise ValueError(f"input sides must be multiples of {self.size_divisor}, got {tuple(image.shape[2:])}")
         f2 = self.stage2(self.stem(image))
@@ -308,5 +323,12 @@ def nodulenet_3d(in_channels: int = 1, channels: Sequence[int] = (24, 48, 64),
                  anchors: Sequence[float] = (3.33, 6.67, 13.33, 20.0), roi_size: int = 8, mask_size: int = 24,
                  blocks: Sequence[int] = (1, 2, 2), back_channels: Sequence[int] | None = None,
                  back_blocks: Sequence[int] | None = None) -> NoduleNet3d:
+    """A :class:`NoduleNet3d` (Tang et al., MICCAI 2019, scaled down; module docstring). The default anchor
+    sides 3.33-20 voxels are 5-30 mm at the 1.5 mm voxels of the nodule route.
+
+    Raises:
+        TypeError: ``channels``/``blocks``/``back_*`` of the wrong length or a stage with fewer than one
+            block.
+    """
     return NoduleNet3d(in_channels, tuple(channels), tuple(anchors), roi_size, mask_size, tuple(blocks),
                        back_channels, back_blocks)

@@ -1,6 +1,6 @@
 """U-Net family for 2D segmentation.
 
-* ``unet-rsna-pneumonia``: the U-Net of the RSNA pneumonia report (SEEDS.md, section 1) as its PyTorch
+* ``unet-rsna-pneumonia``: the U-Net of the RSNA Pneumonia Detection Challenge U-Net report as its PyTorch
   layer listing prints it: ``depth`` (5) scales; each block is two (3x3 conv -> ``BatchNorm2d(momentum=0.9)``
   -> ``LeakyReLU(0.03)``); stride-2 transposed convolutions up, skip concatenation, a 1x1 output conv.
   ``momentum=0.9`` is the value the report prints. In PyTorch it weights the *new* batch statistics by 0.9
@@ -11,11 +11,12 @@
   convs are zero-padded ("same"), so the output has the input's size (the overlap-tile inference of
   :mod:`pulmo.models.tiling` then discards a margin of each tile instead). The convs have no bias (the
   BatchNorm after each one has a shift).
-* ``unet-seed1``: the same layers and parameter names with PyTorch's default ``BatchNorm2d(momentum=0.1)``
+* ``unet-rsna``: the same layers and parameter names with PyTorch's default ``BatchNorm2d(momentum=0.1)``
   (``running = 0.9 * running + 0.1 * batch``). It is pulmo's earlier registration of the report's U-Net, which
   read the printed 0.9 as the other (running-average weight) convention; it is kept, as a variant and
-  not as the report's network, because ``lung-seg`` trains it by default and weight files saved under this
-  name must keep loading (the state dicts of the two are interchangeable).
+  not as the report's network, because ``lung-seg`` trains it by default (the state dicts of the two are
+  interchangeable). Its former name ``unet-seed1`` is a deprecated alias: it builds the same model with a
+  ``DeprecationWarning``, and weight files whose card names it keep loading.
 * ``monai-unet``: MONAI's residual U-Net (Kerfoot et al. 2018) for comparison; the bundled U-Net weights
   (``lung-seg-unet``, ``nodule-seg``) use it.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pulmo.models.registry import register_model
+from pulmo.models.registry import register_alias, register_model
 
 #: BatchNorm momentum printed in the RSNA pneumonia report's PyTorch layer listing (PyTorch semantics)
 REPORT_BN_MOMENTUM = 0.9
@@ -34,8 +35,9 @@ REPORT_LEAKY_SLOPE = 0.03
 
 
 def _block(cin: int, cout: int, bn_momentum: float = 0.1, slope: float = REPORT_LEAKY_SLOPE) -> nn.Sequential:
-    """Two (3x3 conv -> BatchNorm -> LeakyReLU). ``bn_momentum`` defaults to PyTorch's 0.1, which the seed-5
-    U-Nets of :mod:`pulmo.models.lesion_unet` use; :class:`UNet` passes its own."""
+    """Two (3x3 conv -> BatchNorm -> LeakyReLU). ``bn_momentum`` defaults to PyTorch's 0.1, which the
+    Res-Attention U-Net report's four U-Nets (:mod:`pulmo.models.lesion_unet`) use; :class:`UNet` passes
+    its own."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         nn.BatchNorm2d(cout, momentum=bn_momentum),
@@ -59,6 +61,9 @@ class UNet(nn.Module):
     Shapes:
         input ``(B, C, H, W)`` with H and W divisible by ``2 ** (depth - 1)`` (``self.divisor``); output
         ``(B, K, H, W)`` logits.
+
+    Raises:
+        TypeError: ``depth < 2``.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5,
@@ -83,6 +88,17 @@ class UNet(nn.Module):
         self.divisor = 2 ** (depth - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment a batch.
+
+        Args:
+            x: ``(B, C, H, W)`` float tensor, H and W divisible by ``self.divisor``.
+
+        Returns:
+            ``(B, K, H, W)`` logits (apply a sigmoid for probabilities).
+
+        Raises:
+            ValueError: H or W is not divisible by ``self.divisor``.
+        """
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {self.divisor}")
         skips = []
@@ -100,17 +116,37 @@ class UNet(nn.Module):
                 description="U-Net of the RSNA pneumonia report: 5 scales, BatchNorm momentum 0.9 as printed, "
                             "LeakyReLU 0.03, stride-2 transposed convs")
 def unet_rsna_pneumonia(in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5) -> nn.Module:
+    """The RSNA Pneumonia Detection Challenge report's U-Net (module docstring): a :class:`UNet` with
+    ``BatchNorm2d(momentum=0.9)`` as printed. Input ``(B, in_channels, H, W)`` with H, W divisible by
+    ``2 ** (depth - 1)``; output ``(B, out_channels, H, W)`` logits.
+
+    Raises:
+        TypeError: ``depth < 2``.
+    """
     return UNet(in_channels, out_channels, features, depth, bn_momentum=REPORT_BN_MOMENTUM)
 
 
-@register_model("unet-seed1", task="segmentation",
+@register_model("unet-rsna", task="segmentation",
                 description="unet-rsna-pneumonia's layers with PyTorch's default BatchNorm momentum 0.1 (variant)")
-def unet_seed1(in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5) -> nn.Module:
+def unet_rsna(in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5) -> nn.Module:
+    """:func:`unet_rsna_pneumonia`'s layers with PyTorch's default ``BatchNorm2d(momentum=0.1)`` (a variant,
+    not the report's network; module docstring). Input ``(B, in_channels, H, W)`` with H, W divisible by
+    ``2 ** (depth - 1)``; output ``(B, out_channels, H, W)`` logits.
+
+    Raises:
+        TypeError: ``depth < 2``.
+    """
     return UNet(in_channels, out_channels, features, depth, bn_momentum=0.1)
+
+
+register_alias("unet-seed1", "unet-rsna")  # its former name: weight cards saved under it keep loading
 
 
 @register_model("monai-unet", task="segmentation", description="MONAI residual U-Net (2 residual units/scale)")
 def monai_unet(in_channels: int = 1, out_channels: int = 1, features: int = 16, depth: int = 5) -> nn.Module:
+    """MONAI's residual ``UNet`` (Kerfoot et al. 2018): ``depth`` scales of ``features * 2**i`` channels,
+    stride-2 down-sampling, 2 residual units per scale, BatchNorm. Input ``(B, in_channels, H, W)`` with H, W
+    divisible by ``2 ** (depth - 1)``; output ``(B, out_channels, H, W)`` logits."""
     from monai.networks.nets import UNet as MonaiUNet
 
     return MonaiUNet(

@@ -50,7 +50,18 @@ def overlay(pixels: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, i
 
 def mask_overlay(pixels: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = LUNG_COLOUR,
                  alpha: float = 0.25, max_side: int = 1024) -> Image.Image:
-    """The image with one mask tinted by ``colour`` at ``alpha`` and outlined."""
+    """The image with one mask tinted by ``colour`` at ``alpha`` and outlined.
+
+    Args:
+        pixels: ``(H, W)`` grey levels of any real dtype (robust min-max normalised for display).
+        mask: ``(H, W)`` mask, non-zero = painted.
+        colour: RGB 0-255.
+        alpha: opacity of the tint in [0, 1].
+        max_side: the longer side of the picture is shrunk to at most this many px.
+
+    Returns:
+        An RGB Pillow image.
+    """
     return overlay(pixels, [(mask, colour, alpha, True)], max_side=max_side)
 
 
@@ -132,10 +143,10 @@ DETECTION_COLOURS = [(255, 80, 40), (255, 210, 0), (80, 170, 255), (230, 90, 230
 def detection_overlay(pixels: np.ndarray, detections: list[dict], labels: list[str] | None = None,
                       lungs: np.ndarray | None = None, names: dict[str, str] | None = None,
                       max_side: int = 1024) -> Image.Image:
-    """The image with labelled boxes (seed 2's picture): each ``{"label", "score", "box_xyxy"}`` (original
-    px, optional ``"name"``: the detector's display name) drawn as a rectangle with ``"<name> <score>"`` above
-    it; one colour per label; lungs outlined when given. ``names`` maps labels to display names where a
-    detection carries none."""
+    """The image with labelled boxes (the TB / ChestX-Det10 RetinaNet report's picture): each
+    ``{"label", "score", "box_xyxy"}`` (original px, optional ``"name"``: the detector's display name) drawn
+    as a rectangle with ``"<name> <score>"`` above it; one colour per label; lungs outlined when given.
+    ``names`` maps labels to display names where a detection carries none."""
     from PIL import ImageDraw
 
     rgb = grey_rgb(pixels).astype(np.float32)

@@ -1,10 +1,10 @@
-"""``cxr-classify``: normal / bacterial / viral pneumonia / COVID-19 from a chest X-ray (SEEDS.md, seed 4),
-with an "outside my classes" answer.
+"""``cxr-classify``: normal / bacterial / viral pneumonia / COVID-19 from a chest X-ray (after the
+lung-segmentation-first COVID-19 chest X-ray classifier report), with an "outside my classes" answer.
 
-Two stages as in the seed: the bundled ``lung-seg`` model gives a lung mask; the image is cropped to the lung
-fields (``crop="lungs"``: the mask's bounding box plus a margin, so corner text, markers and borders are out of
-the input) and/or multiplied by the mask (``lung_mask=True``), histogram-equalised (``equalize``), then a
-torchvision CNN classifies it. Near-duplicates across sources are removed before a patient-level train /
+Two stages as in that report: the bundled ``lung-seg`` model gives a lung mask; the image is cropped to the
+lung fields (``crop="lungs"``: the mask's bounding box plus a margin, so corner text, markers and borders are
+out of the input) and/or multiplied by the mask (``lung_mask=True``), histogram-equalised (``equalize``), then
+a torchvision CNN classifies it. Near-duplicates across sources are removed before a patient-level train /
 validation / test split; the class imbalance is handled by class-weighted cross-entropy; probabilities are
 calibrated by temperature scaling on the validation split (Guo et al. 2017) and per-class one-vs-rest operating
 thresholds (Youden's J on validation) are stored in the card beside the argmax rule.
@@ -93,7 +93,8 @@ class CxrClassifyConfig(TrainConfig):
         exclude_sources: record ``source`` names kept out of training, validation and calibration; they are
             scored at the end as ``external`` (leave-one-source-out).
         architecture: ``resnet18``, ``mobilenet_v2`` or ``densenet121``.
-        lung_mask: multiply the image by the bundled lung mask first (seed 4's stage 1).
+        lung_mask: multiply the image by the bundled lung mask first (stage 1 of the
+            lung-segmentation-first COVID-19 classifier report).
         crop: ``lungs`` (the lung mask's bounding box plus 10 % margins) or ``none`` (the whole image).
         equalize: histogram-equalise the (cropped) image (``skimage.exposure.equalize_hist``).
         in_scope_retention: share of validation in-scope images that must stay in scope (sets the
@@ -401,9 +402,9 @@ def scope_metrics(records: list[dict], prob: np.ndarray, labels: list[str], thre
 
 def subgroup_metrics(records: list[dict], prob: np.ndarray, n_resamples: int = 1000,
                      labels: list[str] = LABELS) -> dict[str, Any]:
-    """The seed's and the issue's views of a prediction: per source (with ECE), Kermany normal vs pneumonia
-    and three-class, adult COVID-19 vs normal; binary views with bootstrap 95 % CIs. Records whose label the
-    model does not have are left out of the class views."""
+    """The COVID-19 classifier report's and the issue's views of a prediction: per source (with ECE), Kermany
+    normal vs pneumonia and three-class, adult COVID-19 vs normal; binary views with bootstrap 95 % CIs.
+    Records whose label the model does not have are left out of the class views."""
     known = np.array([r["label"] in labels for r in records], bool)
     records = [r for r, k in zip(records, known) if k]
     prob = np.asarray(prob)[known]

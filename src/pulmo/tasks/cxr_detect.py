@@ -1,12 +1,13 @@
-"""``cxr-detect``: lesion boxes on chest X-rays (SEEDS.md seeds 1 and 2).
+"""``cxr-detect``: lesion boxes on chest X-rays (after the TB / ChestX-Det10 RetinaNet report and the RSNA
+pneumonia report's U-Net).
 
 Two routes share the data, splits and metrics of this module:
 
 * **RetinaNet** (:mod:`pulmo.models.detection`; Lin et al. 2017): torchvision's detector with focal loss,
   trained here with box-aware augmentation from ``torchvision.transforms.v2`` (flip, affine, contrast; boxes
   follow the image and boxes pushed out of it are dropped by ``SanitizeBoundingBoxes``).
-* **The U-Net lesion route** of seed 1 (:mod:`pulmo.tasks.cxr_detect_unet`): boxes rasterised to masks, a
-  U-Net, masks turned back into scored boxes.
+* **The U-Net lesion route** of the RSNA pneumonia report (:mod:`pulmo.tasks.cxr_detect_unet`): boxes
+  rasterised to masks, a U-Net, masks turned back into scored boxes.
 
 Data: TBX11K (``--format tbx11k``: COCO JSON + ``imgs/``), ChestX-Det10, RSNA Pneumonia and NIH ChestX-ray14
 box lists (:mod:`pulmo.datasets.detection`). Every image is read through :func:`pulmo.io.read_image`,

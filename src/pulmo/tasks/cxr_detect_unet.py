@@ -1,4 +1,4 @@
-"""``cxr-detect-unet``: the U-Net lesion route of seed 1 (SEEDS.md, section 1: the RSNA pneumonia report),
+"""``cxr-detect-unet``: the U-Net lesion route of the RSNA Pneumonia Detection Challenge U-Net report,
 compared with RetinaNet on the same split.
 
 What is implemented (config fields of :class:`UnetDetectConfig` in brackets):
@@ -155,7 +155,8 @@ def masks_to_boxes(prob: np.ndarray, threshold: float, classes: Sequence[str],
 
 
 class _MaskDataset(Dataset):
-    """Random ``patch`` crops of the images and their box masks, with seed 1's augmentation."""
+    """Random ``patch`` crops of the images and their box masks, with the RSNA pneumonia report's
+    augmentation."""
 
     def __init__(self, base: DetectionDataset, n_classes: int, patch: int, elastic_prob: float,
                  elastic: str = "monai", elastic_alpha: float = DEFAULT_ALPHA, elastic_sigma: float = DEFAULT_SIGMA):
@@ -327,7 +328,7 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
                      "test_images": [Path(r["image"]).name for r in test_r],
                      "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
                      "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
-                     "loss": "BCE with logits on box masks (seed 1)",
+                     "loss": "BCE with logits on box masks (the RSNA pneumonia report's loss)",
                      "augmentation": {"elastic": config.elastic, "elastic_prob": config.elastic_prob,
                                       **({"elastic_alpha": config.elastic_alpha, "elastic_sigma": config.elastic_sigma}
                                          if config.elastic == "report" else {}),

@@ -1,9 +1,11 @@
-"""``lesion-seg``: COVID-19 infection segmentation on CT slices (SEEDS.md, seed 5).
+"""``lesion-seg``: COVID-19 infection segmentation on CT slices (after the Res-Attention U-Net
+COVID-19 CT infection report).
 
 Training data: COVID-SemiSeg (8-bit windowed slices) or HU volumes in the Ma et al. 2020 layout (lung
 window C -600 / W 1500). Binary (infection) or three-class (background / ground-glass / consolidation).
 Losses from MONAI (``DiceCELoss``: Dice + cross-entropy, sigmoid for binary, softmax for three classes).
-The binary threshold is chosen by grid search on the validation split (seed 1's method) and stored in the card.
+The binary threshold is chosen by grid search on the validation split (the RSNA pneumonia report's
+method) and stored in the card.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class LungSegConfig(TrainConfig):
     Attributes:
         visible_data: roots in the ``images/`` + ``masks/`` layout (visible-lung-field masks).
         v7_data: a ``covid-chestxray-dataset`` root with ``masks_v7_lung/`` ("" = none).
-        architecture: registered model name (``unet-seed1`` or ``monai-unet``).
+        architecture: registered model name (``unet-rsna`` or ``monai-unet``).
         features: channels at the first scale.
         size: working resolution in px (square).
         val_fraction: share of patients held out, per dataset, for validation.
@@ -60,7 +60,7 @@ class LungSegConfig(TrainConfig):
 
     visible_data: list[str] = dataclasses.field(default_factory=list)
     v7_data: str = ""
-    architecture: str = "unet-seed1"
+    architecture: str = "unet-rsna"
     features: int = 16
     size: int = 256
     val_fraction: float = 0.2

@@ -1,4 +1,5 @@
-"""``nodule``: lung nodule detection, false-positive reduction and segmentation on chest CT (seed 3, NoduleNet).
+"""``nodule``: lung nodule detection, false-positive reduction and segmentation on chest CT (after NoduleNet,
+Tang et al., MICCAI 2019).
 
 Pipeline (:class:`NoduleDetector`):
 

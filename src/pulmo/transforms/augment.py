@@ -5,7 +5,7 @@ Two elastic deformations are offered (``elastic=``):
 * ``"monai"`` (the default, what pulmo's routes have always used): MONAI ``Rand2DElasticd`` with a control grid
   every ``size // 8`` px, normal offsets scaled by a magnitude drawn from (1, 3), bicubic upsampling of the grid.
   It is *not* the report's algorithm.
-* ``"report"``: the RSNA pneumonia report's (SEEDS.md, section 1) and Simard et al. 2003's: per-pixel uniform
+* ``"report"``: the RSNA pneumonia report's U-Net route's and Simard et al. 2003's: per-pixel uniform
   (-1, 1) displacement fields, Gaussian-smoothed by ``sigma``, scaled by ``alpha``, bilinear resampling
   (:mod:`pulmo.transforms.elastic`).
 """
@@ -35,6 +35,23 @@ def segmentation_augmentation(size: int, image_key: str = "image", mask_keys: tu
     contrast/gamma, intensity scale and Gaussian noise. Masks are resampled with nearest neighbour.
 
     Inputs are channel-first arrays ``(C, H, W)`` under ``image_key`` and ``mask_keys``.
+
+    Args:
+        size: the side ``H = W`` of the training images in px; sets the shift range (``0.06 * size`` px) and
+            the MONAI elastic control-grid spacing (``size // 8`` px).
+        image_key: dictionary key of the image; the intensity transforms apply to it only and assume values
+            in [0, 1] (noise std 0.02).
+        mask_keys: dictionary keys of the masks, moved with the image.
+        elastic_prob: probability in [0, 1] of the elastic deformation.
+        elastic: ``"monai"`` or ``"report"``.
+        elastic_alpha: displacement scale in px (``"report"`` only).
+        elastic_sigma: Gaussian smoothing in px (``"report"`` only).
+
+    Returns:
+        A MONAI ``Compose`` of dictionary transforms.
+
+    Raises:
+        ConfigError: ``elastic`` is neither ``"monai"`` nor ``"report"``.
     """
     keys = (image_key, *mask_keys)
     modes = ("bilinear",) + ("nearest",) * len(mask_keys)
@@ -57,7 +74,15 @@ def segmentation_augmentation(size: int, image_key: str = "image", mask_keys: tu
 
 def ct_slice_augmentation(size: int, elastic_prob: float = 0.3) -> Compose:
     """:func:`segmentation_augmentation` plus random flips and 90-degree rotations: public CT slice sets
-    (COVID-SemiSeg) are stored rotated and flipped, so the model must not depend on orientation."""
+    (COVID-SemiSeg) are stored rotated and flipped, so the model must not depend on orientation.
+
+    Args:
+        size: the side of the square training slices in px.
+        elastic_prob: probability in [0, 1] of the (MONAI) elastic deformation.
+
+    Returns:
+        A MONAI ``Compose`` over the keys ``image`` (``(C, H, W)`` in [0, 1]) and ``label`` (``(C, H, W)``).
+    """
     from monai.transforms import RandFlipd, RandRotate90d
 
     keys = ("image", "label")

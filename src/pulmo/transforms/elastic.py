@@ -1,4 +1,4 @@
-"""Elastic deformation as the RSNA pneumonia report describes it (SEEDS.md, section 1), which is Simard,
+"""Elastic deformation as the RSNA Pneumonia Detection Challenge U-Net report describes it, which is Simard,
 Steinkraus and Platt, "Best practices for convolutional neural networks applied to visual document analysis",
 ICDAR 2003, section 2:
 
@@ -63,7 +63,12 @@ def elastic_deform(image: np.ndarray, masks: Sequence[np.ndarray] = (), alpha: f
         mask_mode: ``"nearest"`` or ``"bilinear"`` (then thresholded at 0.5 to 0 / 1).
 
     Returns:
-        ``(image, masks)`` with the inputs' shapes and dtypes (float images stay float; integer masks stay integer).
+        ``(image, masks)`` with the inputs' shapes. A float image keeps its dtype, any other image becomes
+        float32; every mask keeps its dtype (integer masks stay integer).
+
+    Raises:
+        ValueError: ``mask_mode`` is neither ``"nearest"`` nor ``"bilinear"``, or a mask's last two
+            dimensions differ from the image's ``(H, W)``.
     """
     if mask_mode not in ("nearest", "bilinear"):
         raise ValueError(f"mask_mode must be 'nearest' or 'bilinear', got {mask_mode!r}")
@@ -103,6 +108,11 @@ class RandElasticReportd(RandomizableTransform, MapTransform):
         self._seed = 0
 
     def randomize(self, data: Any = None) -> None:
+        """Draw whether the next call transforms (probability ``prob``) and the seed of its field.
+
+        Args:
+            data: ignored (MONAI's ``Randomizable`` signature).
+        """
         super().randomize(None)
         self._seed = int(self.R.randint(0, 2**31 - 1))
 

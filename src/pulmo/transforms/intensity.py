@@ -6,7 +6,8 @@ import numpy as np
 
 
 def normalize_cxr(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
-    """Robust min-max normalisation of a chest X-ray to [0, 1] (seed 1 uses plain min-max).
+    """Robust min-max normalisation of a chest X-ray to [0, 1] (the RSNA pneumonia report's U-Net uses
+    plain min-max).
 
     The percentiles (instead of min/max) keep burnt-in labels and detector borders from compressing the
     useful range, which matters for 12-16-bit DICOM.

@@ -156,6 +156,20 @@ def save_weights(model: nn.Module, path: str | Path, card: dict[str, Any], half:
     """Save ``model`` as safetensors (floating tensors in fp16 when ``half``) and its card beside it.
 
     Returns the card as written, with ``file`` and ``sha256`` filled in.
+
+    Args:
+        model: the model; its state dict is copied to the CPU (integer buffers keep their dtype).
+        path: the ``.safetensors`` file to write (parent folders are created); the card goes to the same stem
+            with ``.json``.
+        card: the model card; keys starting with ``_`` (runtime-only, e.g. ``_path``) are not written.
+        half: store floating tensors as fp16 (``"dtype": "float16"`` in the card), else as they are
+            (``"dtype": "float32"``).
+
+    Returns:
+        The card as written, with ``file`` (the weight file's name), ``sha256`` (hex) and ``dtype``.
+
+    Raises:
+        OSError: the folder or the files cannot be written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +235,8 @@ def parse_weight_overrides(items: list[str] | tuple[str, ...], *, registered: Co
 
     Args:
         items: the ``TASK=FILE`` strings.
-        registered: the registered architecture names (``{m["name"] for m in pulmo.list_models()}``; passed in,
+        registered: the registered architecture names, deprecated aliases included
+            (``{m["name"] for m in pulmo.list_models(include_aliases=True)}``; passed in,
             so that ``pulmo.weights`` does not import ``pulmo.models``, which imports it).
 
     Returns:
@@ -268,7 +283,19 @@ def set_weight_overrides(chosen: dict[str, str]) -> None:
 
 def resolve_weights(task: str, weights: str | None, default: str) -> str:
     """The weights the pipeline loads for ``task``: ``weights`` when a caller names them, else the user's choice
-    (:func:`set_weight_overrides`), else the bundled ``default``."""
+    (:func:`set_weight_overrides`), else the bundled ``default``.
+
+    Args:
+        task: the pipeline task name (a key of the override mapping).
+        weights: a bundled weight name or ``.safetensors`` path named by the caller, or None / "".
+        default: the bundled weight name used when nothing else is chosen.
+
+    Returns:
+        A weight name or path (not checked for existence here).
+
+    Raises:
+        WeightsError: ``$PULMO_WEIGHTS`` (:data:`OVERRIDE_ENV`) is set but is not valid JSON.
+    """
     if weights:
         return weights
     try:
