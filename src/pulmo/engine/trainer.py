@@ -7,10 +7,10 @@ evaluation ``evaluate_fn(model) -> {metric: float}`` run on the validation split
 Device contract: :func:`fit` moves the model and every tensor of each training batch (:func:`to_device`) to the
 training device before ``loss_fn`` sees them, so a loss builds any tensor of its own on its inputs' device;
 ``evaluate_fn`` gets the model on that device and moves its inputs to ``next(model.parameters()).device``.
-Outputs in ``config.out_dir``: ``config.yaml`` (written by the task), ``history.jsonl`` (one line per
-epoch), ``last.pt`` (model, optimiser, scheduler, epoch, best; loaded with ``weights_only=True``) and
-``best.safetensors`` (fp32 weights of the best epoch, CPU tensors). ``last.pt`` is loaded onto the CPU first,
-so a checkpoint written on a GPU resumes on the CPU (and the other way round).
+Outputs in ``config.out_dir``: ``config.yaml`` (written by :func:`pulmo.engine.run.fit_best` or the task),
+``history.jsonl`` (one line per epoch), ``last.pt`` (model, optimiser, scheduler, epoch, best; loaded with
+``weights_only=True``) and ``best.safetensors`` (fp32 weights of the best epoch, CPU tensors). ``last.pt`` is
+loaded onto the CPU first, so a checkpoint written on a GPU resumes on the CPU (and the other way round).
 """
 
 from __future__ import annotations

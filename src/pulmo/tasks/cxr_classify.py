@@ -44,7 +44,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandZoomd,
 )
-from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -60,7 +59,7 @@ from pulmo.datasets.cxr_labels import (
     other_finding_records,
     remove_near_duplicates,
 )
-from pulmo.engine import TrainConfig, batched_logits, fit, save_config
+from pulmo.engine import TrainConfig, batched_logits, fit_best, provenance, save_config, save_run
 from pulmo.errors import ConfigError, InputError
 from pulmo.geometry.boxes import mask_to_box
 from pulmo.io import Image2D, read_image
@@ -70,7 +69,7 @@ from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
 from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import normalize_cxr, resize_image
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +102,9 @@ class CxrClassifyConfig(TrainConfig):
         val_fraction, test_fraction, split_seed: the patient-level three-way split.
         dedupe_distance: pHash Hamming distance for near-duplicates (-1 = no de-duplication).
         cache_dir: where pre-processed arrays are cached between runs.
+        name: name of the saved weight set (default the bundled one's).
+        epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
+            (8, 32, 1e-3, 4).
     """
 
     kermany: str = ""
@@ -149,7 +151,21 @@ def load_records(data: str | Path, format: str) -> list[dict[str, Any]]:
 
 
 def collect_records(config: CxrClassifyConfig) -> tuple[list[dict], list[dict]]:
-    """All configured records after cross-source de-duplication: ``(kept, dropped)``."""
+    """All configured records after cross-source de-duplication: ``(kept, dropped)``.
+
+    Reads the Kermany, covid-chestxray and COVID-19 Radiography roots, ``folders``, ``other_findings`` and
+    ``extra_normals`` of ``config``, then drops near-duplicates across sources
+    (:func:`~pulmo.datasets.cxr_labels.remove_near_duplicates`, pHash distance <= ``dedupe_distance``; skipped
+    when it is negative, ``dropped`` then empty).
+
+    Returns:
+        ``(kept, dropped)`` lists of records ``{"image", "label", "patient_id", "source", "age_group", ...}``.
+
+    Raises:
+        ConfigError: an ``other_findings`` / ``extra_normals`` entry is not ``format=path``, or no source is
+            configured.
+        InputError: a configured source is missing or holds no usable image (from the dataset readers).
+    """
     records = []
     for root, fmt in ((config.kermany, "kermany"), (config.covid_chestxray, "covid-chestxray"),
                       (config.covid_radiography, "covid-radiography")):
@@ -195,6 +211,11 @@ class Preprocessor:
         self._segmenter = None
 
     def segmenter(self):
+        """The bundled :class:`~pulmo.tasks.lung_seg.LungSegmenter`, built on first use and kept.
+
+        Raises:
+            WeightsError: the bundled lung-segmentation weights are missing or corrupted.
+        """
         if self._segmenter is None:
             from pulmo.tasks.lung_seg import LungSegmenter
 
@@ -495,6 +516,7 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
     """Train one classifier; write weights + card and ``results.json`` (validation, test and external metrics,
     reliability bins, scope and source checks) to ``out_dir``."""
     out = Path(config.out_dir)
+    # first, as the pre-processing below writes its cache (cache_dir); fit_best then keeps this config.yaml
     save_config(config, out / "config.yaml")
     records, dropped = collect_records(config)
     labels = LABELS + ([OTHER_FINDING] if any(r["label"] == OTHER_FINDING for r in records) else [])
@@ -525,11 +547,9 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
         rep = classification_report(y["val"], prob, labels)
         return {"macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"]}
 
-    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="macro_f1")
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, loss_fn, evaluate_fn, config, monitor="macro_f1")
+    if summary is None:
         return {}
-    model.load_state_dict(load_file(str(out / "best.safetensors")))
-    model.eval()
     val_logits = _logits(model, arrays["val"], len(labels))
     temperature = fit_temperature(val_logits, y["val"])
     prob = {k: softmax(_logits(model, arrays[k], len(labels)) if k != "val" else val_logits, temperature)
@@ -579,8 +599,7 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
                      "loss": "class-weighted cross-entropy (inverse frequency)",
                      "augmentation": "affine, zoom crop, gamma, intensity scale, Gaussian blur and noise, JPEG "
                                      "quality 30-95",
-                     "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
-                     "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
+                     **provenance(config, summary, command),
                      "pretraining": "none: ImageNet weights cannot be downloaded here; trained from scratch"},
         "metrics": {k: _headline(results[k]) for k in ("test", "val", "external") if k in results},
         "license": "Apache-2.0 (weights); training data: Kermany CC BY 4.0, ieee8023 per-image licences "
@@ -604,7 +623,7 @@ def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
                         "leaving a source out (see the card's metrics)"}
     card["metrics"]["source_check_balanced_accuracy"] = results["source_check"].get("balanced_accuracy")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 def _headline(results: dict[str, Any]) -> dict[str, Any]:

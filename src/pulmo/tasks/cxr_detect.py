@@ -44,7 +44,7 @@ from pulmo.datasets.detection import (
     tbx11k_records,
 )
 from pulmo.datasets.negatives import NEGATIVE_FORMATS, negative_records
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
@@ -53,7 +53,7 @@ from pulmo.metrics.detection import above, detection_metrics, detection_report, 
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import normalize_cxr, resize_image
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class DetectConfig(TrainConfig):
         degrade_p: probability of the resolution augmentation (down to 160-320 px and back up), so the low
             resolution of one source is not a cue for "no lesion".
         name: name of the weight file and card written to ``out_dir``.
+        epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
+            (16, 4, 5e-4, 8).
     """
 
     data: str = ""
@@ -297,6 +299,15 @@ def predict_dataset(model: torch.nn.Module, dataset: DetectionDataset, classes: 
 
 
 def dataset_ground_truth(dataset: DetectionDataset, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """The reference boxes of every image of ``dataset`` (not augmented), in dataset order.
+
+    Args:
+        dataset: the loaded images and boxes.
+        classes: class names in model order (label ``k`` is ``classes[k - 1]``).
+
+    Returns:
+        One ``{"boxes": float64 (N, 4) xyxy in working px, "labels": list of N class names}`` per image.
+    """
     return [{"boxes": b.astype(np.float64), "labels": [classes[k - 1] for k in lab]}
             for b, lab in zip(dataset.boxes, dataset.labels)]
 
@@ -336,8 +347,6 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
 
     The positives are split as before (so a model fine-tuned from the TB-only weights never sees their test
     images); each negative source is split by patient with the same fractions."""
-    out = Path(config.out_dir)
-    save_config(config, out / "config.yaml")
     counts: dict[str, int] = {}
     records = load_records(config.data, config.format, config.annotations or None, counts)
     classes = sorted(label_counts(records))
@@ -379,11 +388,10 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
         met = detection_metrics(predict_dataset(m, val_ds, classes), val_gt)
         return {"ap_50_agnostic": met["ap_50_agnostic"], "map_50": met["map_50"]}
 
-    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic", collate_fn=collate)
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic",
+                       collate_fn=collate)
+    if summary is None:
         return {}
-    model.load_state_dict(load_file(str(out / "best.safetensors")))
-    model.eval()
     val_preds = predict_dataset(model, val_ds, classes)
     threshold, grid = choose_score_threshold(val_preds, val_gt, config.max_fp_per_negative if negatives else None)
     val_metrics = detection_report(val_preds, val_gt, threshold, [r["source"] for r in val_all])
@@ -416,8 +424,7 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
                      "val_images": [Path(r["image"]).name for r in val_r],
                      "test_images": [Path(r["image"]).name for r in test_r],
                      "test_negatives": [negative_key(r) for r in neg_test],
-                     "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
-                     "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
+                     **provenance(config, summary, command),
                      "loss": "sigmoid focal loss (alpha 0.25, gamma 2) + L1 box regression (torchvision RetinaNet); "
                              "negative images contribute focal loss only",
                      "augmentation": f"flip, affine, brightness/contrast; resolution drop p={config.degrade_p}",
@@ -435,7 +442,7 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
         "license": f"Apache-2.0 (weights); trained on {_DATA_CITATION.get(config.format, config.format)}"
                    + ("; negatives from " + ", ".join(neg_sources) + " (see their licences)" if negatives else ""),
     }
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 def display_name(label: str) -> str:

@@ -42,11 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from pulmo.datasets.detection import label_counts
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D
@@ -67,7 +66,7 @@ from pulmo.tasks.cxr_detect import (
     summary,
 )
 from pulmo.transforms.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +94,9 @@ class UnetDetectConfig(TrainConfig):
             tiles and mirrored borders, keeping each tile's central ``tile // 2`` px (a multiple of
             ``2 ** (depth - 1)``).
         test_fraction, val_fraction, split_seed: the hold-outs (keep them equal to the RetinaNet run's).
+        name: name of the weight file and card written to ``out_dir``.
+        epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
+            (40, 8, 1e-3, 15).
     """
 
     data: str = ""
@@ -267,8 +269,6 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
     """Train the U-Net route, choose the mask threshold on validation, score the test hold-out, write
     ``<out_dir>/<name>.safetensors`` (fp16) + card."""
     divisor = _check(config)
-    out = Path(config.out_dir)
-    save_config(config, out / "config.yaml")
     records = load_records(config.data, config.format, config.annotations or None)
     classes = sorted(label_counts(records))
     if not classes:
@@ -294,11 +294,9 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
         t = max(grid, key=lambda k: grid[k]["ap_50_agnostic"])
         return {"ap_50_agnostic": grid[t]["ap_50_agnostic"], "map_50": grid[t]["map_50"], "mask_threshold": t}
 
-    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic")
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, loss_fn, evaluate_fn, config, monitor="ap_50_agnostic")
+    if summary is None:
         return {}
-    model.load_state_dict(load_file(str(out / "best.safetensors")))
-    model.eval()
     val_prob = _probabilities(model, val_ds, config.tile, config.patch, divisor)
     grid = {t: detection_metrics([masks_to_boxes(p, t, classes) for p in val_prob], val_gt)["ap_50_agnostic"]
             for t in MASK_GRID}
@@ -326,8 +324,7 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
                      "split": f"as cxr-detect: test {config.test_fraction:.0%}, validation {config.val_fraction:.0%}, "
                               f"split seed {config.split_seed}",
                      "test_images": [Path(r["image"]).name for r in test_r],
-                     "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
-                     "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
+                     **provenance(config, summary, command),
                      "loss": "BCE with logits on box masks (the RSNA pneumonia report's loss)",
                      "augmentation": {"elastic": config.elastic, "elastic_prob": config.elastic_prob,
                                       **({"elastic_alpha": config.elastic_alpha, "elastic_sigma": config.elastic_sigma}
@@ -338,7 +335,7 @@ def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
         "metrics": {"validation": round_floats(val_metrics), "test": round_floats(test_metrics)},
         "license": "Apache-2.0 (weights); trained on TBX11K: research use with citation (Liu et al., CVPR 2020)",
     }
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 class UnetBoxDetector:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import LesionSliceDataset, covid_semiseg_records, ct_volume_records, split_by_patient
 from pulmo.datasets.covid_ct import CLASS_NAMES, read_mask
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, Volume, read_image
@@ -36,7 +36,7 @@ from pulmo.tasks.ct_lungs import lung_mask_ct
 from pulmo.transforms import lung_crop_box, resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
 from pulmo.transforms.ct_postprocess import postprocess_infection
-from pulmo.weights import resolve_card, save_weights, sha256_of
+from pulmo.weights import resolve_card, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ class LesionSegConfig(TrainConfig):
         negatives: CT volumes with no infection (DICOM series folders or volume files, HU) whose lung slices
             (every third one, framed as the CT pipeline frames them) join the training split with empty
             masks, so the model learns normal dense lung; never used for validation.
+        elastic_prob: probability of the elastic deformation per training slice (MONAI ``Rand2DElasticd``).
+        name: name of the weight file and card written to ``out_dir``.
+        epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
+            (120, 4, 1e-3, 40).
     """
 
     data: str = ""
@@ -89,7 +93,19 @@ class LesionSegConfig(TrainConfig):
 
 
 def load_records(data: str | Path, format: str, split: str = "train", classes: str = "binary") -> list[dict]:
-    """Records of a dataset in one of :data:`TRAIN_FORMATS`."""
+    """Records of a dataset in one of :data:`TRAIN_FORMATS`.
+
+    Args:
+        data: the dataset root.
+        format: ``covid-semiseg`` (:func:`~pulmo.datasets.covid_ct.covid_semiseg_records`, windowed slices) or
+            ``ct-volumes`` (:func:`~pulmo.datasets.covid_ct.ct_volume_records`, Ma et al. 2020 NIfTI in HU).
+        split, classes: the COVID-SemiSeg split (``train`` / ``test``) and label set (``binary`` /
+            ``multiclass``); not used by ``ct-volumes``.
+
+    Raises:
+        ConfigError: ``format`` is not one of :data:`TRAIN_FORMATS`.
+        InputError: the layout's folders are missing or hold no image with a mask (from the readers).
+    """
     if format == "covid-semiseg":
         return covid_semiseg_records(data, split, classes)
     if format == "ct-volumes":
@@ -194,8 +210,6 @@ def _scores(prob: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
 
 def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
     """Train, choose the threshold on validation, write ``<out_dir>/<name>.safetensors`` (fp16) + card."""
-    out = Path(config.out_dir)
-    save_config(config, out / "config.yaml")
     records = load_records(config.data, config.format, "train", config.classes)
     train_records, val_records = split_by_patient(records, config.val_fraction, config.split_seed, exact=True)
     train_records = train_records + negative_records(config.negatives)
@@ -221,11 +235,9 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
         s = _scores(prob, labels, 0.5)
         return {"dice": s["f1"], "dice_mean": s["dice_mean"]}
 
-    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="dice")
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, loss_fn, evaluate_fn, config, monitor="dice")
+    if summary is None:
         return {}
-    model.load_state_dict(load_file(str(out / "best.safetensors")))
-    model.eval()
     prob, labels = _validation_probabilities(model, val_ds)
     grid = {t: _scores(prob, labels, t)["f1"] for t in THRESHOLD_GRID}
     threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
@@ -247,14 +259,13 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
                      "n_train_slices": len(train_ds), "n_val_slices": len(val_ds),
                      "negatives": config.negatives,
                      "val_images": [Path(r.get("image", r.get("volume", ""))).name for r in val_records],
-                     "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
-                     "best_epoch": summary["best_epoch"], "seconds": summary["seconds"],
+                     **provenance(config, summary, command),
                      "pretraining": "none: ImageNet weights cannot be downloaded here; trained from scratch"},
         "metrics": {"validation": {k: round(v, 4) for k, v in val.items()}, "n_val_slices": len(val_ds),
                     "resolution": "working size"},
         "license": "Apache-2.0 (weights); trained on COVID-SemiSeg / MedSeg: non-commercial use only",
     }
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 class LesionSegmenter:

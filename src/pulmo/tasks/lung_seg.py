@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from pulmo.datasets import LungSegDataset, covid_chestxray_mask_records, image_mask_records, split_by_patient
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
@@ -33,7 +32,7 @@ from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms import normalize_cxr, resize_image, resize_probability
 from pulmo.transforms.augment import segmentation_augmentation
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,19 @@ class LungSegConfig(TrainConfig):
 
 
 def collect_records(config: LungSegConfig) -> tuple[list[dict], list[dict]]:
-    """Patient-disjoint (train, val) records of every configured dataset."""
+    """Patient-disjoint (train, val) records of every configured dataset.
+
+    Each source (every ``visible_data`` root, ``images/`` + ``masks/``, and the ``v7_data`` covid-chestxray
+    root) is split by patient on its own (``val_fraction``, ``split_seed``) and the halves concatenated.
+
+    Returns:
+        ``(train, val)`` lists of records ``{"image", "mask", "patient_id", "source", "convention", ...}``.
+
+    Raises:
+        InputError: no source is configured, or a source's folders are missing or hold no image with a mask.
+        ConfigError: the split leaves the training or the validation side empty.
+        ValueError: ``val_fraction`` is not in (0, 1).
+    """
     train, val = [], []
     sources = [image_mask_records(root) for root in config.visible_data]
     if config.v7_data:
@@ -131,8 +142,6 @@ def train(config: LungSegConfig, command: str = "") -> dict[str, Any]:
 
     Returns the card (with per-source validation metrics at the original resolution).
     """
-    out = Path(config.out_dir)
-    save_config(config, out / "config.yaml")
     train_records, val_records = collect_records(config)
     logger.info("lung-seg: %d train / %d val images (patient-disjoint)", len(train_records), len(val_records))
     model = create_model(config.architecture, in_channels=1, out_channels=2, features=config.features)
@@ -144,12 +153,10 @@ def train(config: LungSegConfig, command: str = "") -> dict[str, Any]:
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return segmentation_loss(m(batch["image"]), batch["label"], batch["weight"], channel_weight)
 
-    summary = fit(model, train_ds, loss_fn, lambda m: _evaluate_working(m, val_ds), config, monitor="dice")
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, loss_fn, lambda m: _evaluate_working(m, val_ds), config,
+                       monitor="dice")
+    if summary is None:
         return {}
-    state = load_file(str(out / "best.safetensors"))
-    model.load_state_dict(state)
-    model.eval()
     card = {
         "name": config.name,
         "architecture": config.architecture,
@@ -165,16 +172,14 @@ def train(config: LungSegConfig, command: str = "") -> dict[str, Any]:
             "data": {"visible": config.visible_data, "v7": config.v7_data},
             "split": f"by patient, sha1(seed:{config.split_seed}:patient) < {config.val_fraction}, per dataset",
             "n_train": len(train_records), "n_val": len(val_records),
-            "command": command,
-            "seed": config.seed, "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
-            "seconds": summary["seconds"], "world_size": summary["world_size"],
+            **provenance(config, summary, command, world_size=summary["world_size"]),
         },
         "license": "Apache-2.0 (weights); training data: NLM Montgomery/Shenzhen terms, Shenzhen masks "
                    "CC BY-NC-SA 4.0, V7 masks CC BY 4.0 - non-commercial use advised",
     }
     segmenter = LungSegmenter(model=model, card=card)
     card["metrics"] = validation_metrics(segmenter, val_records, progress=config.progress)
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 def validation_metrics(segmenter: LungSegmenter, records: list[dict], progress: bool = True) -> dict[str, Any]:

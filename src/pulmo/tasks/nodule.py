@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.geometry.boxes import mask_to_box
@@ -55,7 +54,7 @@ from pulmo.models.nodulenet import (
 )
 from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.tasks.ct_lungs import lung_mask_ct
-from pulmo.weights import WEIGHTS_DIR, resolve_card, save_weights
+from pulmo.weights import WEIGHTS_DIR, resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,8 @@ class PreparedCT:
 
     Attributes:
         image: float32 ``(D, H, W)`` in [0, 1] (HU window), D, H, W multiples of the network's size divisor (padded at the far end).
-        hu: float32 ``(D, H, W)`` HU on the same grid (padding -1000).
+        hu: float32 ``(D, H, W)`` HU on the same grid (padding -1000 HU; along z the mirrored last slices when
+            prepared with ``mirror_z``, see :func:`prepare_ct`).
         lungs: bool ``(D, H, W)`` lung mask on the grid.
         offset: ``(z, y, x)`` original voxel index of the crop's first voxel.
         step: ``(z, y, x)`` original voxels per grid voxel.
@@ -91,11 +91,13 @@ class PreparedCT:
     spacing_mm: float
 
     def to_original(self, index_zyx: np.ndarray) -> np.ndarray:
-        """Grid voxel indices ``(N, 3)`` -> continuous original voxel indices ``(N, 3)``."""
+        """Grid voxel indices ``(N, 3)`` -> continuous original voxel indices ``(N, 3)``, both ``(z, y, x)``
+        (voxel centres map to voxel centres)."""
         return self.offset + (np.atleast_2d(index_zyx) + 0.5) * self.step - 0.5
 
     def to_grid(self, index_zyx: np.ndarray) -> np.ndarray:
-        """Original voxel indices ``(N, 3)`` -> continuous grid voxel indices."""
+        """Original voxel indices ``(N, 3)`` -> continuous grid voxel indices ``(N, 3)``, both ``(z, y, x)``
+        (the inverse of :meth:`to_original`)."""
         return (np.atleast_2d(index_zyx) - self.offset + 0.5) / self.step - 0.5
 
 
@@ -308,16 +310,21 @@ class NoduleConfig(TrainConfig):
     Attributes:
         backgrounds: CT volumes (DICOM series folders, NIfTI, mhd, NRRD) whose lungs receive the synthetic
             nodules; comma-separated.
-        lidc_xml: for LIDC series: their real nodules (any reader) are excluded from the training crops.
-        exclude_labels: label volumes (e.g. ``lung1_label.nrrd``) whose labelled voxels are excluded the same way.
-        spacing_mm: isotropic grid. patch: training crop side (grid voxels, multiple of 8).
+            A background that is a folder is also read as an LIDC series when its XML is there: its real
+            nodules (any reader) are then excluded from the training crops (there is no separate option).
+        exclude_labels: label volumes (e.g. ``lung1_label.nrrd``), one per background in the same order (""
+            for none), whose labelled voxels are excluded the same way.
+        spacing_mm: isotropic grid (mm). patch: training crop side (grid voxels, multiple of 8).
         samples_per_epoch: random crops per epoch. max_nodules: synthetic nodules per crop (0..max).
+        val_samples: validation crops (a fixed set, drawn with seed ``10000 + seed``).
         channels: widths of the feature net's encoder stages, three (strides 2, 4, 8) or four (2, 4, 8, 16:
             NoduleNet's depth, then ``patch`` must be a multiple of 16); blocks: residual blocks per stage
             (default 24-48-64 and 1-2-2, sized for a CPU; the ``nodulenet-lidc`` preset: NoduleNet's 32-64-64-64
             and 2-2-3-3). back_channels / back_blocks: widths and residual blocks of the top-down fusion
             blocks, deepest first (empty: the encoder widths, one block; NoduleNet: 64, 128 and 3, 3).
         name: weight-set name.
+        epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
+            (12, 2, 2e-3, 6).
     """
 
     backgrounds: list[str] = dataclasses.field(default_factory=list)
@@ -371,7 +378,23 @@ def _real_nodule_mask(volume: Volume, source: str, exclude_labels: dict[str, str
 
 def load_backgrounds(sources: list[str], exclude_labels: list[str], spacing_mm: float, patch: int) -> list[_Background]:
     """Prepare the background CTs: lungs, isotropic grid, and the crop centres whose ``patch`` crop stays at
-    least 10 mm away from every real nodule."""
+    least 10 mm away from every real nodule.
+
+    Args:
+        sources: CT volumes (DICOM series folders, NIfTI, mhd, NRRD) in HU; a folder with LIDC XML also
+            gives its real nodules.
+        exclude_labels: label volumes of real nodules, positionally paired with ``sources`` ("" for none).
+        spacing_mm: isotropic grid spacing in mm.
+        patch: training crop side in grid voxels.
+
+    Returns:
+        One background per source: its :class:`PreparedCT`, the bool grid of allowed voxels and the
+        ``(N, 3)`` candidate crop centres (lung voxels, grid ``(z, y, x)``).
+
+    Raises:
+        InputError: a source is not a CT volume, is not in HU or has no lungs, a label volume does not match
+            its background's shape, or no lung voxel is far enough from the real nodules.
+    """
     pairs = {s: e for s, e in zip(sources, exclude_labels) if e}
     out = []
     for s in sources:
@@ -450,6 +473,9 @@ class SyntheticNoduleDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch :func:`make_sample` items: ``{"image": (B, 1, P, P, P) float32 in [0, 1], "coords": (B, 3, P/4,
+    P/4, P/4) in [-1, 1], "boxes": B tensors (K_i, 4) z, y, x, d in crop voxels, "masks": B bool tensors
+    (K_i, P, P, P)}`` (boxes and masks stay lists: the number of nodules differs per crop)."""
     return {"image": torch.from_numpy(np.stack([it["image"] for it in items])),
             "coords": torch.from_numpy(np.stack([it["coords"] for it in items])),
             "boxes": [torch.from_numpy(it["boxes"]) for it in items],
@@ -552,8 +578,6 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
         raise ConfigError(f"patch must be a multiple of {divisor} for {len(config.channels)} stages, got {config.patch}")
     if not config.backgrounds:
         raise ConfigError("NoduleConfig.backgrounds is empty (pulmo train nodule --backgrounds): CT volumes to insert synthetic nodules into")
-    out = Path(config.out_dir)
-    save_config(config, out / "config.yaml")
     backgrounds = load_backgrounds(config.backgrounds, config.exclude_labels, config.spacing_mm, config.patch)
     anchors_mm = (5.0, 10.0, 20.0, 30.0)
     kwargs: dict[str, Any] = {"anchors": [round(a / config.spacing_mm, 3) for a in anchors_mm]}
@@ -566,12 +590,11 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
     train_ds = SyntheticNoduleDataset(backgrounds, config.samples_per_epoch, config.patch, config.max_nodules)
     val_ds = SyntheticNoduleDataset(backgrounds, config.val_samples, config.patch, config.max_nodules, seed=10_000 + config.seed)
 
-    summary = fit(model, train_ds, lambda m, b: nodule_loss(m, b), lambda m: _patch_froc(m, val_ds, config.spacing_mm),
-                  config, monitor="cpm", collate_fn=collate)
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, lambda m, b: nodule_loss(m, b),
+                       lambda m: _patch_froc(m, val_ds, config.spacing_mm), config, monitor="cpm",
+                       collate_fn=collate)
+    if summary is None:
         return {}
-    model.load_state_dict(load_file(str(out / "best.safetensors")))
-    model.eval()
     val = _patch_froc(model, val_ds, config.spacing_mm)
     card = {
         "name": config.name,
@@ -587,9 +610,7 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
                              + ", ".join(Path(b).name for b in config.backgrounds),
                      "real_nodules": "none used for training; every real nodule is kept for evaluation",
                      "backgrounds": config.backgrounds, "patch": config.patch,
-                     "samples_per_epoch": config.samples_per_epoch, "command": command, "seed": config.seed,
-                     "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
-                     "seconds": summary["seconds"],
+                     "samples_per_epoch": config.samples_per_epoch, **provenance(config, summary, command),
                      "full_luna16_command": "torchrun --nproc_per_node=N -m pulmo train nodule --backgrounds "
                                             "<LUNA16 subset*/ *.mhd, comma-separated> --out-dir runs/nodule-luna16 "
                                             "(real LUNA16 nodules as training targets are not wired in yet: the "
@@ -598,7 +619,7 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
                     "n_val_crops": config.val_samples},
         "license": "Apache-2.0 (weights); backgrounds: LIDC-IDRI CC BY 3.0, pyradiomics lung1 BSD-3",
     }
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -53,7 +53,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from safetensors.torch import load_file
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -69,13 +68,13 @@ from pulmo.datasets.lidc_slices import (
     size_group,
     split_nodules,
 )
-from pulmo.engine import TrainConfig, fit, save_config
+from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.metrics import bootstrap_ci, dice, iou
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights, choose, held_out_patients
-from pulmo.weights import resolve_card, save_weights
+from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +106,8 @@ class NoduleSegConfig(TrainConfig):
             card, so :class:`NoduleSegmenter` does the same).
         test_fraction / val_fraction / split_seed: the patient split (:func:`split_nodules`).
         name: weight-set name (``<out_dir>/<name>.safetensors`` + ``.json`` card).
+        epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
+            (30, 32, 2e-3, 10).
     """
 
     data: str = ""
@@ -311,8 +312,6 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
         ConfigError: bad settings or too few patients to split. InputError: unreadable data.
     """
     _check_config(config)
-    out = Path(config.out_dir)
-    save_config(config, out / "config.yaml")
     data = read_lidc_slices(config.data, progress=config.progress)
     train_n, val_n, test_n = split_nodules(data.nodules, config.test_fraction, config.val_fraction, config.split_seed)
     if not train_n or not val_n or not test_n:
@@ -335,11 +334,9 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         return {"dice": _dice_at(val_probabilities(m, config.bf16), val_n, 0.5)}
 
-    summary = fit(model, train_ds, loss_fn, evaluate_fn, config, monitor="dice")
-    if summary["rank"] != 0:
+    summary = fit_best(model, train_ds, loss_fn, evaluate_fn, config, monitor="dice")
+    if summary is None:
         return {}
-    model.load_state_dict(load_file(str(out / "best.safetensors")))
-    model.eval()
     probs = val_probabilities(model)
     grid = {t: _dice_at(probs, val_n, t) for t in THRESHOLD_GRID}
     threshold = max(grid, key=lambda t: (grid[t], -abs(t - 0.5)))
@@ -381,8 +378,7 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
             "loss": (f"MONAI DiceCELoss(sigmoid=True, batch={config.loss == 'dice-ce-batch'}) "
                      f"({config.loss})"),
             "augmentation": AUGMENTATION,
-            "command": command, "seed": config.seed, "epochs_run": summary["epochs_run"],
-            "best_epoch": summary["best_epoch"], "seconds": summary["seconds"], "world_size": summary["world_size"],
+            **provenance(config, summary, command, world_size=summary["world_size"]),
             "pretraining": "none (trained from scratch)"},
         "metrics": {"validation": overlap_report(val_rows), "threshold_from": "validation"},
         "reference": {"NoduleNet (Tang et al., MICCAI 2019)": {
@@ -405,7 +401,7 @@ def train(config: NoduleSegConfig, command: str = "") -> dict[str, Any]:
     card["metrics"]["test"]["n_skipped_empty"] = data.n_skipped_empty
     logger.info("nodule-seg: threshold %.2f; validation dice %.4f; test dice %.4f (n=%d)", threshold,
                 card["metrics"]["validation"]["dice_mean"], card["metrics"]["test"]["dice_mean"], len(test_rows))
-    return save_weights(model, out / f"{config.name}.safetensors", card)
+    return save_run(model, config, card)
 
 
 class NoduleSegmenter:
