@@ -33,6 +33,13 @@ class WeightsError(PulmoError):
     exit_code = 4
 
 
+class TrainingDivergedError(PulmoError):
+    """Training produced a non-finite loss (it diverged): a setting to change (a lower learning rate, warm-up,
+    another optimiser), not a bug. The message names the epoch, the step and the learning rate. Exit code 1."""
+
+    exit_code = 1
+
+
 class NotAvailableError(PulmoError):
     """The input is valid but the capability it needs is not available in this version."""
 

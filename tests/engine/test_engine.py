@@ -99,3 +99,34 @@ def test_ddp_two_cpu_processes(tiny_lung_dataset, tmp_path):
     card = json.loads((out / "lung-seg-unet.json").read_text())
     assert card["training"]["world_size"] == 2
     assert len((out / "history.jsonl").read_text().splitlines()) == 2  # only rank 0 writes
+
+
+def test_a_diverging_run_stops_with_a_training_error_naming_step_and_learning_rate(tmp_path):
+    """A non-finite loss is a setting to change, not a bug: TrainingDivergedError names the epoch, the step and the
+    learning rate, and the CLI maps it to one line and exit code 1."""
+    import torch
+    from torch.utils.data import Dataset
+
+    from pulmo.engine import TrainConfig, fit
+    from pulmo.errors import PulmoError, TrainingDivergedError
+
+    class _Data(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"x": torch.ones(3)}
+
+    model = torch.nn.Linear(3, 1)
+    calls = []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        out = m(batch["x"]).mean()
+        return out * (float("nan") if len(calls) == 2 else 1.0)  # the second step diverges
+
+    config = TrainConfig(epochs=1, batch_size=2, lr=0.05, schedule="constant", out_dir=str(tmp_path / "run"),
+                         progress=False)
+    with pytest.raises(TrainingDivergedError, match=r"diverged: loss nan at epoch 1 step 1 \(learning rate 0.05\)"):
+        fit(model, _Data(), loss_fn, lambda m: {"score": 0.0}, config, monitor="score")
+    assert issubclass(TrainingDivergedError, PulmoError) and TrainingDivergedError.exit_code == 1

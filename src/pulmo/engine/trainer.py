@@ -35,12 +35,14 @@ from tqdm.auto import tqdm
 
 from pulmo.engine import distributed
 from pulmo.engine.config import TrainConfig
-from pulmo.errors import ConfigError
+from pulmo.errors import ConfigError, TrainingDivergedError
 
 logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator (``seed % 2**32``) and torch (CPU and every CUDA
+    device, ``torch.manual_seed``). DataLoader workers are re-seeded from torch's seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -128,7 +130,7 @@ def fit(
     Raises:
         ConfigError: an unknown device, optimiser or schedule, or ``device`` ``cuda`` without a GPU.
         ValueError: ``mode`` is neither "max" nor "min".
-        FloatingPointError: a non-finite training loss.
+        TrainingDivergedError: a non-finite training loss (the message names epoch, step and learning rate).
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -203,7 +205,10 @@ def fit(
             with autocast:
                 loss = loss_fn(train_model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {step}")
+                raise TrainingDivergedError(
+                    f"training diverged: loss {loss.item()} at epoch {epoch + 1} step {step} (learning rate "
+                    f"{optimizer.param_groups[0]['lr']:.3g}); lower lr, or check the data; the best epoch so far is "
+                    f"in {config.out_dir}/best.safetensors")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
