@@ -15,7 +15,7 @@
 * ``lungs``: ``mask`` (CXR: PNG 0/255 at the original size; CT: NIfTI in the input geometry); CXR:
   ``area_px``, ``area_cm2`` (null when the spacing is unknown), ``n_components``, ``convention``;
   CT volume: ``volume_ml``, ``method``, ``coverage`` {complete, cut_at, end_slice_area_cm2, note}: whether the
-  scan holds the whole lung field (:func:`pulmo.tasks.ct_lungs.lung_coverage`)
+  scan holds the whole lung field (:func:`pulmo.transforms.ct.lung_coverage`)
 * ``infection`` (CT): ``mask`` (NIfTI, 0 background, 1.. labels), ``labels``, ``volume_ml`` and
   ``percent_of_lung`` (volume) or ``area_px`` / ``area_cm2`` (single slice), ``n_slices_with_infection``,
   ``key_slice`` (axial index with the most infection), per-class ``<label>_ml`` for a three-class model;
@@ -44,7 +44,8 @@
 * ``models``: ``[{"task", "name", "architecture", "sha256", "scope"}]`` (``scope``: the card's ``{"classes",
   "trained_on", "cannot_see"}`` and, where a whole source was left out, ``external_check``: how the model did there; ``calibration_ece`` where the card reports a held-out ECE; detectors add
   their threshold)
-* ``files``: the other files written (``overlay``, ``report``)
+* ``files``: the other files written: ``overlays`` (a list of PNG names), ``report``, ``config``; for a DICOM
+  input ``dicom_seg`` and ``dicom_sr`` (the reason in ``dicom_error`` when they could not be built)
 """
 
 from __future__ import annotations
@@ -58,7 +59,25 @@ SCHEMA_VERSION = "1.2"
 
 @dataclasses.dataclass
 class Findings:
-    """Findings for one image; ``to_dict()`` gives the ``findings.json`` content."""
+    """Findings for one image; ``to_dict()`` gives the ``findings.json`` content.
+
+    Every field is the ``findings.json`` key of the same name (see the module docstring for their contents);
+    a field that is None is written as null (the step did not run or does not apply to the modality).
+
+    Attributes:
+        input: the input's path, format, size (px), spacing (mm) and gate decision.
+        modality: ``"cxr"`` or ``"ct"``.
+        lungs: the lung mask file and its area (px, cm²) or volume (mL).
+        infection: CT infection mask, labels and volume (mL) or area.
+        classification: CXR class probabilities in [0, 1] (sum 1), scope and heatmaps.
+        detections: CXR boxes ``[x1, y1, x2, y2]`` in original px with scores in [0, 1].
+        nodules: CT nodules (world LPS mm, voxel indices, diameter mm, volume mm³, probability in [0, 1]).
+        nodule_mask: file name of the nodule label volume (NIfTI, 1.. = nodule number).
+        models: the models that ran (task, name, architecture, sha256, scope).
+        files: other files written: ``{"overlays": [...], "report", "config"}``; for a DICOM input also
+            ``dicom_seg`` and ``dicom_sr``, or ``dicom_error``.
+        created: UTC time of creation, ISO 8601 to the second.
+    """
 
     input: dict[str, Any]
     modality: str
@@ -74,6 +93,8 @@ class Findings:
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``findings.json`` content: ``schema_version``, ``pulmo_version``, then every field (deep-copied
+        by ``dataclasses.asdict``)."""
         from pulmo.version import __version__
 
         d = {"schema_version": SCHEMA_VERSION, "pulmo_version": __version__}

@@ -143,7 +143,20 @@ def covid_chestxray_records(root: str | Path, counts: Counter | None = None) -> 
 
 
 def covid_radiography_records(root: str | Path) -> list[dict[str, Any]]:
-    """Records of the COVID-19 Radiography Database (``COVID/images`` -> covid19, ``Normal/images`` -> normal)."""
+    """Records of the COVID-19 Radiography Database (``COVID/images`` -> covid19, ``Normal/images`` -> normal).
+
+    Images directly in ``COVID/`` / ``Normal/`` are taken when there is no ``images`` sub-folder. The database
+    publishes no patient ids: ``patient_id`` is ``covid-radiography-<file stem>`` (each image its own group).
+
+    Args:
+        root: the database folder holding ``COVID/`` and ``Normal/``.
+
+    Returns:
+        Records ``{"image", "label", "patient_id", "source": "covid-radiography", "age_group": "adult"}``.
+
+    Raises:
+        InputError: no image (.png, .jpg, .jpeg, .dcm) under either folder.
+    """
     root = Path(root)
     records = []
     for folder, label in (("COVID", "covid19"), ("Normal", "normal")):
@@ -158,7 +171,19 @@ def covid_radiography_records(root: str | Path) -> list[dict[str, Any]]:
 def folder_records(root: str | Path) -> list[dict[str, Any]]:
     """Records of a folder with one sub-folder per label (names from :data:`LABELS` or
     :data:`OTHER_FINDING`); ``folder`` = the sub-folder's name. A file named ``PATIENT__rest.png`` belongs to
-    patient ``PATIENT`` (so images of one patient stay in one split); any other file is its own patient."""
+    patient ``PATIENT`` (so images of one patient stay in one split); any other file is its own patient.
+
+    Args:
+        root: the folder of label sub-folders.
+
+    Returns:
+        Records ``{"image", "label", "patient_id": "<root name>-<patient>", "source": <root name>,
+        "age_group": "unknown", "folder"}``.
+
+    Raises:
+        InputError: a sub-folder is not a label name, or no image (.png, .jpg, .jpeg, .dcm) is found in the
+            label sub-folders (also when ``root`` is not a folder).
+    """
     root = Path(root)
     names = LABELS + [OTHER_FINDING]
     unknown = [d.name for d in root.iterdir() if d.is_dir() and d.name not in names] if root.is_dir() else []

@@ -243,6 +243,9 @@ def generated_picture(kind: str, rng: np.random.Generator, size: int = 256) -> n
         kind: one of :data:`GENERATED_KINDS`.
         rng: numpy random generator.
         size: side in pixels.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`GENERATED_KINDS`.
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == "constant":

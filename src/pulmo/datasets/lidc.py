@@ -122,7 +122,15 @@ class LidcNonNodule:
 
 @dataclass
 class LidcReadingSession:
-    """One radiologist's read (``readingSession``)."""
+    """One radiologist's read (``readingSession``).
+
+    Attributes:
+        index: position of the session in the file (0-based; the ``reader`` of its marks).
+        radiologist_id: ``servicingRadiologistID`` ("" when absent).
+        annotation_version: ``annotationVersion`` ("" when absent).
+        nodules: the session's ``unblindedReadNodule`` marks (>= 3 mm with outlines, < 3 mm as one point).
+        non_nodules: the session's ``nonNodule`` marks.
+    """
 
     index: int
     radiologist_id: str

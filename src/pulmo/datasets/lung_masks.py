@@ -123,6 +123,15 @@ class LungSegDataset(Dataset):
         return len(self.records)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record ``i`` at the working size ``S``, read once and cached (not augmented).
+
+        Returns:
+            ``(image, label, weight)``: float32 ``(1, S, S)`` in [0, 1] (:func:`normalize_cxr`, bilinear
+            resize), and float32 ``(2, S, S)`` label and weight in {0, 1} (see the class docstring).
+
+        Raises:
+            InputError: the image cannot be read, or the mask's size differs from the image's.
+        """
         if i not in self._cache:
             r = self.records[i]
             image = normalize_cxr(read_image(r["image"]).pixels)

@@ -31,6 +31,9 @@ def split_by_patient(records: Sequence[dict[str, Any]], val_fraction: float = 0.
 
     Returns:
         ``(train, val)`` lists, in the input order.
+
+    Raises:
+        ValueError: ``val_fraction`` is not in (0, 1).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

@@ -102,7 +102,21 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a dict, converting types; unknown keys raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from a dict, converting types; unknown keys raise :class:`ConfigError`.
+
+    Args:
+        cls: a dataclass type (e.g. a :class:`TrainConfig` subclass).
+        data: field name -> value; strings are converted to the field's annotated type (``bool`` from
+            1/0, true/false, yes/no, on/off; lists from comma-separated strings; ``"none"`` / ``"null"`` to
+            None for optional fields). Missing fields keep their defaults.
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ConfigError: a key is not a field of ``cls``, a value cannot be converted to its field's type, or
+            ``cls.__post_init__`` rejects a value (e.g. :attr:`TrainConfig.device`).
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

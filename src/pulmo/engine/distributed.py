@@ -18,6 +18,7 @@ from pulmo.errors import ConfigError
 
 
 def is_distributed() -> bool:
+    """True when this process was started as one of several (``WORLD_SIZE`` > 1, set by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -94,6 +95,7 @@ def setup(device: torch.device | str = "cpu") -> tuple[int, int]:
 
 
 def cleanup() -> None:
+    """Destroy the process group if one was initialised (a no-op otherwise)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

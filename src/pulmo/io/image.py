@@ -55,6 +55,7 @@ class Volume:
         origin: ``(x, y, z)`` world position in mm (LPS) of voxel ``[0, 0, 0]``.
         direction: ``(3, 3)`` ITK direction cosines (columns = LPS direction of index axes x, y, z).
         source: metadata (path, format, series UID, excluded series, ...).
+        modality: ``"ct"`` (every volume pulmo reads is taken as CT; read alike with ``Image2D.modality``).
     """
 
     hu: np.ndarray

@@ -186,7 +186,20 @@ def read_itk(path: str | Path, limits: InputLimits | None = None) -> Image2D | V
 
 
 def volume_to_sitk(array_zyx: np.ndarray, reference: Volume) -> sitk.Image:
-    """Wrap an array ``(Z, Y, X)`` with the geometry of ``reference`` as a SimpleITK image."""
+    """Wrap an array ``(Z, Y, X)`` with the geometry of ``reference`` as a SimpleITK image.
+
+    Args:
+        array_zyx: Array of shape ``(Z, Y, X)`` (any dtype SimpleITK accepts: a mask, HU, a probability map),
+            in the voxel order of ``reference.hu``.
+        reference: Volume whose spacing (mm, reversed to ITK's x, y, z order), origin (mm, LPS) and direction
+            cosines are copied.
+
+    Returns:
+        A ``sitk.Image`` of size ``(X, Y, Z)`` in ITK order with the geometry of ``reference``.
+
+    Raises:
+        ValueError: ``array_zyx.shape`` differs from ``reference.shape``.
+    """
     if tuple(array_zyx.shape) != reference.shape:
         raise ValueError(f"array shape {array_zyx.shape} differs from the reference volume {reference.shape}")
     img = sitk.GetImageFromArray(array_zyx)

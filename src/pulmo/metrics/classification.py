@@ -14,7 +14,15 @@ from pulmo.metrics.confusion import binary_metrics, confusion_counts
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for binary ``positive`` (ties count one half); NaN when a
-    class is absent."""
+    class is absent.
+
+    Args:
+        scores: ``(N,)`` real scores, higher = more likely positive (any range).
+        positive: ``(N,)`` truth, cast to bool.
+
+    Returns:
+        AUC in [0, 1] (the Mann-Whitney U statistic over ``n_pos * n_neg``), or NaN.
+    """
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
@@ -27,6 +35,12 @@ def classification_report(y_true: Sequence[int], probabilities: np.ndarray, labe
     """Metrics of a multi-class prediction (argmax of ``probabilities`` ``(N, K)`` over all K labels).
 
     Per-class metrics cover the labels present in ``y_true``; ``macro_f1`` averages them.
+
+    Args:
+        y_true: ``(N,)`` true class indices in ``0..K-1``.
+        probabilities: ``(N, K)`` class scores (probabilities in [0, 1]; only their argmax and per-class
+            ranking are used).
+        labels: the K class names, in column order.
 
     Returns:
         ``{"n", "labels", "accuracy", "macro_f1", "per_class": {label: {"n", "precision", "sensitivity",
@@ -52,7 +66,19 @@ def classification_report(y_true: Sequence[int], probabilities: np.ndarray, labe
 
 def bootstrap_ci(metric: Callable[[np.ndarray], float], n: int, n_resamples: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``metric(indices)`` over ``n`` samples drawn with replacement."""
+    """Percentile bootstrap CI of ``metric(indices)`` over ``n`` samples drawn with replacement.
+
+    Args:
+        metric: maps an ``(n,)`` int array of resampled indices to a float; non-finite values are skipped.
+        n: number of samples.
+        n_resamples: bootstrap resamples.
+        seed: numpy generator seed (the same seed gives the same interval).
+        alpha: 1 - confidence level (0.05: a 95 % interval).
+
+    Returns:
+        ``(lower, upper)``: the ``alpha / 2`` and ``1 - alpha / 2`` percentiles, or ``(nan, nan)`` when no
+        resample gave a finite value.
+    """
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_resamples):
@@ -67,7 +93,18 @@ def bootstrap_ci(metric: Callable[[np.ndarray], float], n: int, n_resamples: int
 
 def binary_report(positive_true: np.ndarray, positive_score: np.ndarray, threshold: float = 0.5,
                   n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Binary metrics (accuracy, precision, sensitivity, specificity, F1, AUC), each with a bootstrap 95 % CI."""
+    """Binary metrics (accuracy, precision, sensitivity, specificity, F1, AUC), each with a bootstrap 95 % CI.
+
+    Args:
+        positive_true: ``(N,)`` truth, cast to bool.
+        positive_score: ``(N,)`` scores (probabilities in [0, 1]); positive when ``>= threshold``.
+        threshold: the operating threshold.
+        n_resamples, seed: of :func:`bootstrap_ci`.
+
+    Returns:
+        ``{"n", "n_positive", "threshold", <metric>, "<metric>_ci95": [lower, upper], ...}`` for the six
+        metrics; an undefined ratio is NaN.
+    """
     t = np.asarray(positive_true, dtype=bool)
     s = np.asarray(positive_score, dtype=np.float64)
 

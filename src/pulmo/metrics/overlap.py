@@ -9,6 +9,17 @@ def dice(prediction: np.ndarray, reference: np.ndarray, empty: float = 1.0) -> f
     """Dice similarity coefficient 2|P∩R| / (|P| + |R|) of two binary masks of equal shape.
 
     Returns ``empty`` (default 1.0) when both masks are empty. Raises ValueError on a shape mismatch.
+
+    Args:
+        prediction: array of any shape (2D ``(H, W)`` or 3D ``(Z, Y, X)``); a value ``> 0`` is foreground.
+        reference: array of the same shape; a value ``> 0`` is foreground.
+        empty: the value when both masks are empty.
+
+    Returns:
+        Dice in [0, 1] (or ``empty``).
+
+    Raises:
+        ValueError: the shapes differ.
     """
     p, r = _pair(prediction, reference)
     denom = p.sum() + r.sum()
@@ -16,7 +27,19 @@ def dice(prediction: np.ndarray, reference: np.ndarray, empty: float = 1.0) -> f
 
 
 def iou(prediction: np.ndarray, reference: np.ndarray, empty: float = 1.0) -> float:
-    """Intersection over union |P∩R| / |P∪R|; ``empty`` when both masks are empty."""
+    """Intersection over union |P∩R| / |P∪R|; ``empty`` when both masks are empty.
+
+    Args:
+        prediction: array of any shape; a value ``> 0`` is foreground.
+        reference: array of the same shape; a value ``> 0`` is foreground.
+        empty: the value when both masks are empty.
+
+    Returns:
+        IoU (Jaccard index) in [0, 1] (or ``empty``).
+
+    Raises:
+        ValueError: the shapes differ.
+    """
     p, r = _pair(prediction, reference)
     union = np.logical_or(p, r).sum()
     return float(empty) if union == 0 else float(np.logical_and(p, r).sum() / union)

@@ -37,7 +37,14 @@ def _device(model: torch.nn.Module) -> torch.device:
 def whole_image_inference(model: torch.nn.Module, image: np.ndarray | torch.Tensor, multiple: int = 32) -> np.ndarray:
     """Logits ``(K, H, W)`` of one ``(H, W)`` or ``(C, H, W)`` image in one forward pass; the image is
     mirror-padded at the bottom/right to a multiple of ``multiple`` px (what a U-Net's pooling needs) and
-    the output cropped back."""
+    the output cropped back. ``model`` maps ``(1, C, H', W')`` to ``(1, K, H', W')`` (same-size output).
+
+    Returns:
+        float32 ``(K, H, W)`` logits.
+
+    Raises:
+        ValueError: ``image`` is neither ``(H, W)`` nor ``(C, H, W)``.
+    """
     x = _as_chw(image)
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
@@ -63,6 +70,10 @@ def overlap_tile_inference(model: torch.nn.Module, image: np.ndarray | torch.Ten
 
     Returns:
         float32 logits with the image's height and width; every pixel comes from exactly one tile's valid region.
+
+    Raises:
+        ValueError: ``tile < 1``, ``margin < 0`` or ``tile - 2 * margin < 1``; or ``image`` is neither
+            ``(H, W)`` nor ``(C, H, W)``.
     """
     margin = tile // 4 if margin is None else int(margin)
     core = tile - 2 * margin

@@ -80,6 +80,13 @@ class VolumeCache:
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> _Loaded:
+        """The NIfTI at ``path`` as an array ``(Z, Y, X)`` with its spacing (mm, z-y-x), origin and ITK
+        direction, read on first use and kept (least recently used entries dropped beyond ``max_items``).
+
+        Raises:
+            OSError: ``path`` does not exist (``FileNotFoundError``) or cannot be read.
+            RuntimeError: SimpleITK cannot read the file.
+        """
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:

@@ -57,7 +57,14 @@ MAX_ZIP_DEPTH = 32  # folders above a member; DICOM exports nest 3 to 6 deep
 @dataclasses.dataclass
 class SavedFile:
     """One uploaded file as stored: ``index`` in the upload (0-based), the client's ``original`` name (for
-    error messages to that client only), the stored ``path`` and its ``size`` in bytes."""
+    error messages to that client only), the stored ``path`` and its ``size`` in bytes.
+
+    Attributes:
+        index: position of the file in the upload, 0-based.
+        original: the client's file name (base name only, at most 200 characters; "" when none was sent).
+        path: where the file is stored on the server.
+        size: its size in bytes.
+    """
 
     index: int
     original: str
@@ -74,7 +81,12 @@ class SavedFile:
 class ExtractedZip:
     """What :func:`safe_extract_zip` wrote: ``bytes_written`` in total, and ``names``, the client's member
     name of each extracted file keyed by its neutral path relative to the extraction folder (posix), for
-    messages to that client only."""
+    messages to that client only.
+
+    Attributes:
+        bytes_written: total bytes of the extracted files.
+        names: neutral posix path relative to the extraction folder -> the client's member name.
+    """
 
     bytes_written: int
     names: dict[str, str]
@@ -83,7 +95,12 @@ class ExtractedZip:
 @dataclasses.dataclass
 class PreparedInput:
     """The analysis input: ``input_rel`` relative to the job folder, and the upload ``kind``
-    (``image``, ``volume``, ``dicom-series``, ``zip``)."""
+    (``image``, ``volume``, ``dicom-series``, ``zip``).
+
+    Attributes:
+        input_rel: path of the analysis input (a file or a folder) relative to the job folder.
+        kind: ``"image"``, ``"volume"``, ``"dicom-series"`` or ``"zip"``.
+    """
 
     input_rel: str
     kind: str

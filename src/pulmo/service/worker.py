@@ -131,6 +131,11 @@ class WithholdLibraryDetails(logging.Filter):
         self.only_pulmo = only_pulmo
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the message of a withheld record (and drop its arguments and traceback) in place.
+
+        Returns:
+            Always True: every record is logged, withheld ones with only their logger name and level.
+        """
         name = record.name
         if name.startswith("pulmo.service") or (self.only_pulmo and not name.startswith("pulmo")):
             return True

@@ -30,7 +30,12 @@ class NoOptions:
 
 @dataclasses.dataclass
 class DetectEvalOptions:
-    """Evaluation options of ``cxr-detect`` (and ``cxr-detect-unet``)."""
+    """Evaluation options of ``cxr-detect`` (and ``cxr-detect-unet``).
+
+    Attributes:
+        negatives: images without lesions, each ``FORMAT=PATH``; scored as false boxes per image and as
+            image AUC.
+    """
 
     negatives: list[str] = dataclasses.field(default_factory=list, metadata=_help(
         "images without lesions as FORMAT=PATH (kermany, covid-radiography, covid-chestxray, chestx-det10, folder); "
@@ -39,7 +44,14 @@ class DetectEvalOptions:
 
 @dataclasses.dataclass
 class NoduleEvalOptions:
-    """Evaluation options of ``nodule``."""
+    """Evaluation options of ``nodule``.
+
+    Attributes:
+        max_candidates_per_scan: candidates kept per scan for the FROC, most probable first (LUNA16's
+            ``maxNumberOfCADMarks``; 0 = all).
+        second_stage: false-positive reduction weights (name or ``.safetensors``), ``"auto"`` (the bundled
+            ``nodule-fpr`` when present) or ``"none"`` (the detector alone).
+    """
 
     max_candidates_per_scan: int = dataclasses.field(default=100, metadata=_help(
         "keep each scan's N most probable candidates for the FROC, as the LUNA16 script's maxNumberOfCADMarks "
@@ -51,7 +63,11 @@ class NoduleEvalOptions:
 
 @dataclasses.dataclass
 class GateEvalOptions:
-    """Evaluation options of ``input-gate``."""
+    """Evaluation options of ``input-gate``.
+
+    Attributes:
+        corpus: a cached rendered corpus ``.npz`` ("" = render it from the data).
+    """
 
     corpus: str = dataclasses.field(default="", metadata=_help(
         "a cached rendered corpus .npz (default: render it from the data)"))
@@ -59,7 +75,12 @@ class GateEvalOptions:
 
 @dataclasses.dataclass
 class FprEvalOptions:
-    """Evaluation options of ``nodule-fpr``."""
+    """Evaluation options of ``nodule-fpr``.
+
+    Attributes:
+        scans: CT series scored for false positives, each ``PATH`` or ``PATH=LABEL`` (a label volume of its
+            lesions).
+    """
 
     scans: list[str] = dataclasses.field(default_factory=list, metadata=_help(
         "a CT series scored for false positives, PATH or PATH=LABEL (a label volume of its lesions); repeatable",

@@ -14,7 +14,16 @@ from pulmo.geometry.boxes import mask_to_box
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``(H, W)`` float image to ``size = (h, w)`` (bilinear, antialiased when shrinking)."""
+    """Resize ``(H, W)`` float image to ``size = (h, w)`` (bilinear, antialiased when shrinking).
+
+    Args:
+        image: ``(H, W)`` array of any real dtype (cast to float32; values keep their units, e.g. [0, 1] or
+            HU).
+        size: output ``(h, w)`` in px.
+
+    Returns:
+        float32 ``(h, w)``.
+    """
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     shrink = size[0] < image.shape[0] or size[1] < image.shape[1]
     out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
@@ -22,12 +31,22 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a binary/label mask ``(H, W)`` to ``size`` with area-weighted votes (threshold 0.5) -> uint8."""
+    """Resize a binary mask ``(H, W)`` to ``size = (h, w)``: the 0/1 mask is resampled as :func:`resize_image`
+    does (bilinear, antialiased when shrinking: an area-weighted vote) and thresholded at 0.5 -> uint8 0/1.
+
+    Not for label maps with values above 1: the output is binary, every label becoming 1 where its
+    interpolated value reaches 0.5.
+    """
     return (resize_image(np.asarray(mask, dtype=np.float32), size) >= 0.5).astype(np.uint8)
 
 
 def resize_probability(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Up-sample probabilities ``(B, K, h, w)`` to ``(B, K, H, W)`` (bilinear) before thresholding."""
+    """Up-sample probabilities ``(B, K, h, w)`` to ``(B, K, H, W)`` (bilinear) before thresholding.
+
+    Args:
+        prob: float tensor ``(B, K, h, w)``, values in [0, 1] (they stay in [0, 1]).
+        size: output ``(H, W)`` in px.
+    """
     return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
 
 
