@@ -37,8 +37,8 @@ def main() -> None:
     from pulmo.io import read_image
     from pulmo.pipeline import analyze_image
     from pulmo.pipeline.ct import lesion_segmenter
-    from pulmo.tasks.ct_lungs import lung_mask_ct
     from pulmo.transforms import window_hu
+    from pulmo.transforms.ct import lung_mask_ct
 
     t0 = time.perf_counter()
     seg = lesion_segmenter()

@@ -16,7 +16,7 @@ read, before any pipeline runs (``pulmo analyze``, the service, :func:`pulmo.ana
   within :data:`MAX_FIELD_MM`; a
   known, orthonormal direction with an axial slice axis; an HU histogram with air (<= -900 HU), soft
   tissue (-200..300 HU) and bone (> 300 HU) in plausible shares. Lungs large enough are then required by
-  the lung extraction (:func:`pulmo.tasks.ct_lungs.lung_mask_ct`).
+  the lung extraction (:func:`pulmo.transforms.ct.lung_mask_ct`).
 
 Every refusal raises :class:`pulmo.errors.OutOfScopeError` with one line: ``<file>: <what is wrong>;
 <what pulmo accepts>`` (exit code 3 in the CLI). What passes gets a decision record for ``findings.json``
@@ -161,8 +161,8 @@ def check_ct_slice(image: Image2D) -> dict[str, Any]:
 
 def _slice_lungs(image: Image2D, where: str) -> dict[str, Any]:
     """A CT slice in HU must show lungs: the lung extraction on the slice (as a 10 mm slab) must find at least
-    :data:`pulmo.tasks.ct_lungs.MIN_LUNG_ML` of them, i.e. 50 cm² (a head or abdomen slice has none)."""
-    from pulmo.tasks.ct_lungs import MIN_LUNG_ML, lung_mask_slice
+    :data:`pulmo.transforms.ct.MIN_LUNG_ML` of them, i.e. 50 cm² (a head or abdomen slice has none)."""
+    from pulmo.transforms.ct import MIN_LUNG_ML, lung_mask_slice
 
     spacing = image.spacing or (1.0, 1.0)
     try:

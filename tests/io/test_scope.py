@@ -143,7 +143,7 @@ def test_dev_null_and_fifo_are_not_regular_files(tmp_path):
 def test_one_slice_ct_gets_a_lung_mask():
     """The 3-D closing used to erode a one-slice volume to nothing."""
     from pulmo.io import Volume
-    from pulmo.tasks.ct_lungs import lung_mask_ct
+    from pulmo.transforms.ct import lung_mask_ct
     from tests.bad_inputs import _phantom_ct
 
     hu = _phantom_ct((1, 256, 256))

@@ -21,7 +21,7 @@ import pytest
 
 from pulmo.io import read_image, write_nifti
 from pulmo.service.store import JobStore
-from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.transforms.ct import lung_mask_ct
 from tests.service.conftest import EXAMPLE_CT, EXAMPLE_CXR, JOB_TIMEOUT
 
 CHROMIUM = Path(os.environ.get("PULMO_CHROMIUM", "/usr/bin/chromium"))

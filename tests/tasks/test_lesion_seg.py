@@ -92,9 +92,9 @@ def test_negative_volumes_give_empty_masks_framed_like_the_pipeline(tmp_path):
     the lung box and lung-windowed exactly as ``analyze`` feeds the model, with empty labels."""
     from pulmo.datasets.covid_ct import LesionSliceDataset
     from pulmo.io import read_image
-    from pulmo.tasks.ct_lungs import lung_mask_ct
     from pulmo.tasks.lesion_seg import negative_records
     from pulmo.transforms import lung_crop_box, window_hu
+    from pulmo.transforms.ct import lung_mask_ct
 
     path = data_path("ct", "pyradiomics_lung", "lung1_image.nrrd")
     (rec,) = negative_records([str(path)])

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from pulmo.datasets.synthetic_nodules import Background, collate, make_sample
 from pulmo.errors import ConfigError
 from pulmo.io import Volume, read_image
 from pulmo.models import create_model
 from pulmo.tasks import nodule as nod
+from pulmo.transforms.ct import prepare_ct
 from pulmo.weights import WEIGHTS_DIR
 from tests.conftest import LIDC_SERIES, data_path
 
@@ -26,7 +28,7 @@ def _chest(shape=(40, 96, 96), spacing=(2.5, 0.8, 0.8)) -> Volume:
 
 def test_prepare_ct_grid_and_mapping_round_trip():
     v = _chest()
-    prep = nod.prepare_ct(v, spacing_mm=1.5)
+    prep = prepare_ct(v, spacing_mm=1.5)
     assert all(s % 8 == 0 for s in prep.image.shape)
     assert prep.image.min() >= 0 and prep.image.max() <= 1
     assert prep.lungs.any()
@@ -37,15 +39,15 @@ def test_prepare_ct_grid_and_mapping_round_trip():
 
 def test_synthetic_training_step_is_finite(tmp_path):
     v = _chest()
-    prep = nod.prepare_ct(v, spacing_mm=1.5)
-    bg = nod._Background("chest", prep, np.ones(prep.image.shape, bool), np.argwhere(prep.lungs))
+    prep = prepare_ct(v, spacing_mm=1.5)
+    bg = Background("chest", prep, np.ones(prep.image.shape, bool), np.argwhere(prep.lungs))
     rng = np.random.default_rng(0)
-    samples = [nod.make_sample(bg, 32, 2, rng) for _ in range(2)]
+    samples = [make_sample(bg, 32, 2, rng) for _ in range(2)]
     for s in samples:
         assert s["image"].shape == (1, 32, 32, 32) and s["coords"].shape == (3, 8, 8, 8)
         assert len(s["boxes"]) == len(s["masks"])
     net = create_model("nodulenet-3d", channels=[8, 16, 16], mask_size=8, roi_size=4)
-    loss = nod.nodule_loss(net, nod.collate(samples))
+    loss = nod.nodule_loss(net, collate(samples))
     assert torch.isfinite(loss)
     loss.backward()
 

@@ -19,13 +19,13 @@ from pulmo.errors import InputError
 from pulmo.findings import Findings
 from pulmo.io import Image2D, Volume
 from pulmo.pipeline.progress import report_stage
-from pulmo.tasks.ct_lungs import lung_coverage, lung_mask_ct, lung_mask_slice
 from pulmo.tasks.lesion_seg import DEFAULT_WEIGHTS, LesionSegmenter
 from pulmo.tasks.nodule import DEFAULT_WEIGHTS as NODULE_WEIGHTS
 from pulmo.tasks.nodule import NoduleDetector
 from pulmo.tasks.nodule_seg import DEFAULT_WEIGHTS as NODULE_SEG_WEIGHTS
 from pulmo.tasks.nodule_seg import DETECTOR_MASK_METHOD, MASK_METHOD, NoduleSegmenter, refine_nodule_masks
 from pulmo.transforms import window_hu
+from pulmo.transforms.ct import lung_coverage, lung_mask_ct, lung_mask_slice
 from pulmo.transforms.ct_postprocess import postprocess_infection
 from pulmo.weights import cached_loader, model_entry
 

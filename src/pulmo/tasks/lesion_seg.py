@@ -32,9 +32,9 @@ from pulmo.io import Image2D, Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights, choose
-from pulmo.tasks.ct_lungs import lung_mask_ct
-from pulmo.transforms import lung_crop_box, resize_image, resize_probability, window_hu
+from pulmo.transforms import resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
+from pulmo.transforms.ct import frame_ct_slices, lung_mask_ct
 from pulmo.transforms.ct_postprocess import postprocess_infection
 from pulmo.weights import resolve_card, sha256_of
 
@@ -113,25 +113,9 @@ def load_records(data: str | Path, format: str, split: str = "train", classes: s
     raise ConfigError(f"unknown lesion-seg format {format!r}; expected one of {TRAIN_FORMATS}")
 
 
-def frame_ct_slices(volume: Volume, lungs: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice], list[np.ndarray]]:
-    """The lung slices of a CT volume as the lesion model sees them (COVID-SemiSeg framing): every axial slice
-    with lung, cropped to the bounding box of the lungs over all slices (+8 %) and mapped through the lung
-    window.
-
-    Args:
-        volume: CT in HU, ``(Z, Y, X)``. lungs: bool ``(Z, Y, X)`` lung mask (not empty).
-
-    Returns:
-        ``(zs, (rows, cols), slices01)``: the slice indices, the in-plane crop, float32 ``[0, 1]`` images.
-    """
-    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-    rows, cols = lung_crop_box(lungs.any(axis=0))
-    return zs, (rows, cols), [window_hu(volume.hu[z, rows, cols]) for z in zs]
-
-
 def negative_records(paths: list[str], every: int = 3) -> list[dict[str, Any]]:
     """Infection-free training records from CT volumes with no infection (DICOM series folders, NIfTI, mhd,
-    NRRD; HU): every ``every``-th slice of :func:`frame_ct_slices`, with an empty label map.
+    NRRD; HU): every ``every``-th slice of :func:`pulmo.transforms.ct.frame_ct_slices`, with an empty label map.
 
     Raises:
         InputError: a path missing, not a CT volume, not in HU, or without lungs.
@@ -209,7 +193,15 @@ def _scores(prob: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
 
 
 def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
-    """Train, choose the threshold on validation, write ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    """Train, choose the threshold on validation, write ``<out_dir>/<name>.safetensors`` (fp16) + card.
+
+    Returns:
+        The model card (a dict; empty on DDP ranks other than 0).
+
+    Raises:
+        ConfigError: an unknown format or loss, ``bce`` without binary classes.
+        InputError: unreadable data or negative volumes.
+    """
     records = load_records(config.data, config.format, "train", config.classes)
     train_records, val_records = split_by_patient(records, config.val_fraction, config.split_seed, exact=True)
     train_records = train_records + negative_records(config.negatives)
@@ -305,11 +297,11 @@ class LesionSegmenter:
     def predict_volume(self, volume: Volume, lungs: np.ndarray, batch_size: int = 8,
                        on_progress: Any = None) -> np.ndarray:
         """Raw (not post-processed) infection labels of a CT volume in HU: every slice holding lung is framed to
-        the lungs' box and lung-windowed (:func:`frame_ct_slices`) and segmented.
+        the lungs' box and lung-windowed (:func:`pulmo.transforms.ct.frame_ct_slices`) and segmented.
 
         Args:
             volume: CT in HU, ``(Z, Y, X)``.
-            lungs: bool lung mask ``(Z, Y, X)`` (e.g. :func:`pulmo.tasks.ct_lungs.lung_mask_ct`).
+            lungs: bool lung mask ``(Z, Y, X)`` (e.g. :func:`pulmo.transforms.ct.lung_mask_ct`).
             batch_size: slices per forward pass.
             on_progress: called with the fraction done (0-1] after each batch, or None.
 

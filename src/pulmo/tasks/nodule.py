@@ -3,18 +3,19 @@ Tang et al., MICCAI 2019).
 
 Pipeline (:class:`NoduleDetector`):
 
-1. **pre-processing** (:func:`prepare_ct`): CT lung mask (:func:`pulmo.tasks.ct_lungs.lung_mask_ct`), crop to
-   the lungs' bounding box (+ 8 mm), trilinear resampling of HU to an isotropic ``spacing_mm`` grid
-   (``torch.nn.functional.interpolate``), HU window -1200..600 -> [0, 1], padding to a multiple of 8
-   (mirrored along z at inference);
+1. **pre-processing** (:func:`pulmo.transforms.ct.prepare_ct`): CT lung mask
+   (:func:`pulmo.transforms.ct.lung_mask_ct`), crop to the lungs' bounding box (+ 8 mm), trilinear resampling
+   of HU to an isotropic ``spacing_mm`` grid (``torch.nn.functional.interpolate``), HU window -1200..600 ->
+   [0, 1], padding to a multiple of 8 (mirrored along z at inference);
 2. **the network** (:class:`pulmo.models.nodulenet.NoduleNet3d`) on the whole crop: RPN proposals -> 3D NMS ->
    decoupled FPR head (probability and refined box) -> NMS -> mask head on the kept nodules;
 3. **mapping back** to the input geometry: centres to voxel indices and world mm (LPS), masks resampled
    (``scipy.ndimage.map_coordinates``) onto the original voxel grid.
 
-Training (:func:`train`) uses synthetic nodules (:mod:`pulmo.datasets.synthetic_nodules`) inserted into the
-lungs of real CT volumes, in random ``patch``^3 crops; real nodules and the region around them are excluded
-from the training crops and kept for evaluation (:func:`evaluate`: LUNA16 FROC / CPM on LIDC-IDRI series
+Training (:func:`train`, loss :func:`nodule_loss`) uses synthetic nodules inserted into the lungs of real CT
+volumes, in random ``patch``^3 crops (:mod:`pulmo.datasets.synthetic_nodules`: :func:`load_backgrounds`,
+:class:`SyntheticNoduleDataset`); real nodules and the region around them are excluded from the training crops
+and kept for evaluation (:func:`evaluate`: LUNA16 FROC / CPM on LIDC-IDRI series
 with their XML reads, or LUNA16 ``.mhd`` + ``annotations.csv``; Dice against the LIDC 50 % consensus masks).
 """
 
@@ -31,14 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from pulmo.datasets.synthetic_nodules import SyntheticNoduleDataset, collate, load_backgrounds
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
-from pulmo.geometry.boxes import mask_to_box
-from pulmo.io import Volume, read_image
+from pulmo.io import Volume
 from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
 from pulmo.models import create_model
 from pulmo.models.nodulenet import (
@@ -53,7 +53,7 @@ from pulmo.models.nodulenet import (
     rpn_targets,
 )
 from pulmo.tasks.base import EvalReport, FromWeights, choose
-from pulmo.tasks.ct_lungs import lung_mask_ct
+from pulmo.transforms.ct import NODULE_HU_WINDOW, PreparedCT, lung_distance, prepare_ct
 from pulmo.weights import WEIGHTS_DIR, resolve_card
 
 logger = logging.getLogger(__name__)
@@ -61,94 +61,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = "nodule"
 #: The bundled second stage (:mod:`pulmo.tasks.nodule_fpr`), used when present.
 FPR_WEIGHTS = "nodule-fpr"
-HU_WINDOW = (-1200.0, 600.0)
+HU_WINDOW = NODULE_HU_WINDOW
 FORMATS = ("lidc", "luna16")
 
 
-# ---------------------------------------------------------------------------------------------- pre-processing
-
-@dataclasses.dataclass
-class PreparedCT:
-    """A CT on the network's isotropic grid.
-
-    Attributes:
-        image: float32 ``(D, H, W)`` in [0, 1] (HU window), D, H, W multiples of the network's size divisor (padded at the far end).
-        hu: float32 ``(D, H, W)`` HU on the same grid (padding -1000 HU; along z the mirrored last slices when
-            prepared with ``mirror_z``, see :func:`prepare_ct`).
-        lungs: bool ``(D, H, W)`` lung mask on the grid.
-        offset: ``(z, y, x)`` original voxel index of the crop's first voxel.
-        step: ``(z, y, x)`` original voxels per grid voxel.
-        valid: ``(D, H, W)`` of the resampled crop before padding.
-        spacing_mm: the grid spacing.
-    """
-
-    image: np.ndarray
-    hu: np.ndarray
-    lungs: np.ndarray
-    offset: np.ndarray
-    step: np.ndarray
-    valid: tuple[int, int, int]
-    spacing_mm: float
-
-    def to_original(self, index_zyx: np.ndarray) -> np.ndarray:
-        """Grid voxel indices ``(N, 3)`` -> continuous original voxel indices ``(N, 3)``, both ``(z, y, x)``
-        (voxel centres map to voxel centres)."""
-        return self.offset + (np.atleast_2d(index_zyx) + 0.5) * self.step - 0.5
-
-    def to_grid(self, index_zyx: np.ndarray) -> np.ndarray:
-        """Original voxel indices ``(N, 3)`` -> continuous grid voxel indices ``(N, 3)``, both ``(z, y, x)``
-        (the inverse of :meth:`to_original`)."""
-        return (np.atleast_2d(index_zyx) - self.offset + 0.5) / self.step - 0.5
-
-
-def window(hu: np.ndarray) -> np.ndarray:
-    """HU -> [0, 1] through the nodule window -1200..600 HU."""
-    lo, hi = HU_WINDOW
-    return np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def _pad_multiple(a: np.ndarray, value: float, mirror_z: bool = False, divisor: int = 8) -> np.ndarray:
-    """Pad each axis at its far end to a multiple of ``divisor`` (8; 16 for a four-stage net): with ``value``,
-    or along z (``mirror_z``) with the mirrored last slices, so a scan cut through the lungs does not end in an
-    artificial air/tissue edge (the network reads such edges as nodule borders)."""
-    if mirror_z:
-        pz = (-a.shape[0]) % divisor
-        a = np.pad(a, [(0, pz), (0, 0), (0, 0)], mode="reflect" if a.shape[0] > pz else "edge")
-    return np.pad(a, [(0, (-n) % divisor) for n in a.shape], constant_values=value)
-
-
-def prepare_ct(volume: Volume, spacing_mm: float = 1.5, lungs: np.ndarray | None = None,
-               margin_mm: float = 8.0, mirror_z: bool = False, divisor: int = 8) -> PreparedCT:
-    """Crop a CT to its lungs and resample it to an isotropic grid (see the module docstring). ``mirror_z``:
-    pad z by mirroring (inference; see :func:`_pad_multiple`) instead of with -1000 HU (training); ``divisor``:
-    the network's size divisor (:attr:`NoduleNet3d.size_divisor`) the grid is padded to.
-
-    Raises:
-        InputError: not a CT in HU or no lungs found (from :func:`lung_mask_ct`).
-    """
-    lungs = lung_mask_ct(volume) if lungs is None else lungs
-    box = mask_to_box(lungs)  # (z0, y0, x0, z1, y1, x1) voxels, ends exclusive
-    spacing = np.asarray(volume.spacing, np.float64)
-    lo = np.array([max(0, int(b - margin_mm / s)) for b, s in zip(box[:3], spacing)])
-    hi = np.array([min(n, int(b + margin_mm / s)) for b, s, n in zip(box[3:], spacing, volume.shape)])
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    size = np.maximum(1, np.round((hi - lo) * spacing / spacing_mm)).astype(int)
-    hu = torch.from_numpy(np.ascontiguousarray(volume.hu[crop], dtype=np.float32))[None, None]
-    hu_iso = F.interpolate(hu, size=tuple(size), mode="trilinear", align_corners=False)[0, 0].numpy()
-    lung_iso = F.interpolate(torch.from_numpy(lungs[crop].astype(np.float32))[None, None], size=tuple(size),
-                             mode="trilinear", align_corners=False)[0, 0].numpy() >= 0.5
-    step = (hi - lo) / size
-    hu_iso = _pad_multiple(hu_iso, -1000.0, mirror_z=mirror_z, divisor=divisor)
-    return PreparedCT(image=window(hu_iso), hu=hu_iso, lungs=_pad_multiple(lung_iso, False, divisor=divisor), offset=lo.astype(np.float64),
-                      step=step, valid=tuple(int(s) for s in size), spacing_mm=spacing_mm)
-
-
 # ---------------------------------------------------------------------------------------------- inference
-
-def lung_distance(lungs: np.ndarray) -> np.ndarray:
-    """Euclidean distance (grid voxels) of every voxel to the nearest lung voxel, float32 ``(D, H, W)``."""
-    return ndimage.distance_transform_edt(~lungs).astype(np.float32)
-
+# (pre-processing: pulmo.transforms.ct.prepare_ct)
 
 @torch.no_grad()
 def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: int = 40, nms_iou: float = 0.1,
@@ -345,142 +263,7 @@ class NoduleConfig(TrainConfig):
     patience: int = 6
 
 
-@dataclasses.dataclass
-class _Background:
-    name: str
-    prep: PreparedCT
-    allowed: np.ndarray          # grid voxels whose crop may be used (away from real nodules)
-    centres: np.ndarray          # candidate crop centres (lung voxels that are allowed)
-
-
-def _real_nodule_mask(volume: Volume, source: str, exclude_labels: dict[str, str]) -> np.ndarray:
-    """Bool original-grid mask of real nodules to keep out of training (LIDC reader marks / label volumes)."""
-    mask = np.zeros(volume.shape, bool)
-    src = Path(source)
-    if src.is_dir():
-        try:
-            from pulmo.datasets.lidc import load_lidc_scan
-
-            scan = load_lidc_scan(src, volume=volume)
-            for n in scan.nodules:
-                mask |= n.full_mask(volume.shape)
-            for p in scan.small_nodules + scan.non_nodules:
-                mask[p.index] = True
-        except InputError as exc:
-            logger.info("%s: no LIDC reads (%s); nothing excluded", src, exc)
-    if source in exclude_labels:
-        lab = read_image(exclude_labels[source])
-        if not isinstance(lab, Volume) or lab.shape != volume.shape:
-            raise InputError(f"{exclude_labels[source]}: label volume does not match {source} {volume.shape}")
-        mask |= lab.hu > 0
-    return mask
-
-
-def load_backgrounds(sources: list[str], exclude_labels: list[str], spacing_mm: float, patch: int) -> list[_Background]:
-    """Prepare the background CTs: lungs, isotropic grid, and the crop centres whose ``patch`` crop stays at
-    least 10 mm away from every real nodule.
-
-    Args:
-        sources: CT volumes (DICOM series folders, NIfTI, mhd, NRRD) in HU; a folder with LIDC XML also
-            gives its real nodules.
-        exclude_labels: label volumes of real nodules, positionally paired with ``sources`` ("" for none).
-        spacing_mm: isotropic grid spacing in mm.
-        patch: training crop side in grid voxels.
-
-    Returns:
-        One background per source: its :class:`PreparedCT`, the bool grid of allowed voxels and the
-        ``(N, 3)`` candidate crop centres (lung voxels, grid ``(z, y, x)``).
-
-    Raises:
-        InputError: a source is not a CT volume, is not in HU or has no lungs, a label volume does not match
-            its background's shape, or no lung voxel is far enough from the real nodules.
-    """
-    pairs = {s: e for s, e in zip(sources, exclude_labels) if e}
-    out = []
-    for s in sources:
-        volume = read_image(s)
-        if not isinstance(volume, Volume):
-            raise InputError(f"{s}: a background must be a CT volume")
-        prep = prepare_ct(volume, spacing_mm)
-        real = _real_nodule_mask(volume, s, pairs)
-        real_grid = np.zeros(prep.image.shape, bool)
-        if real.any():
-            pts = prep.to_grid(np.argwhere(real))
-            idx = np.clip(np.round(pts).astype(int), 0, np.array(prep.image.shape) - 1)
-            real_grid[tuple(idx.T)] = True
-        reach = patch // 2 + math.ceil(10.0 / spacing_mm)
-        allowed = ~ndimage.binary_dilation(real_grid, structure=np.ones((3, 3, 3), bool), iterations=reach) \
-            if real_grid.any() else np.ones(prep.image.shape, bool)
-        centres = np.argwhere(prep.lungs & allowed)
-        if len(centres) == 0:
-            raise InputError(f"{s}: no lung region far enough from its real nodules for training crops")
-        logger.info("background %s: grid %s, %d real-nodule voxels excluded, %d crop centres", s, prep.image.shape,
-                    int(real.sum()), len(centres))
-        out.append(_Background(str(s), prep, allowed, centres))
-    return out
-
-
-def _crop(a: np.ndarray, start: np.ndarray, size: int, value: float) -> np.ndarray:
-    pads = [(max(0, -s), max(0, s + size - n)) for s, n in zip(start, a.shape)]
-    a = np.pad(a, pads, constant_values=value)
-    s = start + np.array([p[0] for p in pads])
-    return a[s[0]:s[0] + size, s[1]:s[1] + size, s[2]:s[2] + size]
-
-
-def make_sample(bg: _Background, patch: int, max_nodules: int, rng: np.random.Generator) -> dict[str, Any]:
-    """One training crop with synthetic nodules: ``{"image": (1, P, P, P) [0, 1], "boxes": (K, 4) z, y, x, d,
-    "masks": (K, P, P, P) bool, "coords": (3, P/4, P/4, P/4) in [-1, 1] (position in the lung crop)}``."""
-    from pulmo.datasets.synthetic_nodules import sample_nodules
-
-    c = bg.centres[rng.integers(len(bg.centres))]
-    start = c - patch // 2
-    hu = _crop(bg.prep.hu, start, patch, -1000.0)
-    lungs = _crop(bg.prep.lungs, start, patch, False)
-    allowed = _crop(bg.allowed, start, patch, False)
-    n = int(rng.integers(0, max_nodules + 1)) if rng.random() > 0.15 else 0
-    hu, labels, nodules = sample_nodules(hu, lungs, bg.prep.spacing_mm, n, rng, allowed=allowed,
-                                         diameter_range_mm=(3.0, 30.0))
-    boxes, masks = [], []
-    for i in range(1, len(nodules) + 1):
-        m = labels == i
-        box = mask_to_box(m)
-        lo, hi = box[:3], box[3:]
-        boxes.append([*((lo + hi - 1) / 2.0), float((hi - lo).max())])
-        masks.append(m)
-    shape = np.array(bg.prep.image.shape, np.float64)
-    f = patch // 4
-    axes = [((start[a] + (np.arange(f) + 0.5) * 4 - 0.5) / max(1.0, shape[a] - 1)) * 2 - 1 for a in range(3)]
-    coords = np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
-    return {"image": window(hu)[None], "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-            "masks": np.asarray(masks, bool).reshape(-1, patch, patch, patch), "coords": coords}
-
-
-class SyntheticNoduleDataset(Dataset):
-    """``length`` random crops with synthetic nodules from the backgrounds (new nodules at every access, or a
-    fixed set when ``seed`` is given)."""
-
-    def __init__(self, backgrounds: list[_Background], length: int, patch: int, max_nodules: int,
-                 seed: int | None = None):
-        self.backgrounds, self.length, self.patch, self.max_nodules, self.seed = backgrounds, length, patch, max_nodules, seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        rng = np.random.default_rng(None if self.seed is None else (self.seed, i))
-        bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
-        return make_sample(bg, self.patch, self.max_nodules, rng)
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch :func:`make_sample` items: ``{"image": (B, 1, P, P, P) float32 in [0, 1], "coords": (B, 3, P/4,
-    P/4, P/4) in [-1, 1], "boxes": B tensors (K_i, 4) z, y, x, d in crop voxels, "masks": B bool tensors
-    (K_i, P, P, P)}`` (boxes and masks stay lists: the number of nodules differs per crop)."""
-    return {"image": torch.from_numpy(np.stack([it["image"] for it in items])),
-            "coords": torch.from_numpy(np.stack([it["coords"] for it in items])),
-            "boxes": [torch.from_numpy(it["boxes"]) for it in items],
-            "masks": [torch.from_numpy(it["masks"]) for it in items]}
-
+# (training data: pulmo.datasets.synthetic_nodules.load_backgrounds / SyntheticNoduleDataset / collate)
 
 def nodule_loss(model: NoduleNet3d, batch: dict[str, Any], rng: torch.Generator | None = None) -> torch.Tensor:
     """RPN focal + box loss, FPR head loss on proposals and jittered ground truth (BCE + smooth L1), mask

@@ -230,8 +230,8 @@ def scan_candidates(source: str, label: str | None = None, n_random: int = 200, 
     Raises:
         InputError: not a CT volume, no lungs, or a label volume on another grid.
     """
-    from pulmo.tasks.ct_lungs import lung_mask_ct
     from pulmo.tasks.nodule import NoduleDetector
+    from pulmo.transforms.ct import lung_mask_ct
 
     volume = read_image(source)
     if not isinstance(volume, Volume):

@@ -129,7 +129,7 @@ def postprocess_infection(labels: np.ndarray, hu: np.ndarray, lungs: np.ndarray,
         labels: uint8 ``(Z, Y, X)`` label map of the model (0 = background, 1.. = infection classes), in the
             grid of ``hu``.
         hu: ``(Z, Y, X)`` CT in Hounsfield units.
-        lungs: bool ``(Z, Y, X)`` lung mask (:func:`pulmo.tasks.ct_lungs.lung_mask_ct`).
+        lungs: bool ``(Z, Y, X)`` lung mask (:func:`pulmo.transforms.ct.lung_mask_ct`).
         spacing: ``(z, y, x)`` voxel size in mm (all > 0).
         rules: the thresholds (:class:`InfectionRules`; defaults = the measured choice above).
 
