@@ -52,8 +52,7 @@ from pulmo.metrics import round_floats
 from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights, choose
-from pulmo.transforms import normalize_cxr, resize_image
-from pulmo.weights import resolve_card
+from pulmo.weights import InputSpec, resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -181,20 +180,26 @@ def split_by_source(records: Sequence[dict], test_fraction: float, val_fraction:
     return parts
 
 
-def prepare_image(image: Image2D, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+def prepare_image(image: Image2D, size: int | InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
     """A chest X-ray as the detector's input: float32 ``(size, size)`` in [0, 1] and the (x, y) scale that maps
     working px back to original px.
+
+    Args:
+        image: the radiograph.
+        size: the working size (square), or a card's input (``card.input``: its ``size``).
 
     Raises:
         InputError: a colour image (detection runs on greyscale radiographs).
     """
+    spec = size if isinstance(size, InputSpec) else InputSpec.cxr(size)
     pixels = image.pixels
     if pixels.ndim != 2:
         raise InputError(f"{image.source.get('path', 'image')}: expected a greyscale radiograph (H, W), got "
                          f"shape {pixels.shape}")
     h, w = pixels.shape
-    x = resize_image(normalize_cxr(pixels), (size, size)).astype(np.float32)
-    return x, (w / size, h / size)
+    x = spec.prepare(image)  # resize_image(normalize_cxr(pixels), size), float32
+    sh, sw = spec.size
+    return x, (w / sw, h / sh)
 
 
 class DetectionDataset(Dataset):
@@ -482,7 +487,7 @@ class Detector:
     @torch.no_grad()
     def predict_raw(self, images: Sequence[Image2D]) -> list[dict[str, Any]]:
         """Every candidate (score >= the model's 0.05 floor) per image, boxes in original px."""
-        xs, scales = zip(*(prepare_image(im, self.size) for im in images))
+        xs, scales = zip(*(prepare_image(im, self.card.input) for im in images))
         outputs = self.model([torch.from_numpy(x)[None] for x in xs])
         return _to_numpy_predictions(outputs, self.labels, scales)
 

@@ -30,9 +30,9 @@ from pulmo.io import Image2D, read_image
 from pulmo.metrics import dice, iou
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights, choose
-from pulmo.transforms import normalize_cxr, resize_image, resize_probability
+from pulmo.transforms import resize_probability
 from pulmo.transforms.augment import segmentation_augmentation
-from pulmo.weights import resolve_card
+from pulmo.weights import InputSpec, resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,9 @@ class LungSegmenter:
             model = create_model(card["architecture"], weights=weights)
         self.model = model.eval()
         self.card = card or {}
-        self.size = tuple(self.card.get("input", {}).get("size", (256, 256)))
+        # the card's input, also of a plain card dict from training: normalize_cxr, resize to size (256 x 256 if none)
+        self.input = InputSpec.from_card(self.card, task="lung-seg", default_size=(256, 256))
+        self.size = self.input.size
         self.channel = int(self.card.get("output_channel", 0))
         self.threshold = float(self.card.get("thresholds", {}).get("lung", 0.5))
 
@@ -231,11 +233,11 @@ class LungSegmenter:
         """Per-channel lung probability ``(K, H, W)`` in [0, 1] at the image's original size.
 
         Raises:
-            InputError: the image is not a chest X-ray (a CT slice, say).
+            InputError: the image is not a chest X-ray (a CT slice, say) or not greyscale ``(H, W)``.
         """
         if image.modality not in ("cxr", None):
             raise InputError(f"{image.source.get('path', 'image')}: modality {image.modality!r}; lung-seg expects a chest X-ray")
-        x = resize_image(normalize_cxr(image.pixels), self.size)
+        x = self.input.prepare(image)  # resize_image(normalize_cxr(pixels), size), float32 (h, w)
         prob = torch.sigmoid(self.model(torch.from_numpy(x)[None, None].to(model_device(self.model))))
         return resize_probability(prob, image.shape)[0].cpu().numpy()
 

@@ -4,8 +4,9 @@ A card holds: ``name``, ``architecture`` (registry name), ``model_kwargs``, ``ta
 channels in order), ``thresholds``, ``input`` (working size, normalisation, channels), ``training`` (data,
 split, command, seed), ``metrics`` (on the validation split), ``license``, ``file`` and ``sha256``.
 ``file`` is a plain file name beside the card (no folders, no ``..``, not absolute). ``sha256`` is
-required: loading refuses a card without one, checks it against the file, and never unpickles
-(safetensors).
+required: reading refuses a card without one, loading checks it against the file, and never unpickles
+(safetensors). :func:`resolve_card` and :func:`list_weights` return checked, read-only
+:class:`~pulmo.weights.card.ModelCard` mappings (typed fields, :class:`~pulmo.weights.card.InputSpec`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pulmo.errors import WeightsError
+from pulmo.weights.card import InputSpec, ModelCard, check_sha256
 
 if TYPE_CHECKING:  # torch and safetensors load only when weights do: the weight choice and cards stay light
     from torch import nn
@@ -28,7 +30,6 @@ if TYPE_CHECKING:  # torch and safetensors load only when weights do: the weight
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -40,13 +41,14 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def list_weights() -> list[dict[str, Any]]:
+def list_weights() -> list[ModelCard]:
     """The cards of every bundled weight set, sorted by name.
 
     Raises:
-        WeightsError: a card is unreadable or its ``file`` is not a plain file name.
+        WeightsError: a card is unreadable, its ``file`` is not a plain file name, or it fails the checks of
+            :class:`~pulmo.weights.card.ModelCard` (no sha256, ...).
     """
-    return [_read_card(p) for p in sorted(WEIGHTS_DIR.glob("*.json"))]
+    return [ModelCard(_read_card(p), p) for p in sorted(WEIGHTS_DIR.glob("*.json"))]
 
 
 def _plain_file_name(value: str) -> bool:
@@ -76,12 +78,16 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
-def resolve_card(weights: str | Path) -> dict[str, Any]:
+def resolve_card(weights: str | Path) -> ModelCard:
     """Find the card of a bundled weight name, or of a ``.safetensors`` path (card = same stem ``.json``).
+
+    Returns:
+        The checked, read-only card (:class:`~pulmo.weights.card.ModelCard`; ``to_dict()`` for a mutable copy).
 
     Raises:
         WeightsError: no such bundled weights, no card beside the file, an unreadable card, a card whose
-            ``file`` is a path, or a card without ``architecture``.
+            ``file`` is a path, a card without ``architecture``, without a valid ``sha256`` or otherwise
+            malformed (:class:`~pulmo.weights.card.ModelCard`).
     """
     p = Path(weights)
     if p.suffix == ".safetensors":
@@ -91,13 +97,10 @@ def resolve_card(weights: str | Path) -> dict[str, Any]:
     if not card_path.is_file():
         names = [c["name"] for c in list_weights()]
         raise WeightsError(f"weights {str(weights)!r} not found (no card {card_path}); bundled: {names}")
-    card = _read_card(card_path)
-    if not isinstance(card.get("architecture"), str):
-        raise WeightsError(f"model card {card_path}: no 'architecture' (the registered model name the weights are for)")
-    return card
+    return ModelCard(_read_card(card_path), card_path)
 
 
-def verify_sha256(card: dict[str, Any]) -> Path:
+def verify_sha256(card: Mapping[str, Any]) -> Path:
     """The card's weight file, after checking it exists and its sha256 is the card's.
 
     Raises:
@@ -105,12 +108,7 @@ def verify_sha256(card: dict[str, Any]) -> Path:
             that is not 64 hex digits, the file is missing, or its sha256 does not match.
     """
     where = card.get("_card") or card.get("name")
-    expected = card.get("sha256")
-    if not expected:
-        raise WeightsError(f"model card {where}: no 'sha256'; a sha256 of the weight file is required, pulmo loads "
-                           "only weights it can verify (save_weights writes it)")
-    if not isinstance(expected, str) or not _SHA256.match(expected):
-        raise WeightsError(f"model card {where}: 'sha256' = {str(expected)[:80]!r} is not a sha256 (64 hex digits)")
+    expected = check_sha256(card.get("sha256"), where)
     path = Path(card["_path"])
     if not path.is_file():
         raise WeightsError(f"{path}: weight file missing for card {card.get('name')!r}")
@@ -120,7 +118,7 @@ def verify_sha256(card: dict[str, Any]) -> Path:
     return path
 
 
-def load_into(model: nn.Module, card: dict[str, Any]) -> nn.Module:
+def load_into(model: nn.Module, card: Mapping[str, Any]) -> nn.Module:
     """Load a card's safetensors file into ``model`` after checking its sha256.
 
     Args:
@@ -186,13 +184,13 @@ def save_weights(model: nn.Module, path: str | Path, card: dict[str, Any], half:
     return card
 
 
-def weight_bytes(card: dict[str, Any]) -> int:
+def weight_bytes(card: Mapping[str, Any]) -> int:
     """Size of a card's weight file in bytes (0 when missing)."""
     p = Path(card["_path"])
     return p.stat().st_size if p.is_file() else 0
 
 
-def model_entry(card: dict[str, Any], task: str | None = None, **extra: Any) -> dict[str, Any]:
+def model_entry(card: Mapping[str, Any], task: str | None = None, **extra: Any) -> dict[str, Any]:
     """The ``findings.json`` ``models`` entry of a weight set: which weights produced a finding and what they
     can and cannot judge.
 
@@ -330,6 +328,6 @@ def cached_loader(task: str, default: str, build: Any, optional: bool = False, d
     return loader
 
 
-__all__ = ["OVERRIDE_ENV", "PIPELINE_TASKS", "WEIGHTS_DIR", "cached_loader", "list_weights", "load_into",
-           "model_entry", "parse_weight_overrides", "resolve_card", "resolve_weights", "save_weights",
+__all__ = ["OVERRIDE_ENV", "PIPELINE_TASKS", "WEIGHTS_DIR", "InputSpec", "ModelCard", "cached_loader", "list_weights",
+           "load_into", "model_entry", "parse_weight_overrides", "resolve_card", "resolve_weights", "save_weights",
            "set_weight_overrides", "sha256_of", "verify_sha256", "weight_bytes", "weights_available"]
