@@ -15,9 +15,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulmo.errors import ConfigError, PulmoError
+
+if TYPE_CHECKING:
+    from pulmo.pipeline.analyze import AnalyzeResult
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -542,9 +545,81 @@ def _analyze(args: argparse.Namespace) -> int:
         result = analyze_path(args.input, args.out, modality=args.modality, progress=not args.no_progress,
                               limits=limits, shard=shard, resume=args.resume,
                               rank0_merges=args.shard is None and shard is not None)  # torchrun started them together
-    for line in result.lines:
+    for line in _analyze_lines(result):
         print(line)
-    return result.exit_code
+    return _analyze_exit_code(result)
+
+
+def _analyze_exit_code(result: AnalyzeResult) -> int:
+    """1 when an input of a batch failed; for a shard, only when it merged a summary with a failed input (a shard
+    exits 0 whatever its own inputs did: torchrun stops every rank when one exits non-zero); else 0."""
+    if result.kind != "batch":
+        return 0
+    if result.shard is None:
+        return 1 if result.failures else 0
+    return 1 if result.merged_summary is not None and result.merged_failed else 0
+
+
+def _headline_text(h: dict[str, Any]) -> str:
+    """The findings part of a single input's line: lungs, infection, class, lesion boxes, nodules."""
+    if h.get("lung_volume_ml") is not None:
+        text = f"lungs {h['lung_volume_ml']} mL"
+        if h.get("lung_cut_at"):
+            text += " (only partly in the scan: cut at the " + " and ".join(h["lung_cut_at"]) + ")"
+    elif h.get("lung_area_cm2") is not None:
+        text = f"lungs {h['lung_area_cm2']} cm2"
+    else:
+        text = f"lungs {'?' if h.get('lung_area_px') is None else h['lung_area_px']} px"
+    if h.get("infection_volume_ml") is not None or h.get("infection_area_px") is not None:
+        amount = (f"{h['infection_volume_ml']} mL" if h.get("infection_volume_ml") is not None
+                  else f"{h['infection_area_px']} px")
+        text += f", infection {amount} ({h.get('infection_percent_of_lung')} % of lung)"
+    if h.get("classification_in_scope") is False:
+        text += ", finding outside the classifier's classes"
+    elif h.get("predicted_class") is not None:
+        text += f", class {h['predicted_class']}"
+    if h.get("n_detections") is not None:
+        text += f", {h['n_detections']} lesion box(es)"
+    if h.get("n_nodules") is not None:
+        text += f", {h['n_nodules']} nodule(s)"
+    return text
+
+
+def _analyze_lines(result: AnalyzeResult) -> list[str]:
+    """What ``pulmo analyze`` prints for an :class:`pulmo.pipeline.AnalyzeResult`: for a single input one line
+    (its findings, time and report); for a batch the summary line, one ``failed: <reason>`` line per failed input
+    and, for a shard, where ``summary.csv`` is merged; for a DICOMweb study also the fetch and store lines."""
+    web = result.dicomweb
+    lines = []
+    if web is not None:
+        lines.append(f"{web['url']}: fetched {web['n_instances']} {web['modality']} instance(s) of series "
+                     f"{web['series_uid']} in {web['seconds_fetch']:.2f} s")
+    if result.kind == "single" and not result.rows:  # a shard other than 0 given a single input
+        k, n = result.shard
+        lines.append(f"{result.input}: one input, analysed by shard 0 of {n}; nothing for shard {k}")
+    elif result.kind == "single":
+        lines.append(f"{result.input}: {result.headline['modality']}: {_headline_text(result.headline)} "
+                     f"({result.seconds:.2f} s) -> {result.out_dir / 'report.html'}")
+    else:
+        ok = sum(r["status"] == "ok" for r in result.rows)
+        line = f"analysed {ok} of {result.n_inputs} inputs in {result.input}"
+        if result.shard is not None:
+            line += f" (shard {result.shard[0]} of {result.shard[1]}: {result.n_inputs_all} inputs in all)"
+        if result.resume:
+            line += f", {sum(r.get('resumed') == 'yes' for r in result.rows)} kept from an earlier run"
+        line += f" -> {result.summary_path}"
+        for reason, count in result.skipped.items():
+            line += f" ({count} other file{'s' if count != 1 else ''} skipped: {reason})"
+        lines.append(line)
+        lines += [f"  failed: {reason}" for reason in result.failures]
+        if result.shard is not None:
+            lines.append(f"merged the {result.shards_merged} shard summaries into {result.merged_summary}"
+                         if result.merged_summary is not None else
+                         f"summary.csv is merged by the last of the {result.shard[1]} shards to finish")
+    if web is not None and "seconds_store" in web:
+        lines.append(f"{web['base_url']}: stored DICOM SEG (series {web['seg_series_uid']}) and SR (series "
+                     f"{web['sr_series_uid']}) in study {web['study_uid']} in {web['seconds_store']:.2f} s")
+    return lines
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

@@ -341,7 +341,7 @@ def test_cli_serve_refuses_a_data_dir_in_use_and_bad_settings(service, tmp_path,
         assert main(["serve", "--port", "1", "--data-dir", str(tmp_path / "data")]) == 2
     assert "used by another running pulmo serve" in capsys.readouterr().err
     assert main(["serve", "--data-dir", str(tmp_path / "d2"), "--workers", "-1"]) == 2
-    assert "--workers -1" in capsys.readouterr().err
+    assert "workers (--workers) -1" in capsys.readouterr().err
 
 
 def test_an_out_of_scope_upload_fails_with_the_gates_reason(service, tmp_path):

@@ -85,8 +85,8 @@ def check_base_url(url: str) -> str:
                          "http://127.0.0.1:8042/dicom-web)")
     if parts.username is not None or parts.password is not None:
         raise InputError(f"{parts.scheme}://{parts.hostname}...: credentials in the URL (user:password@) are refused, "
-                         "since they show in process lists and logs; give a bearer token with --dicomweb-token or "
-                         "PULMO_DICOMWEB_TOKEN")
+                         "since they show in process lists and logs; give a bearer token (token; --dicomweb-token or "
+                         "PULMO_DICOMWEB_TOKEN)")
     if parts.query or parts.fragment:
         raise InputError(f"{url}: a DICOMweb URL without query or fragment expected")
     return str(url).rstrip("/")
@@ -123,8 +123,8 @@ def connect(base_url: str, token: str | None = None, timeout_s: float = DEFAULT_
     session = requests.Session()
     if token is not None:
         if not token.strip():
-            raise InputError("the DICOMweb token is empty; give a token with --dicomweb-token / PULMO_DICOMWEB_TOKEN "
-                             "or leave both out")
+            raise InputError("the DICOMweb token is empty; give a token (token; --dicomweb-token / "
+                             "PULMO_DICOMWEB_TOKEN) or leave both out")
         session.headers["Authorization"] = f"Bearer {token.strip()}"
     client = DICOMwebClient(url=base_url, session=session, timeout=timeout_s)
     # dicomweb-client retries every failed request 5 times with exponential back-off (30 s for a refused
@@ -144,7 +144,7 @@ def _server_errors(base_url: str, what: str, not_found: str | None = None) -> It
         status = exc.response.status_code if exc.response is not None else None
         reason = (exc.response.reason if exc.response is not None else "") or ""
         if status in (401, 403):
-            hint = ("give a bearer token with --dicomweb-token or PULMO_DICOMWEB_TOKEN" if status == 401 else
+            hint = ("give a bearer token (token; --dicomweb-token or PULMO_DICOMWEB_TOKEN)" if status == 401 else
                     "the token is not allowed to do this")
             raise DicomWebError(f"DICOMweb server {base_url} refused access while {what} (HTTP {status} {reason}); "
                              f"{hint}") from None

@@ -98,7 +98,7 @@ def check_pixels(path: str | Path, rows: int, columns: int, frames: int = 1,
     if n > limits.max_pixels:
         raise OutOfScopeError(f"{path}: image of {columns} x {rows} pixels{f' x {frames} frames' if frames > 1 else ''} "
                               f"({n / 1e6:.0f} Mpx) is over the limit of {limits.max_pixels / 1e6:.0f} Mpx; "
-                              "raise --max-pixels to read it")
+                              "raise limits.max_pixels (--max-pixels) to read it")
 
 
 def check_voxels(path: str | Path, size_xyz: tuple[int, ...], bytes_per_voxel: int, file_bytes: int | None,
@@ -123,7 +123,7 @@ def check_voxels(path: str | Path, size_xyz: tuple[int, ...], bytes_per_voxel: i
     if n > limits.max_voxels:
         raise OutOfScopeError(f"{path}: volume of {' x '.join(str(int(s)) for s in size_xyz)} voxels "
                               f"({n / 1e9:.2f} G) is over the limit of {limits.max_voxels / 1e9:.2f} G voxels; "
-                              "raise --max-voxels to read it")
+                              "raise limits.max_voxels (--max-voxels) to read it")
     if compressed and file_bytes and n * bytes_per_voxel > limits.bomb_min_bytes:
         ratio = n * bytes_per_voxel / file_bytes
         if ratio > limits.max_compression_ratio:

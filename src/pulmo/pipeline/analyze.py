@@ -30,12 +30,50 @@ OUTPUT_MARKER = ".pulmo-output"
 
 @dataclasses.dataclass
 class AnalyzeResult:
-    """What ``analyze_path`` did: printable ``lines``, per-input ``rows`` and the CLI ``exit_code``
-    (0 all succeeded, 1 some inputs of a batch failed)."""
+    """What ``analyze_path`` (or :func:`pulmo.pipeline.dicomweb.analyze_dicomweb`) did, as data: the command
+    line turns it into its printed lines and exit code (``pulmo.cli``).
 
-    lines: list[str]
+    Attributes:
+        input: the input as given (a path; for DICOMweb, the study URL).
+        out_dir: the output folder.
+        kind: ``"single"`` (one file or DICOM series) or ``"batch"`` (a folder of inputs, ``summary.csv``).
+        rows: one dict per input (``input``, ``status`` ok / failed / skipped, and for a batch the
+            ``summary.csv`` columns); empty when a shard had nothing to do (a single input belongs to shard 0).
+        headline: a single input's headline values (see :func:`headline_values`: lung volume or area, the part of
+            the lungs cut by the scan, infection, predicted class, number of lesion boxes and nodules), else None.
+        seconds: the time a single input took to analyse, else None.
+        n_inputs: a batch: the supported inputs this process analysed (or kept from an earlier run).
+        n_inputs_all: a batch: the supported inputs of the folder (of every shard).
+        resume: results of an earlier run were kept (``resume``, implied by ``shard``).
+        skipped: a batch: ``{reason: number of files}`` of the files that were not inputs (listed by shard 0).
+        failures: a batch: the one-line reason of each input that failed in this process, in input order.
+        summary_path: a batch: the summary this process wrote (``summary.csv``, or its shard's summary).
+        shard: ``(K, N)`` when this process ran as shard K of N, else None.
+        merged_summary: a shard that merged the N shard summaries: the ``summary.csv`` it wrote, else None.
+        shards_merged: the number of shard summaries merged into ``merged_summary`` (0 when none).
+        merged_failed: the number of failed inputs in ``merged_summary`` (every shard's).
+        dicomweb: for a DICOMweb study: what was fetched (``url``, ``base_url``, ``study_uid``, ``series_uid``,
+            ``modality``, ``n_instances``, ``series_in_study``, ``seconds_fetch``) and, when stored, ``stored``,
+            ``seg_series_uid``, ``sr_series_uid``, ``seconds_store``; else None.
+    """
+
+    input: str
+    out_dir: Path
+    kind: str
     rows: list[dict[str, Any]]
-    exit_code: int = 0
+    headline: dict[str, Any] | None = None
+    seconds: float | None = None
+    n_inputs: int = 0
+    n_inputs_all: int = 0
+    resume: bool = False
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    failures: list[str] = dataclasses.field(default_factory=list)
+    summary_path: Path | None = None
+    shard: tuple[int, int] | None = None
+    merged_summary: Path | None = None
+    shards_merged: int = 0
+    merged_failed: int = 0
+    dicomweb: dict[str, Any] | None = None
 
 
 def _check_out_dir(input_path: Path, out_dir: Path, keep: bool = False) -> None:
@@ -51,24 +89,24 @@ def _check_out_dir(input_path: Path, out_dir: Path, keep: bool = False) -> None:
     folder = src if src.is_dir() else src.parent
     if out == src or out == folder or folder in out.parents:
         where = "the input folder" if src.is_dir() else "the folder of the input file"
-        raise ConfigError(f"--out {out_dir} is inside {where} {folder}; choose a folder outside it "
+        raise ConfigError(f"out_dir (--out) {out_dir} is inside {where} {folder}; choose a folder outside it "
                           "(pulmo never writes into its inputs)")
     if out in src.parents:
-        raise ConfigError(f"--out {out_dir} holds the input {input_path}; choose a folder that does not contain it "
+        raise ConfigError(f"out_dir (--out) {out_dir} holds the input {input_path}; choose a folder that does not contain it "
                           "(a re-used output folder is cleared)")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out_dir} is an existing file; expected a folder (new, empty, or a previous "
+        raise ConfigError(f"out_dir (--out) {out_dir} is an existing file; expected a folder (new, empty, or a previous "
                           "pulmo output)")
     if out.is_dir() and not (keep and (out / OUTPUT_MARKER).is_file()):  # resume / shards: any pulmo output
         written = _written_by_pulmo(out)
         foreign = sorted(p.name for p in out.iterdir() if p.name not in written | {OUTPUT_MARKER})
         if foreign:
             what = f" ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
-            raise ConfigError(f"--out {out_dir} exists and holds files pulmo did not write{what}; choose a new or "
+            raise ConfigError(f"out_dir (--out) {out_dir} exists and holds files pulmo did not write{what}; choose a new or "
                               "empty folder (a previous pulmo output folder is cleared and re-used)")
     parent = next((p for p in (out, *out.parents) if p.exists()), None)
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out_dir}: {parent} is not writable; choose a folder you can write to")
+        raise ConfigError(f"out_dir (--out) {out_dir}: {parent} is not writable; choose a folder you can write to")
 
 
 def _written_by_pulmo(out_dir: Path) -> set[str]:
@@ -94,7 +132,7 @@ def _prepare_out_dir(out_dir: Path, clear: bool = True) -> None:
         if clear or not (out_dir / OUTPUT_MARKER).is_file():
             _write_marker(out_dir)
     except OSError as exc:
-        raise ConfigError(f"--out {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
+        raise ConfigError(f"out_dir (--out) {out_dir}: cannot prepare the output folder ({exc.strerror or exc})") from None
 
 
 def _write_marker(out_dir: Path) -> None:
@@ -215,7 +253,7 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
 
     In a batch, every per-input failure, of any exception type (a refusal by the gate, an unreadable file,
     a ``MemoryError``), becomes a ``failed`` row of ``summary.csv`` with a one-line reason and the batch goes
-    on; ``exit_code`` is then 1. A re-used output folder (one pulmo wrote before) is cleared first.
+    on (the result lists it in ``failures``). A re-used output folder (one pulmo wrote before) is cleared first.
 
     Args:
         path: a file, a DICOM series folder, or a folder of inputs.
@@ -227,15 +265,18 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
             sorted order, so every shard agrees), writing ``summary.shard-K-of-N.csv``; the shard that finishes
             last (it finds all N shard summaries of this run: same input list and launcher run id) merges them
             into ``summary.csv``, every input exactly once, failures included (``summary.csv`` is final once the
-            last shard has finished). Shards share ``out_dir`` and never clear it (implies ``resume``). A
-            shard's ``exit_code`` is 0 unless it merged a summary with a failed input (then 1): ``torchrun``
-            stops every rank as soon as one exits non-zero. Under ``torchrun`` the CLI passes
+            last shard has finished). Shards share ``out_dir`` and never clear it (implies ``resume``). The
+            command line exits a shard with 0 unless it merged a summary with a failed input (then 1):
+            ``torchrun`` stops every rank as soon as one exits non-zero. Under ``torchrun`` the CLI passes
             ``(RANK, WORLD_SIZE)`` and ``rank0_merges``; a Slurm array passes its task id and count.
         rank0_merges: the shards were started together (``torchrun``): shard 0 waits until every other shard has
             written its summary during this run and merges; the others never merge.
         resume: keep the results of an earlier run in ``out_dir`` (a pulmo output): an input whose
             ``findings.json`` is complete (it parses and every file it lists exists) is not analysed again
             (``resumed`` = yes in the summary); an incomplete one is analysed again.
+
+    Returns:
+        An :class:`AnalyzeResult`: what was analysed, written, skipped, failed and merged (data only).
 
     Raises:
         InputError: the path does not exist, is not a regular file or folder, or a folder holds no supported
@@ -253,12 +294,13 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
     if shard is not None:
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
-            raise ConfigError(f"--shard {k}/{n}: expected K/N with 0 <= K < N (K = this shard, N = shards)")
+            raise ConfigError(f"shard ({k}, {n}) (--shard {k}/{n}): expected K/N with 0 <= K < N (K = this shard, "
+                              "N = shards)")
         resume = True
     single = path.is_file() or _single_series_folder(path)
-    if single and shard is not None and shard[0] != 0:
-        note = f"{path}: one input, analysed by shard 0 of {shard[1]}; nothing for shard {shard[0]}"
-        return AnalyzeResult(lines=[note], rows=[])
+    if single and shard is not None and shard[0] != 0:  # one input, analysed by shard 0: nothing for this one
+        return AnalyzeResult(input=str(path), out_dir=out_dir, kind="single", rows=[], resume=resume,
+                             shard=(shard[0], shard[1]))
     _check_out_dir(path, out_dir, keep=resume and not single)
     if single:
         t0 = time.perf_counter()
@@ -270,8 +312,9 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
         _write_marker(out_dir)
-        return AnalyzeResult(lines=[_summary_line(path, findings, out_dir, time.perf_counter() - t0)],
-                             rows=[{"input": str(path), "status": "ok"}])
+        return AnalyzeResult(input=str(path), out_dir=out_dir, kind="single",
+                             rows=[{"input": str(path), "status": "ok"}], headline=headline_values(findings),
+                             seconds=time.perf_counter() - t0, resume=resume, shard=shard)
 
     files = _batch_inputs(path)
     if not files:
@@ -330,25 +373,19 @@ def analyze_path(path: str | Path, out_dir: str | Path, modality: str | None = N
         elif not rank0_merges:
             merged = _merge_shard_summaries(out_dir, n, order, run)
     _write_marker(out_dir)
-    ok = sum(r["status"] == "ok" for r in rows)
-    failed = [r for r in rows if r["status"] == "failed"]
-    skipped = len(files) - len(candidates)
-    target = out_dir / ("summary.csv" if shard is None else _shard_summary_name(k, n))
-    lines = [f"analysed {ok} of {len(mine)} inputs in {path}"
-             + (f" (shard {k} of {n}: {len(candidates)} inputs in all)" if shard is not None else "")
-             + (f", {sum(r['resumed'] == 'yes' for r in rows)} kept from an earlier run" if resume else "")
-             + f" -> {target}"
-             + (f" ({skipped} other file{'s' if skipped != 1 else ''} skipped: not a supported image format)"
-                if skipped and k == 0 else "")]
-    lines += [f"  failed: {r['error']}" for r in failed]
-    if shard is None:
-        return AnalyzeResult(lines=lines, rows=rows, exit_code=1 if failed else 0)
-    lines.append(f"merged the {n} shard summaries into {out_dir / 'summary.csv'}" if merged is not None else
-                 f"summary.csv is merged by the last of the {n} shards to finish")
-    # a shard exits 0 whatever its inputs did (torchrun stops every rank when one exits non-zero); the shard that
-    # merges exits 1 when any input of the whole batch failed, as a single-process batch does
-    return AnalyzeResult(lines=lines, rows=rows,
-                         exit_code=1 if merged and any(r["status"] == "failed" for r in merged) else 0)
+    skipped: dict[str, int] = {}
+    for r in rows:
+        if r["status"] == "skipped":
+            skipped[r["error"]] = skipped.get(r["error"], 0) + 1
+    result = AnalyzeResult(input=str(path), out_dir=out_dir, kind="batch", rows=rows, n_inputs=len(mine),
+                           n_inputs_all=len(candidates), resume=resume, skipped=skipped,
+                           failures=[r["error"] for r in rows if r["status"] == "failed"],
+                           summary_path=out_dir / ("summary.csv" if shard is None else _shard_summary_name(k, n)),
+                           shard=None if shard is None else (k, n))
+    if shard is not None and merged is not None:
+        result.merged_summary, result.shards_merged = out_dir / "summary.csv", n
+        result.merged_failed = sum(r["status"] == "failed" for r in merged)
+    return result
 
 
 def _complete_findings(folder: Path, source: Path) -> dict[str, Any] | None:
@@ -434,7 +471,8 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, PulmoError):
         text = str(exc)
     elif isinstance(exc, MemoryError):
-        text = "out of memory while analysing the input (MemoryError); lower --max-pixels / --max-voxels"
+        text = ("out of memory while analysing the input (MemoryError); lower limits.max_pixels / "
+                "limits.max_voxels (--max-pixels / --max-voxels)")
     else:
         text = f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())[:1000]
@@ -451,25 +489,24 @@ def _summary_values(findings: dict[str, Any]) -> dict[str, Any]:
             "n_nodules": "" if findings.get("nodules") is None else len(findings["nodules"])}
 
 
-def _summary_line(path: Path, findings: dict[str, Any], out_dir: Path, seconds: float) -> str:
-    lungs, infection = findings.get("lungs") or {}, findings.get("infection")
-    if lungs.get("volume_ml") is not None:
-        text = f"lungs {lungs['volume_ml']} mL"
-        if (lungs.get("coverage") or {}).get("complete") is False:
-            text += " (only partly in the scan: cut at the " + " and ".join(lungs["coverage"]["cut_at"]) + ")"
-    elif lungs.get("area_cm2") is not None:
-        text = f"lungs {lungs['area_cm2']} cm2"
-    else:
-        text = f"lungs {lungs.get('area_px', '?')} px"
-    if infection:
-        amount = (f"{infection['volume_ml']} mL" if "volume_ml" in infection else f"{infection['area_px']} px")
-        text += f", infection {amount} ({infection.get('percent_of_lung')} % of lung)"
-    if findings.get("classification"):
-        c = findings["classification"]
-        text += (", finding outside the classifier's classes" if c.get("in_scope") is False
-                 else f", class {c.get('predicted')}")
-    if findings.get("detections") is not None:
-        text += f", {len(findings['detections'])} lesion box(es)"
-    if findings.get("nodules") is not None:
-        text += f", {len(findings['nodules'])} nodule(s)"
-    return f"{path}: {findings['modality']}: {text} ({seconds:.2f} s) -> {out_dir / 'report.html'}"
+def headline_values(findings: dict[str, Any]) -> dict[str, Any]:
+    """The headline values of one input's findings (what ``pulmo analyze`` prints for it); None where the
+    analysis has no such value.
+
+    Returns:
+        ``modality``; ``lung_volume_ml`` (CT volume), ``lung_cut_at`` (the sides where the scan cuts the lungs,
+        empty when it holds them whole or does not tell), ``lung_area_cm2`` / ``lung_area_px`` (2D);
+        ``infection_volume_ml`` / ``infection_area_px`` and ``infection_percent_of_lung`` (CT);
+        ``predicted_class`` and ``classification_in_scope`` (X-ray classifier: False for a finding outside its
+        classes); ``n_detections`` (lesion boxes) and ``n_nodules``.
+    """
+    lungs, infection = findings.get("lungs") or {}, findings.get("infection") or {}
+    coverage, c = lungs.get("coverage") or {}, findings.get("classification") or {}
+    return {"modality": findings.get("modality"), "lung_volume_ml": lungs.get("volume_ml"),
+            "lung_cut_at": list(coverage.get("cut_at") or []) if coverage.get("complete") is False else [],
+            "lung_area_cm2": lungs.get("area_cm2"), "lung_area_px": lungs.get("area_px"),
+            "infection_volume_ml": infection.get("volume_ml"), "infection_area_px": infection.get("area_px"),
+            "infection_percent_of_lung": infection.get("percent_of_lung"),
+            "predicted_class": c.get("predicted"), "classification_in_scope": c.get("in_scope") if c else None,
+            "n_detections": None if findings.get("detections") is None else len(findings["detections"]),
+            "n_nodules": None if findings.get("nodules") is None else len(findings["nodules"])}

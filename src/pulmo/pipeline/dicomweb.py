@@ -72,7 +72,8 @@ def analyze_dicomweb(url: str, out_dir: str | Path, modality: str | None = None,
         token: bearer token for the server (``None``: no authentication).
 
     Returns:
-        The :class:`AnalyzeResult` of the analysis, its lines naming the URL, the fetch and store times.
+        The :class:`AnalyzeResult` of the analysis, its ``input`` the study URL and its ``dicomweb`` what was
+        fetched and stored (series, instances, times).
 
     Raises:
         InputError: a bad URL (credentials in it are refused); DicomWebError (an InputError): the server is
@@ -83,14 +84,13 @@ def analyze_dicomweb(url: str, out_dir: str | Path, modality: str | None = None,
     ref = parse_study_url(url)
     client = connect(ref.base_url, token)
     with tempfile.TemporaryDirectory(prefix="pulmo-dicomweb-") as tmp:
-        _check_out_dir(Path(tmp), Path(out_dir))  # a bad --out is refused before anything is fetched
+        _check_out_dir(Path(tmp), Path(out_dir))  # a bad out_dir is refused before anything is fetched
         t0 = time.perf_counter()
         path, info = retrieve_study(client, ref, tmp)
         info["seconds_fetch"] = round(time.perf_counter() - t0, 3)
         result = analyze_path(path, out_dir, modality=modality, progress=progress, limits=limits)
-    result.lines = [line.replace(str(path), ref.url) for line in result.lines]
-    result.lines.insert(0, f"{ref.url}: fetched {info['n_instances']} {info['modality']} instance(s) of series "
-                           f"{info['series_uid']} in {info['seconds_fetch']:.2f} s")
+    result.input = ref.url  # the temporary copy is gone: the result names the study
+    result.rows = [{**r, "input": str(r["input"]).replace(str(path), ref.url)} for r in result.rows]
     findings_path = Path(out_dir) / "findings.json"
     findings = json.loads(findings_path.read_text())
     findings["input"]["path"] = ref.url
@@ -98,8 +98,7 @@ def analyze_dicomweb(url: str, out_dir: str | Path, modality: str | None = None,
     try:
         if store:
             info.update(store_results(client, ref.base_url, out_dir, findings))
-            result.lines.append(f"{ref.base_url}: stored DICOM SEG (series {info['seg_series_uid']}) and SR (series "
-                                f"{info['sr_series_uid']}) in study {ref.study_uid} in {info['seconds_store']:.2f} s")
     finally:
         findings_path.write_text(json.dumps(findings, indent=2) + "\n")
+    result.dicomweb = {**info, "base_url": ref.base_url}
     return result

@@ -122,7 +122,7 @@ class _DataDirLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.close()
-            raise DataDirInUseError(f"--data-dir {self.path.parent} is used by another running pulmo serve; "
+            raise DataDirInUseError(f"data_dir (--data-dir) {self.path.parent} is used by another running pulmo serve; "
                                     "stop it or choose another folder") from None
         self._fh = fh
 
@@ -214,7 +214,7 @@ class _InternalErrorMiddleware:
 
 
 def _too_large(max_bytes: int) -> str:
-    return f"the upload exceeds the limit of {mib(max_bytes)} MiB (--max-upload-mb); send a smaller study"
+    return f"the upload exceeds the limit of {mib(max_bytes)} MiB (max_upload_mb; --max-upload-mb); send a smaller study"
 
 
 def _too_many_files(max_files: int) -> str:
@@ -425,7 +425,7 @@ def create_app(config: ServiceConfig, log_level: int = logging.INFO) -> FastAPI:
 
         if config.dicomweb is None:
             raise ServiceError("expected a multipart/form-data body with the files in the field 'files'; a JSON body "
-                               "{\"dicomweb_study\": UID} needs a server started with --dicomweb URL",
+                               "{\"dicomweb_study\": UID} needs a server with a DICOMweb link (dicomweb_url; --dicomweb URL)",
                                code="dicomweb_not_configured")
         try:
             body = await request.json()
@@ -579,7 +579,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path = "pul
         handler.addFilter(WithholdLibraryDetails(only_pulmo=True))
     app.state.lock.acquire()  # fail here with one clear line rather than in uvicorn's start-up
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("listening on %s without --token: anyone who can reach the port can upload and read jobs", host)
+        logger.warning("listening on %s without a token (token; --token): anyone who can reach the port can upload and read jobs", host)
     uvicorn.run(app, host=host, port=port, log_level=logging.getLevelName(log_level).lower(), log_config=None,
                 timeout_graceful_shutdown=int(config.shutdown_grace) + 5)
     return 0

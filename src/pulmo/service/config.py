@@ -81,9 +81,9 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if self.workers < 0:
-            raise ConfigError(f"--workers {self.workers}: expected 0 or more worker processes")
+            raise ConfigError(f"workers (--workers) {self.workers}: expected 0 or more worker processes")
         if self.token is not None and not self.token.strip():
-            raise ConfigError("--token is empty; give a non-empty token or leave it out to turn auth off")
+            raise ConfigError("token (--token) is empty; give a non-empty token or leave it out to turn auth off")
         for name in ("max_upload_mb", "max_unzipped_mb"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive number of MiB")
@@ -129,10 +129,12 @@ class ServiceConfig:
 
     @property
     def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes (MiB, 2**20 bytes each)."""
         return int(self.max_upload_mb * MIB)
 
     @property
     def max_unzipped_bytes(self) -> int:
+        """``max_unzipped_mb`` in bytes (MiB, 2**20 bytes each): the cap on a ZIP's extracted total."""
         return int(self.max_unzipped_mb * MIB)
 
     @property

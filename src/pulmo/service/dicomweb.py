@@ -48,10 +48,10 @@ class DicomWebSettings:
         try:
             self.url = check_base_url(self.url)
         except InputError as exc:
-            raise ConfigError(f"--dicomweb: {exc}") from None
+            raise ConfigError(f"dicomweb_url (--dicomweb): {exc}") from None
         if self.token is not None and not self.token.strip():
-            raise ConfigError("the DICOMweb token is empty; give one with --dicomweb-token / PULMO_DICOMWEB_TOKEN or "
-                              "leave both out")
+            raise ConfigError("the DICOMweb token is empty; give one (dicomweb_token; --dicomweb-token / "
+                              "PULMO_DICOMWEB_TOKEN) or leave both out")
 
 
 def check_study_uid(value: Any) -> str:
@@ -87,7 +87,8 @@ def fetch_job_input(job_dir: Path, input_rel: str, settings: DicomWebSettings | 
     from pulmo.service.uploads import remove_tree
 
     if settings is None:
-        raise DicomWebError("this job names a DICOMweb study, but the server runs without --dicomweb")
+        raise DicomWebError("this job names a DICOMweb study, but the server runs without a DICOMweb link "
+                             "(dicomweb_url; --dicomweb)")
     study_uid = check_study_uid(json.loads((job_dir / input_rel).read_text())["study_uid"])
     dest = job_dir / "input" / "dicomweb"
     remove_tree(dest)

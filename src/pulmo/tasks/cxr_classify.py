@@ -180,7 +180,8 @@ def collect_records(config: CxrClassifyConfig) -> tuple[list[dict], list[dict]]:
             raise ConfigError(f"{spec!r}: expected format=path (e.g. tbx11k=DATA/cxr/TBX11K)")
         records += reader(fmt, path)
     if not records:
-        raise ConfigError("no training data: give --kermany, --covid-chestxray, --covid-radiography or --folders")
+        raise ConfigError("no training data: give CxrClassifyConfig.kermany, covid_chestxray, covid_radiography or "
+                          "folders (--kermany, --covid-chestxray, --covid-radiography or --folders)")
     if config.dedupe_distance < 0:
         return records, []
     return remove_near_duplicates(records, config.dedupe_distance)
@@ -514,7 +515,15 @@ def _round4(value: float | None) -> float | None:
 
 def train(config: CxrClassifyConfig, command: str = "") -> dict[str, Any]:
     """Train one classifier; write weights + card and ``results.json`` (validation, test and external metrics,
-    reliability bins, scope and source checks) to ``out_dir``."""
+    reliability bins, scope and source checks) to ``out_dir``.
+
+    Returns:
+        The model card (a dict; empty on DDP ranks other than 0).
+
+    Raises:
+        ConfigError: ``exclude_sources`` names no source of the records, or bad settings.
+        InputError: unreadable or empty datasets.
+    """
     out = Path(config.out_dir)
     # first, as the pre-processing below writes its cache (cache_dir); fit_best then keeps this config.yaml
     save_config(config, out / "config.yaml")
