@@ -114,7 +114,7 @@ def check_cxr(image: Image2D) -> dict[str, Any]:
         if scores["ct_slice"] >= max(scores["other"], model["thresholds"]["ct_slice"]):
             hint = ("pulmo reads CT from CT Image Storage files (a CT series folder, or one CT slice)"
                     if image.source.get("format") == "DICOM" else
-                    "pass --modality ct to analyse it as a CT slice, or give the whole CT volume")
+                    "pass modality 'ct' (--modality ct) to analyse it as a CT slice, or give the whole CT volume")
             raise OutOfScopeError(f"{where}: the picture looks like an axial CT slice (gate p(ct_slice) "
                                   f"{scores['ct_slice']:.2f}), not a chest radiograph; {hint}")
         raise OutOfScopeError(f"{where}: the picture does not look like a frontal chest radiograph (gate p(cxr) "
@@ -277,7 +277,8 @@ def screen(path: str | Path, modality: str | None = None,
     else:
         effective = modality or image.modality
         if effective is None:
-            raise InputError(f"{path}: a 2D image whose file does not tell the modality; pass --modality cxr or ct")
+            raise InputError(f"{path}: a 2D image whose file does not tell the modality; pass modality 'cxr' or 'ct' "
+                             "(--modality cxr / ct)")
         if effective == "cxr" and image.modality == "ct":
             raise InputError(f"{path}: the DICOM Modality is CT; a CT slice cannot be analysed as a chest X-ray")
         if effective == "ct" and image.modality == "cxr" and image.source.get("format") == "DICOM":

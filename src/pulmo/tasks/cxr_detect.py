@@ -130,7 +130,7 @@ def load_records(data: str | Path, format: str, annotations: str | Path | None =
     if format == "chestx-det10":
         return chestx_det10_folder_records(data, annotations or None, counts=counts)
     if not annotations:
-        raise ConfigError(f"format {format!r} needs an annotations file (--annotations on the command line): RSNA "
+        raise ConfigError(f"format {format!r} needs an annotations file (annotations; --annotations on the command line): RSNA "
                           f"stage_2_train_labels.csv or NIH BBox_List_2017.csv")
     ann = Path(annotations)
     if not ann.is_absolute() and (data / ann).is_file():
@@ -351,7 +351,15 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
     threshold on validation, score the test hold-out, and write ``<out_dir>/<name>.safetensors`` (fp16) + card.
 
     The positives are split as before (so a model fine-tuned from the TB-only weights never sees their test
-    images); each negative source is split by patient with the same fractions."""
+    images); each negative source is split by patient with the same fractions.
+
+    Returns:
+        The model card (a dict; empty on DDP ranks other than 0).
+
+    Raises:
+        InputError: no boxes in the labels, or unreadable labels or images.
+        ConfigError: ``init_weights`` of another architecture or other labels, or bad negatives specs.
+    """
     counts: dict[str, int] = {}
     records = load_records(config.data, config.format, config.annotations or None, counts)
     classes = sorted(label_counts(records))

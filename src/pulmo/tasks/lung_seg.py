@@ -88,7 +88,8 @@ def collect_records(config: LungSegConfig) -> tuple[list[dict], list[dict]]:
     if config.v7_data:
         sources.append(covid_chestxray_mask_records(config.v7_data))
     if not sources:
-        raise InputError("no training data: give --visible-data (images/ + masks/) and/or --v7-data")
+        raise InputError("no training data: give LungSegConfig.visible_data (images/ + masks/) and/or v7_data "
+                         "(--visible-data / --v7-data)")
     for records in sources:
         t, v = split_by_patient(records, config.val_fraction, config.split_seed)
         train += t

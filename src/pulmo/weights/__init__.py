@@ -248,24 +248,25 @@ def parse_weight_overrides(items: list[str] | tuple[str, ...], *, registered: Co
     for item in items:
         task, sep, file = str(item).partition("=")
         if not sep or not task or not file:
-            raise WeightsError(f"--weights {item!r}: expected TASK=FILE.safetensors, e.g. cxr-detect=runs/det/cxr-detect"
-                               ".safetensors")
+            raise WeightsError(f"weight override {item!r} (--weights): expected TASK=FILE.safetensors, e.g. "
+                               "cxr-detect=runs/det/cxr-detect.safetensors")
         if task not in PIPELINE_TASKS:
-            raise WeightsError(f"--weights {item!r}: unknown task {task!r}; expected one of {', '.join(PIPELINE_TASKS)}")
+            raise WeightsError(f"weight override {item!r} (--weights): unknown task {task!r}; expected one of "
+                               f"{', '.join(PIPELINE_TASKS)}")
         path = Path(file).expanduser().resolve()
         if path.suffix != ".safetensors" or not path.is_file():
-            raise WeightsError(f"--weights {item!r}: {path} is not a .safetensors file")
+            raise WeightsError(f"weight override {item!r} (--weights): {path} is not a .safetensors file")
         card = resolve_card(path)
         if card.get("task") not in PIPELINE_TASKS[task]:
-            raise WeightsError(f"--weights {item!r}: the card {card['_card']} is for task {card.get('task')!r}, not "
+            raise WeightsError(f"weight override {item!r} (--weights): the card {card['_card']} is for task {card.get('task')!r}, not "
                                f"{task!r}")
         if card["architecture"] not in registered:
-            raise WeightsError(f"--weights {item!r}: architecture {card['architecture']!r} of the card is not a "
+            raise WeightsError(f"weight override {item!r} (--weights): architecture {card['architecture']!r} of the card is not a "
                                "registered model (pulmo models)")
         try:
             verify_sha256(card)
         except WeightsError as exc:
-            raise WeightsError(f"--weights {item!r}: {exc}") from None
+            raise WeightsError(f"weight override {item!r} (--weights): {exc}") from None
         chosen[task] = str(path)
     return chosen
 
