@@ -267,7 +267,15 @@ def _inference_text(tile: int) -> str:
 
 def train(config: UnetDetectConfig, command: str = "") -> dict[str, Any]:
     """Train the U-Net route, choose the mask threshold on validation, score the test hold-out, write
-    ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    ``<out_dir>/<name>.safetensors`` (fp16) + card.
+
+    Returns:
+        The model card (a dict; empty on DDP ranks other than 0).
+
+    Raises:
+        ConfigError: bad settings (size, patch, depth, elastic mode; see ``_check``).
+        InputError: no boxes in the labels, or unreadable labels or images.
+    """
     divisor = _check(config)
     records = load_records(config.data, config.format, config.annotations or None)
     classes = sorted(label_counts(records))

@@ -347,7 +347,16 @@ def _patch_froc(model: NoduleNet3d, dataset: SyntheticNoduleDataset, spacing_mm:
 
 
 def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
-    """Train on synthetic nodules, write ``<out_dir>/<name>.safetensors`` (fp16) + card."""
+    """Train on synthetic nodules, write ``<out_dir>/<name>.safetensors`` (fp16) + card.
+
+    Returns:
+        The model card (a dict; empty on DDP ranks other than 0).
+
+    Raises:
+        ConfigError: ``channels`` / ``blocks`` / ``back_*`` of the wrong lengths, ``patch`` not a multiple of the
+            network's size divisor, or no ``backgrounds``.
+        InputError: an unreadable background or label volume.
+    """
     if len(config.channels) not in (3, 4) or len(config.blocks) != len(config.channels):
         raise ConfigError(f"channels and blocks need 3 values each (strides 2, 4, 8) or 4 each (strides 2, 4, 8, "
                           f"16), got {config.channels} and {config.blocks}")
