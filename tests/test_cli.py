@@ -47,7 +47,7 @@ def test_analyze_one_xray(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--no-progress", "analyze", str(EXAMPLE), "--out", str(out)]) == 0
     findings = json.loads((out / "findings.json").read_text())
-    assert findings["schema_version"] == "1.2" and findings["modality"] == "cxr"
+    assert findings["schema_version"] == "1.3" and findings["modality"] == "cxr"
     assert findings["input"]["gate"]["decision"] == "accepted" and findings["input"]["gate"]["as"] == "cxr"
     assert "Input gate" in (out / "report.html").read_text()
     for m in findings["models"]:  # every finding's model says what it knows and cannot see
