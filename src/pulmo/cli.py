@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -31,24 +33,99 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-#: help of the flags many train verbs share, by dest (a verb's own help text wins)
-_FLAG_HELP = {
-    "out_dir": "folder of the run: the weights + card, best.safetensors, last.pt, history.jsonl, config.yaml",
-    "epochs": "most training epochs", "batch_size": "samples per optimiser step",
-    "lr": "peak learning rate of the optimiser", "weight_decay": "weight decay of the optimiser",
-    "optimizer": "adamw, adam or sgd (momentum 0.9)", "schedule": "cosine (warm-up epoch, cosine decay) or constant",
-    "patience": "early stop after this many epochs without a better "
-    "validation metric", "bf16": "bfloat16 autocast on the training device", "channels_last": "channels-last memory format",
-    "num_workers": "DataLoader worker processes (0 = in the main process)", "threads": "torch CPU threads (0 = torch's default)",
-    "seed": "random seed (initialisation, augmentation, sampling)", "resume": "continue from OUT_DIR/last.pt",
-    "max_steps_per_epoch": "cap on optimiser steps per epoch, for smoke runs (0 = the whole epoch)",
-    "device": "where to train: cpu, cuda (this process's GPU, cuda:LOCAL_RANK under torchrun; an error "
-    "without one) or auto (cuda when a GPU is available, else cpu)",
-    "features": "channels at the first scale", "size": "input size, px (square)", "data": "dataset root",
-    "format": "dataset layout", "spacing_mm": "isotropic resampling spacing, mm", "patch": "training crop edge, voxels",
-    "samples_per_epoch": "training crops per epoch", "cache_dir": "folder for preprocessed images, reused by later runs",
-    "architecture": "registered model name (see pulmo models)", "name": "weight-set name",
-}
+_TRAINING_GROUP = "training (override the --config YAML)"
+
+
+def _doc_text(text: str) -> str:
+    """Docstring text as a help line: reST roles and literals unwrapped, whitespace collapsed, no final period."""
+    text = re.sub(r":\w+:`~[\w.]*?(\w+)`", r"\1", text)  # :class:`~a.b.C` -> C
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text).replace("``", "")
+    return " ".join(text.split()).rstrip(".")
+
+
+def _doc_attributes(cls: type) -> dict[str, str]:
+    """``{field: help}`` from the Google-style ``Attributes:`` section of ``cls``'s own docstring. An entry may
+    name several fields (``a, b: ...`` / ``a / b: ...``) and hold several entries (``a: ... . b: ...``); one
+    that reads "as :class:`X`" takes ``X``'s text; "... fields with this task's defaults" entries are skipped
+    (the base class's text stands)."""
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+    section = re.search(r"^Attributes:\n(.*?)(?=^\S|\Z)", doc, re.MULTILINE | re.DOTALL)
+    entries: list[str] = []
+    for line in (section.group(1).splitlines() if section else []):
+        if re.match(r"^ {4}\S", line):
+            entries.append(line.strip())
+        elif line.strip() and entries:
+            entries[-1] += " " + line.strip()
+    helps: dict[str, str] = {}
+    for entry in entries:
+        heads = [m for m in re.finditer(r"(?:^|(?<=[.;] ))(\w+(?:(?:,| /| and) \w+)*): ", entry)
+                 if set(re.split(r",? /? ?(?:and )?", m.group(1))) <= names]
+        for head, nxt in zip(heads, [*heads[1:], None], strict=True):
+            text = entry[head.end():nxt.start() if nxt else None].strip().rstrip(";")
+            if "fields with this task's defaults" in text:
+                continue
+            ref = re.fullmatch(r"as :class:`~?([\w.]+)`\.?", text)
+            for name in re.split(r",? /? ?(?:and )?", head.group(1)):
+                if ref:
+                    module, _, attr = ref.group(1).rpartition(".")
+                    other = getattr(sys.modules.get(module), attr, None)
+                    helps[name] = _doc_attributes(other).get(name, name) if isinstance(other, type) else name
+                else:
+                    helps[name] = _doc_text(text)
+    return helps
+
+
+def _field_helps(cls: type) -> dict[str, str]:
+    """Help text of every field of a config dataclass: its own docstring's, else its bases'."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            helps.update(_doc_attributes(klass))
+    return helps
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One flag per field of a task's config dataclass (``--field-name``, dest the field): the help text is the
+    field's ``metadata["help"]`` or the docstring's ``Attributes:`` entry, with the field's default. bool fields
+    are ``--flag/--no-flag``; ``list[str]`` fields repeat (``action="append"``) unless ``metadata
+    ["comma_separated"]``, other lists are comma-separated; ``metadata["choices"]`` / ``["metavar"]`` pass on;
+    ``metadata["flag"] = False`` keeps a field out. Every default is None (a flag not given leaves the preset /
+    --config value). The fields of :class:`pulmo.engine.config.TrainConfig` go in the training group."""
+    import typing
+
+    from pulmo.engine.config import TrainConfig
+
+    hints = typing.get_type_hints(config_cls)
+    helps = _field_helps(config_cls)
+    shared = {f.name for f in dataclasses.fields(TrainConfig)}
+    group = next(g for g in parser._action_groups if g.title == _TRAINING_GROUP)
+    for f in dataclasses.fields(config_cls):
+        if not f.metadata.get("flag", True):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        tp = hints[f.name]
+        text = str(f.metadata.get("help") or helps.get(f.name) or f.name.replace("_", " "))
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            shown = "on" if default else "off"
+        elif typing.get_origin(tp) is list:
+            shown = ",".join(map(str, default))
+            if f.metadata.get("comma_separated") or typing.get_args(tp) != (str,):
+                text += "" if "comma-separated" in text else ", comma-separated"
+            else:
+                kwargs["action"] = "append"
+                text += "" if "repeatable" in text else "; repeatable"
+        else:
+            kwargs["type"] = tp
+            shown = str(default)
+        for key in ("choices", "metavar"):
+            if key in f.metadata:
+                kwargs[key] = f.metadata[key]
+        help_text = f"{text} (default {shown if shown != '' else 'none'})"
+        (group if f.name in shared else parser).add_argument(
+            "--" + f.name.replace("_", "-"), help=help_text.replace("%", "%%"), **kwargs)
 
 
 def _train_task(verb: str) -> tuple[Any, type]:
@@ -59,53 +136,28 @@ def _train_task(verb: str) -> tuple[Any, type]:
     return module, module.Config
 
 
-class _TrainHelp(argparse.Action):
-    """``-h`` of a train verb: every flag with a help text and the default of the task's config dataclass."""
+class _TrainVerbParser(argparse.ArgumentParser):
+    """The parser of a ``pulmo train TASK`` verb: the flags of the task's config dataclass (``_add_config_flags``)
+    are added when it first parses, ``-h`` included, which imports the task (and torch); building the parser
+    does not."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+    _config_flags_added = False
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        verb = parser.prog.split()[-1]
-        _, config_cls = _train_task(verb)
-        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
-                             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-                    for f in dataclasses.fields(config_cls)}
-        for action in parser._actions:
-            if action.dest in (argparse.SUPPRESS, "help"):
-                continue
-            text = action.help or _FLAG_HELP.get(action.dest, action.dest.replace("_", " "))
-            if "default" not in text and action.dest in defaults:
-                value = defaults[action.dest]
-                text += f" (default {'none' if value in (None, [], (), '') else value})"
-            action.help = text.replace("%", "%%") if "%%" not in text else text
-        parser.print_help()
-        parser.exit()
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self._config_flags_added:
+            self._config_flags_added = True
+            _add_config_flags(self, _train_task(self.prog.split()[-1])[1])
+        return super().parse_known_args(args, namespace)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (override the --config YAML)")
+    """The flags of every train verb that are not config fields (those come from the task's config dataclass)."""
+    g = p.add_argument_group(_TRAINING_GROUP)
     g.add_argument("--preset", help="a shipped training preset: one report's recipe (pulmo train --list-presets); "
                    "--config and the flags override it")
     g.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="print the resolved config (preset, --config, flags) and exit without training")
     g.add_argument("--config", help="YAML file of the task's config dataclass")
-    g.add_argument("--out-dir", dest="out_dir")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", dest="batch_size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", dest="weight_decay", type=float)
-    g.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
-    g.add_argument("--schedule", choices=["cosine", "constant"])
-    g.add_argument("--patience", type=int)
-    g.add_argument("--bf16", action="store_true", default=None)
-    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
-    g.add_argument("--num-workers", dest="num_workers", type=int)
-    g.add_argument("--threads", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--resume", action="store_true", default=None)
-    g.add_argument("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int)
-    g.add_argument("--device", choices=["cpu", "cuda", "auto"])
 
 
 def _positive_int(text: str) -> int:
@@ -140,7 +192,8 @@ def _accept_global_flags(subparsers: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pulmo`` argument parser: verbs analyze, evaluate TASK, train TASK, models, serve; the tasks of evaluate
-    and train come from :mod:`pulmo.tasks.registry` (without importing torch)."""
+    and train come from :mod:`pulmo.tasks.registry` (without importing torch); a train verb's flags, one per
+    field of the task's config dataclass, are added when it parses (:class:`_TrainVerbParser`)."""
     parser = _global_flags(argparse.ArgumentParser(prog="pulmo", description="Chest X-ray and CT computer-aided "
                                                                              "detection."), False)
     sub = _accept_global_flags(parser.add_subparsers(dest="command", required=True))
@@ -177,173 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--list-presets", dest="list_presets", action="store_true",
                    help="list the shipped training presets (one per reproduced report) and exit")
-    tsub = _accept_global_flags(t.add_subparsers(dest="task"))
-    _add_verb = tsub.add_parser
-
-    def add_verb(name: str, **kwargs: Any) -> argparse.ArgumentParser:  # every train verb: -h with the defaults
-        p = _add_verb(name, add_help=False, **kwargs)
-        p.add_argument("-h", "--help", action=_TrainHelp, help="show this help (with the defaults) and exit")
-        return p
-
-    tsub.add_parser = add_verb  # type: ignore[method-assign]
-    ls = tsub.add_parser("lung-seg", help=TASKS["lung-seg"].description)
-    ls.add_argument("--visible-data", dest="visible_data", action="append",
-                    help="images/ + masks/ root (visible lung fields); repeatable")
-    ls.add_argument("--v7-data", dest="v7_data", help="covid-chestxray-dataset root with masks_v7_lung/")
-    ls.add_argument("--architecture", help="registered model name (unet-rsna, monai-unet)")
-    ls.add_argument("--features", type=int)
-    ls.add_argument("--size", type=int)
-    ls.add_argument("--name", help="weight-set name")
-    _add_train_flags(ls)
-    le = tsub.add_parser("lesion-seg", help=TASKS["lesion-seg"].description)
-    le.add_argument("--data", help="dataset root")
-    le.add_argument("--format", choices=["covid-semiseg", "ct-volumes"])
-    le.add_argument("--classes", choices=["binary", "multiclass"])
-    le.add_argument("--architecture", help="unet, res-unet, attention-unet or res-attention-unet")
-    le.add_argument("--features", type=int)
-    le.add_argument("--size", type=int)
-    le.add_argument("--negatives", action="append",
-                    help="a CT volume with no infection (DICOM series folder, NIfTI, mhd, NRRD) whose lung slices "
-                    "train with empty masks; repeatable")
-    le.add_argument("--loss", choices=["dice-ce", "bce"], help="dice-ce (MONAI DiceCELoss) or bce (BCEWithLogits, "
-                    "binary only)")
-    le.add_argument("--decoder", choices=["narrow", "full"], help="res-attention-unet decoder widths: narrow "
-                    "16-32-64-96 or full 64-64-128-256 (the report's)")
-    le.add_argument("--init-encoder", dest="init_encoder",
-                    help="a local .safetensors of a torchvision ResNet-34 (e.g. ImageNet) for the encoder; sha256 printed")
-    le.add_argument("--name", help="weight-set name")
-    _add_train_flags(le)
-    cl = tsub.add_parser("cxr-classify", help=TASKS["cxr-classify"].description)
-    cl.add_argument("--kermany", help="Kermany chest_xray root")
-    cl.add_argument("--covid-chestxray", dest="covid_chestxray", help="covid-chestxray-dataset root")
-    cl.add_argument("--covid-radiography", dest="covid_radiography", help="COVID-19_Radiography_Dataset root")
-    cl.add_argument("--folders", action="append", help="a root with one sub-folder per label; repeatable")
-    cl.add_argument("--other-findings", dest="other_findings", action="append",
-                    help="X-rays with a finding outside the four classes as FORMAT=PATH (tbx11k, montgomery-shenzhen, "
-                    "chestx-det10, nih): a fifth class, other_finding; repeatable")
-    cl.add_argument("--extra-normals", dest="extra_normals", action="append",
-                    help="adult 'No Finding' X-rays as FORMAT=PATH (chestx-det10, nih); repeatable")
-    cl.add_argument("--exclude-sources", dest="exclude_sources", action="append",
-                    help="a record source kept out of training and scored as external (leave-one-source-out); "
-                    "repeatable")
-    cl.add_argument("--architecture", help="resnet18 (default), mobilenet_v2 or densenet121")
-    cl.add_argument("--lung-mask", dest="lung_mask", action=argparse.BooleanOptionalAction, default=None,
-                    help="multiply the image by the lung mask first (default off)")
-    cl.add_argument("--crop", choices=["lungs", "none"],
-                    help="lungs (default): crop to the lung mask's bounding box + 10%% margins; none: whole image")
-    cl.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
-                    help="histogram-equalise the input (default on)")
-    cl.add_argument("--in-scope-retention", dest="in_scope_retention", type=float,
-                    help="share of validation in-scope images kept in scope by the out-of-scope threshold (default 0.95)")
-    cl.add_argument("--size", type=int)
-    cl.add_argument("--cache-dir", dest="cache_dir")
-    cl.add_argument("--name", help="weight-set name")
-    _add_train_flags(cl)
-    de = tsub.add_parser("cxr-detect", help=TASKS["cxr-detect"].description)
-    de.add_argument("--data", help="dataset root")
-    de.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
-    de.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
-    de.add_argument("--architecture", help="retinanet-r18-fpn, retinanet-r34-fpn (P4-P7), retinanet-r50-fpn or "
-                    "retinanet-r101-fpn (P3-P7, 1024 px)")
-    de.add_argument("--size", type=int)
-    de.add_argument("--fpn-channels", dest="fpn_channels", type=int, help="FPN and head width")
-    de.add_argument("--init-backbone", dest="init_backbone",
-                    help=".safetensors of a torchvision ResNet classifier to initialise the body from")
-    de.add_argument("--negatives", action="append",
-                    help="images without lesions as FORMAT=PATH (kermany, covid-radiography, covid-chestxray, "
-                    "chestx-det10, folder), split by patient and trained as images with no box; repeatable")
-    de.add_argument("--init-weights", dest="init_weights",
-                    help="a cxr-detect weight set (name or .safetensors) of the same architecture to fine-tune from")
-    de.add_argument("--max-fp-per-negative", dest="max_fp_per_negative", type=float,
-                    help="operating threshold: false boxes per validation negative image at most this (default 0.1)")
-    de.add_argument("--degrade-p", dest="degrade_p", type=float,
-                    help="probability of the resolution-drop augmentation (default 0.3)")
-    de.add_argument("--name", help="weight-set name")
-    _add_train_flags(de)
-    du = tsub.add_parser("cxr-detect-unet", help=TASKS["cxr-detect-unet"].description)
-    du.add_argument("--data", help="dataset root")
-    du.add_argument("--format", choices=["tbx11k", "chestx-det10", "rsna", "nih"])
-    du.add_argument("--annotations", help="label file (TBX11K: COCO JSON relative to --data)")
-    du.add_argument("--size", type=int)
-    du.add_argument("--architecture", help="monai-unet (MONAI residual U-Net) or unet-rsna-pneumonia (the report's "
-                    "U-Net as printed: BN momentum 0.9, LeakyReLU 0.03)")
-    du.add_argument("--depth", type=int, help="U-Net scales")
-    du.add_argument("--features", type=int)
-    du.add_argument("--patch", type=int, help="training crop, px (a multiple of 2^(depth-1))")
-    du.add_argument("--tile", type=int, help="overlap-tile inference with mirrored borders, tile px (0 = whole image)")
-    du.add_argument("--elastic", choices=["monai", "report"],
-                    help="elastic deformation: monai (MONAI Rand2DElastic) or report (U(-1, 1) fields, Gaussian sigma, "
-                    "scale alpha, bilinear)")
-    du.add_argument("--elastic-alpha", dest="elastic_alpha", type=float, help="scale of the report's displacement field, px")
-    du.add_argument("--elastic-sigma", dest="elastic_sigma", type=float, help="Gaussian smoothing of the field, px")
-    du.add_argument("--elastic-prob", dest="elastic_prob", type=float, help="probability of the elastic deformation")
-    du.add_argument("--name", help="weight-set name")
-    _add_train_flags(du)
-    no = tsub.add_parser("nodule", help=TASKS["nodule"].description)
-    no.add_argument("--backgrounds", help="comma-separated CT volumes (DICOM series folders, NIfTI, mhd, NRRD)")
-    no.add_argument("--exclude-labels", dest="exclude_labels",
-                    help="comma-separated label volumes, one per background ('' for none), of real nodules to keep "
-                    "out of training (LIDC series are read from their XML automatically)")
-    no.add_argument("--spacing-mm", dest="spacing_mm", type=float)
-    no.add_argument("--patch", type=int)
-    no.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int)
-    no.add_argument("--channels", help="feature-net widths at strides 2, 4, 8 (or 2, 4, 8, 16: NoduleNet's depth), "
-                    "comma-separated")
-    no.add_argument("--blocks", help="residual blocks per feature-net stage, one per --channels value, comma-separated")
-    no.add_argument("--back-channels", dest="back_channels",
-                    help="widths of the top-down fusion blocks, deepest first (NoduleNet: 64,128)")
-    no.add_argument("--back-blocks", dest="back_blocks",
-                    help="residual blocks per top-down fusion block, deepest first (NoduleNet: 3,3)")
-    no.add_argument("--name", help="weight-set name")
-    _add_train_flags(no)
-
-    ns = tsub.add_parser("nodule-seg", help=TASKS["nodule-seg"].description)
-    ns.add_argument("--data", help="LIDC-IDRI-slices folder (<patient>/nodule-<k>/{images,mask-0..3}/slice-<i>.png) "
-                    "or its .tar.gz")
-    ns.add_argument("--format", choices=["lidc-slices"], help="dataset layout (default lidc-slices)")
-    ns.add_argument("--architecture", help="registered model name (default monai-unet: MONAI residual U-Net)")
-    ns.add_argument("--features", type=int, help="channels at the first scale, doubled per scale (default 16)")
-    ns.add_argument("--depth", type=int, help="number of scales (default 4: 16-32-64-128 channels)")
-    ns.add_argument("--size", type=int, help="training window, px, the centre of each crop (default 64)")
-    ns.add_argument("--context", type=int, help="slices either side of the centre slice as channels (default 1: 3)")
-    ns.add_argument("--test-fraction", dest="test_fraction", type=float,
-                    help="share of patients held out for testing (default 0.2)")
-    ns.add_argument("--val-fraction", dest="val_fraction", type=float,
-                    help="share of patients for validation: early stopping and the threshold (default 0.1)")
-    ns.add_argument("--split-seed", dest="split_seed", type=int, help="seed of the patient split (default 0)")
-    ns.add_argument("--loss", choices=["dice-ce-batch", "dice-ce-sample"],
-                    help="dice-ce-batch: one soft Dice over the batch + BCE (default); dice-ce-sample: Dice per slice")
-    ns.add_argument("--no-tta", dest="tta", action="store_false", default=None,
-                    help="no flip test-time augmentation at validation/test time (default: the mean of 4 flips)")
-    ns.add_argument("--name", help="weight-set name (default nodule-seg)")
-    _add_train_flags(ns)
-
-    fp = tsub.add_parser("nodule-fpr", help=TASKS["nodule-fpr"].description)
-    fp.add_argument("--data", help="LIDC-IDRI-slices folder or .tar.gz (the positives)")
-    fp.add_argument("--scans", action="append", help="a CT series for negatives, PATH or PATH=LABEL (a label volume "
-                    "of its lesions, kept out of the negatives); repeatable")
-    fp.add_argument("--held-out-scan", dest="held_out_scan", help="name (folder or file name) of one --scans series "
-                    "never trained on and scored (leave-one-scan-out); default none")
-    fp.add_argument("--n-random", dest="n_random", type=int, help="random vessel / border / parenchyma points per "
-                    "kind and scan (default 300)")
-    fp.add_argument("--target-sensitivity", dest="target_sensitivity", type=float,
-                    help="the threshold keeps this share of the validation patients' nodules (default 0.95)")
-    fp.add_argument("--architecture", help="registered classifier (default resnet18)")
-    fp.add_argument("--split-seed", dest="split_seed", type=int, help="seed of the patient split (default 0, as "
-                    "nodule-seg)")
-    fp.add_argument("--name", help="weight-set name (default nodule-fpr)")
-    _add_train_flags(fp)
-
-    ig = tsub.add_parser("input-gate", help=TASKS["input-gate"].description)
-    ig.add_argument("--data", help="data root holding the datasets' cxr/ and ct/ folders in their public layouts (see "
-                    "pulmo.datasets.gate_corpus); not needed when --corpus exists")
-    ig.add_argument("--corpus", help="cached rendered corpus .npz (built from --data when missing)")
-    ig.add_argument("--exclude-sources", dest="exclude_sources", action="append",
-                    help="a source left out of training (e.g. tbx11k); repeatable")
-    ig.add_argument("--leave-one-source-out", dest="leave_one_source_out", action="store_true",
-                    help="retrain once per chest X-ray source with it held out and report its refusals")
-    ig.add_argument("--name", help="weight-set name")
-    _add_train_flags(ig)
+    # one verb per registered task; its config flags are added when it parses (_TrainVerbParser)
+    tsub = _accept_global_flags(t.add_subparsers(dest="task", parser_class=_TrainVerbParser))
+    verbs = {entry.name: tsub.add_parser(entry.name, help=entry.description) for entry in TASKS.values()}
+    for verb in verbs.values():
+        _add_train_flags(verb)
+    verbs["input-gate"].add_argument(
+        "--leave-one-source-out", dest="leave_one_source_out", action="store_true",
+        help="retrain once per chest X-ray source with it held out and report its refusals")
 
     sub.add_parser("models", help="list registered architectures and bundled weights")
 

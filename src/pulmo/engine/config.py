@@ -54,8 +54,8 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
+    optimizer: str = dataclasses.field(default="adamw", metadata={"choices": ("adamw", "adam", "sgd")})
+    schedule: str = dataclasses.field(default="cosine", metadata={"choices": ("cosine", "constant")})
     patience: int = 10
     bf16: bool = False
     channels_last: bool = False
@@ -64,8 +64,8 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     max_steps_per_epoch: int = 0
-    progress: bool = True
-    device: str = "auto"
+    progress: bool = dataclasses.field(default=True, metadata={"flag": False})  # the CLI's global --no-progress
+    device: str = dataclasses.field(default="auto", metadata={"choices": DEVICES})
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -83,7 +83,8 @@ class CxrClassifyConfig(TrainConfig):
     """Settings of ``pulmo train cxr-classify`` (adds to :class:`TrainConfig`).
 
     Attributes:
-        kermany, covid_chestxray, covid_radiography: dataset roots ("" = not used).
+        kermany: Kermany ``chest_xray`` root ("" = not used). covid_chestxray: ``covid-chestxray-dataset`` root
+            ("" = not used). covid_radiography: ``COVID-19_Radiography_Dataset`` root ("" = not used).
         folders: extra roots in the one-folder-per-label layout.
         other_findings: ``format=path`` sources of X-rays with a finding outside the four classes
             (:data:`~pulmo.datasets.cxr_labels.OTHER_FORMATS`, e.g. ``tbx11k=DATA/cxr/TBX11K``): trained as a
@@ -116,7 +117,7 @@ class CxrClassifyConfig(TrainConfig):
     exclude_sources: list[str] = dataclasses.field(default_factory=list)
     architecture: str = "resnet18"
     lung_mask: bool = False
-    crop: str = "lungs"
+    crop: str = dataclasses.field(default="lungs", metadata={"choices": ("lungs", "none")})
     equalize: bool = True
     in_scope_retention: float = 0.95
     size: int = 224

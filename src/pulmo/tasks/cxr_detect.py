@@ -66,9 +66,10 @@ class DetectConfig(TrainConfig):
     """Settings of ``pulmo train cxr-detect`` (adds to :class:`TrainConfig`).
 
     Attributes:
-        data: dataset root. format: one of :data:`FORMATS`. annotations: the label file (relative to
-            ``data`` for TBX11K; required for the other formats).
-        architecture: ``retinanet-r18-fpn`` or ``retinanet-r34-fpn``.
+        data: dataset root. format: dataset layout, one of :data:`FORMATS`. annotations: the label file
+            (relative to ``data`` for TBX11K; required for the other formats).
+        architecture: ``retinanet-r18-fpn``, ``retinanet-r34-fpn`` (P4-P7), ``retinanet-r50-fpn`` or
+            ``retinanet-r101-fpn`` (P3-P7, 1024 px).
         size: working resolution (px, square). fpn_channels: FPN / head width.
         test_fraction, val_fraction, split_seed: the patient-grouped hold-outs.
         init_backbone: optional ``.safetensors`` of a torchvision ResNet classifier of the same depth (e.g. a
@@ -88,7 +89,7 @@ class DetectConfig(TrainConfig):
     """
 
     data: str = ""
-    format: str = "tbx11k"
+    format: str = dataclasses.field(default="tbx11k", metadata={"choices": FORMATS})
     annotations: str = ""
     architecture: str = "retinanet-r18-fpn"
     size: int = 512

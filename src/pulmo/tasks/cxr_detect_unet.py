@@ -100,14 +100,14 @@ class UnetDetectConfig(TrainConfig):
     """
 
     data: str = ""
-    format: str = "tbx11k"
+    format: str = dataclasses.field(default="tbx11k", metadata={"choices": FORMATS})
     annotations: str = ""
     size: int = 384
     patch: int = 192
     architecture: str = "monai-unet"
     depth: int = 5
     features: int = 16
-    elastic: str = "monai"
+    elastic: str = dataclasses.field(default="monai", metadata={"choices": ("monai", "report")})
     elastic_alpha: float = DEFAULT_ALPHA
     elastic_sigma: float = DEFAULT_SIGMA
     elastic_prob: float = 0.3

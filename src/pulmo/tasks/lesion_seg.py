@@ -73,16 +73,16 @@ class LesionSegConfig(TrainConfig):
     """
 
     data: str = ""
-    format: str = "covid-semiseg"
-    classes: str = "binary"
+    format: str = dataclasses.field(default="covid-semiseg", metadata={"choices": TRAIN_FORMATS})
+    classes: str = dataclasses.field(default="binary", metadata={"choices": ("binary", "multiclass")})
     architecture: str = "res-attention-unet"
     features: int = 16
     size: int = 256
     val_fraction: float = 0.2
     split_seed: int = 0
     elastic_prob: float = 0.3
-    loss: str = "dice-ce"
-    decoder: str = "narrow"
+    loss: str = dataclasses.field(default="dice-ce", metadata={"choices": ("dice-ce", "bce")})
+    decoder: str = dataclasses.field(default="narrow", metadata={"choices": ("narrow", "full")})
     init_encoder: str = ""
     negatives: list[str] = dataclasses.field(default_factory=list)
     name: str = DEFAULT_WEIGHTS

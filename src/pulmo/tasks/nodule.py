@@ -236,17 +236,20 @@ class NoduleConfig(TrainConfig):
         samples_per_epoch: random crops per epoch. max_nodules: synthetic nodules per crop (0..max).
         val_samples: validation crops (a fixed set, drawn with seed ``10000 + seed``).
         channels: widths of the feature net's encoder stages, three (strides 2, 4, 8) or four (2, 4, 8, 16:
-            NoduleNet's depth, then ``patch`` must be a multiple of 16); blocks: residual blocks per stage
-            (default 24-48-64 and 1-2-2, sized for a CPU; the ``nodulenet-lidc`` preset: NoduleNet's 32-64-64-64
-            and 2-2-3-3). back_channels / back_blocks: widths and residual blocks of the top-down fusion
-            blocks, deepest first (empty: the encoder widths, one block; NoduleNet: 64, 128 and 3, 3).
+            NoduleNet's depth, then ``patch`` must be a multiple of 16); 24-48-64 by default, sized for a CPU
+            (the ``nodulenet-lidc`` preset: NoduleNet's 32-64-64-64).
+        blocks: residual blocks per feature-net stage, one per ``channels`` value (default 1-2-2; the
+            ``nodulenet-lidc`` preset: NoduleNet's 2-2-3-3).
+        back_channels: widths of the top-down fusion blocks, deepest first (empty: the encoder widths;
+            NoduleNet: 64, 128). back_blocks: residual blocks per top-down fusion block, deepest first (empty:
+            one; NoduleNet: 3, 3).
         name: weight-set name.
         epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
             (12, 2, 2e-3, 6).
     """
 
-    backgrounds: list[str] = dataclasses.field(default_factory=list)
-    exclude_labels: list[str] = dataclasses.field(default_factory=list)
+    backgrounds: list[str] = dataclasses.field(default_factory=list, metadata={"comma_separated": True})
+    exclude_labels: list[str] = dataclasses.field(default_factory=list, metadata={"comma_separated": True})
     spacing_mm: float = 1.5
     patch: int = 64
     samples_per_epoch: int = 240

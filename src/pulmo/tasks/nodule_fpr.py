@@ -374,7 +374,8 @@ class NoduleFprConfig(TrainConfig):
         held_out_scan: the name of one of ``scans`` whose negatives are kept out of training and scored
             (leave-one-scan-out); empty = train on all.
         n_random: random points per kind and scan. min_area_fraction: positive slices (see :func:`nodule_crops`).
-        test_fraction / val_fraction / split_seed: the patient split (as ``nodule-seg``).
+        test_fraction: share of patients held out for testing. val_fraction: share of patients for
+            validation. split_seed: seed of the patient split (as ``nodule-seg``).
         val_negative_fraction: share of the training scans' negatives (by axial slab) kept for validation.
         target_sensitivity: the threshold keeps this share of the validation patients' nodules.
         architecture: registered classifier (``resnet18``). name: weight-set name.

@@ -94,7 +94,8 @@ class NoduleSegConfig(TrainConfig):
     """Settings of ``pulmo train nodule-seg`` (adds to :class:`TrainConfig`).
 
     Attributes:
-        data: LIDC-IDRI-slices folder or ``.tar.gz``. format: ``lidc-slices``.
+        data: LIDC-IDRI-slices folder (``<patient>/nodule-<k>/{images,mask-0..3}/slice-<i>.png``) or its
+            ``.tar.gz``. format: dataset layout (``lidc-slices``).
         architecture: registered model name (``monai-unet``: MONAI residual U-Net).
         features: channels at the first scale (doubled per scale). depth: scales (4: 16-32-64-128).
         size: training window in px (square, centre of each crop; a multiple of ``2 ** (depth - 1)``).
@@ -104,14 +105,15 @@ class NoduleSegConfig(TrainConfig):
             as in the per-nodule metric).
         tta: average the probabilities over the 4 in-plane flips at validation and test time (also written to the
             card, so :class:`NoduleSegmenter` does the same).
-        test_fraction / val_fraction / split_seed: the patient split (:func:`split_nodules`).
+        test_fraction: share of patients held out for testing. val_fraction: share of patients for validation
+            (early stopping and the threshold). split_seed: seed of the patient split (:func:`split_nodules`).
         name: weight-set name (``<out_dir>/<name>.safetensors`` + ``.json`` card).
         epochs, batch_size, lr, patience: :class:`TrainConfig` fields with this task's defaults
             (30, 32, 2e-3, 10).
     """
 
     data: str = ""
-    format: str = "lidc-slices"
+    format: str = dataclasses.field(default="lidc-slices", metadata={"choices": ("lidc-slices",)})
     architecture: str = "monai-unet"
     features: int = 16
     depth: int = 4
@@ -120,7 +122,8 @@ class NoduleSegConfig(TrainConfig):
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     split_seed: int = 0
-    loss: str = "dice-ce-batch"
+    loss: str = dataclasses.field(default="dice-ce-batch",
+                                  metadata={"choices": ("dice-ce-batch", "dice-ce-sample")})
     tta: bool = True
     name: str = DEFAULT_WEIGHTS
     epochs: int = 30
