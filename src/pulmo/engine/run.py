@@ -48,6 +48,7 @@ def fit_best(
     monitor: str,
     mode: str = "max",
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    find_unused_parameters: bool = False,
 ) -> dict[str, Any] | None:
     """Train with :func:`pulmo.engine.trainer.fit` and leave ``model`` with its best epoch, ready to measure.
 
@@ -65,6 +66,8 @@ def fit_best(
         monitor: the metric of ``evaluate_fn`` that selects the best epoch.
         mode: ``"max"`` or ``"min"``: whether a larger or a smaller ``monitor`` is better.
         collate_fn: batches dataset items (default: PyTorch's ``default_collate``).
+        find_unused_parameters: DDP's option (:func:`pulmo.engine.trainer.fit`): some parameters may get no
+            gradient in a step.
 
     Returns:
         :func:`pulmo.engine.trainer.fit`'s summary (``best_metric``, ``best_epoch``, ``epochs_run``,
@@ -83,7 +86,7 @@ def fit_best(
     if not _holds(out / "config.yaml", config):
         save_config(config, out / "config.yaml")
     summary = fit(model, train_dataset, loss_fn, evaluate_fn, config, monitor=monitor, mode=mode,
-                  collate_fn=collate_fn)
+                  collate_fn=collate_fn, find_unused_parameters=find_unused_parameters)
     if summary["rank"] != 0:
         return None
     model.load_state_dict(load_file(str(out / "best.safetensors")))

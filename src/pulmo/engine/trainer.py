@@ -110,6 +110,7 @@ def fit(
     monitor: str,
     mode: str = "max",
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    find_unused_parameters: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` and keep the best epoch by ``monitor`` (``mode`` "max" or "min").
 
@@ -121,6 +122,10 @@ def fit(
 
     ``collate_fn`` batches dataset items (default: PyTorch's ``default_collate``; detection tasks pass one
     that keeps per-image box lists).
+
+    ``find_unused_parameters`` is passed to ``DistributedDataParallel`` (a multi-process run only): a model whose
+    loss leaves some parameters without a gradient in some steps (a head used only when the batch holds a
+    positive) needs it; the loss must then come from the model's own ``forward`` (DDP tracks that call).
 
     Returns:
         ``{"best_metric", "best_epoch", "epochs_run", "stopped_early", "seconds", "world_size", "rank"}``.
@@ -166,7 +171,8 @@ def fit(
 
     if world > 1:
         train_model: nn.Module = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
     else:
         train_model = model
     optimizer = make_optimizer(model, config)

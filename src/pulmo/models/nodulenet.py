@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -274,8 +275,145 @@ class NoduleNet3d(nn.Module):
         high = torch.cat([low, roi_sample(f2, batch_index, boxes, m, 2.0), roi_sample(image, batch_index, boxes, m, 1.0)], 1)
         return self.mask_high(high)[:, 0]
 
+    # ------------------------------------------------------------------ the training / inference contract
+    def forward(self, x: torch.Tensor, targets: dict[str, Any] | None = None, *,
+                coords: torch.Tensor | None = None, rng: torch.Generator | None = None,
+                **detect_kwargs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The model's own contract (as torchvision's detectors), so that a ``DistributedDataParallel`` wrapper's
+        ``forward`` runs everything that needs gradients (and synchronises them).
+
+        * training mode with ``targets``: the scalar training loss (:func:`nodulenet_loss`). ``targets`` holds
+          per-image ``"boxes"`` (list of ``(N_b, 4)`` cubes) and ``"masks"`` (list of ``(N_b, D, H, W)``), and may
+          hold ``"coords"`` (a training batch ``{"image", "coords", "boxes", "masks"}`` can be passed whole);
+          ``rng`` draws the ground-truth jitter (on the CPU; default the global generator).
+        * otherwise (no ``targets``, or eval mode): the detections of :meth:`detect` on a one-image batch
+          (``detect_kwargs`` are its thresholds), without gradients.
+        """
+        if targets is not None and self.training:
+            if coords is None:
+                coords = targets.get("coords")
+            return nodulenet_loss(self, x, targets, coords=coords, rng=rng)
+        return self.detect(x, **detect_kwargs)
+
+    @torch.no_grad()
+    def detect(self, x: torch.Tensor, max_proposals: int = 40, nms_iou: float = 0.1, min_probability: float = 0.02,
+               max_detections: int = 20, lung_dist: torch.Tensor | None = None,
+               lung_margin: float = 1.5) -> dict[str, torch.Tensor]:
+        """Candidates of one prepared image ``x (1, 1, D, H, W)`` in [0, 1], on the network's device:
+        ``{"boxes": (N, 4) z, y, x, d input voxels, "probability": (N,) FPR probability, "rpn": (N,) RPN
+        probability, "masks": (N, m, m, m) mask logits}``: RPN proposals (top 3000) -> 3D NMS (``nms_iou``,
+        ``max_proposals``) -> FPR head (probability, refined box) -> NMS (``max_detections``), probability >=
+        ``min_probability`` -> mask head.
+
+        With ``lung_dist`` (distance to the lungs in voxels, shape ``(D, H, W)``, any device), proposals whose
+        centre is farther from the lungs than their radius + ``lung_margin`` are dropped before the FPR head.
+        Empty results are CPU tensors.
+        """
+        device = x.device
+        out = self.features(x)
+        cls, reg = self.flat_rpn(out)
+        anchors = self.anchors(out["cls"].shape[2:], device=device)
+        scores = torch.sigmoid(cls[0].float())
+        k = min(len(scores), 3000)
+        top = scores.topk(k).indices
+        boxes = decode(reg[0, top].float(), anchors[top])
+        boxes[:, 3] = boxes[:, 3].clamp(min=2.0)
+        top_scores = scores[top]
+        if lung_dist is not None:
+            c = boxes[:, :3].round().long()
+            for a, n in enumerate(lung_dist.shape):
+                c[:, a] = c[:, a].clamp(0, n - 1)
+            c = c.to(lung_dist.device)
+            d = lung_dist[c[:, 0], c[:, 1], c[:, 2]].to(device)
+            near = d <= boxes[:, 3] / 2 + lung_margin
+            boxes, top_scores = boxes[near], top_scores[near]
+        if not len(boxes):
+            empty = torch.zeros(0)
+            return {"boxes": torch.zeros((0, 4)), "probability": empty, "rpn": empty,
+                    "masks": torch.zeros((0, self.mask_size, self.mask_size, self.mask_size))}
+        keep = nms_cubes(boxes, top_scores, nms_iou, max_proposals)
+        boxes, rpn = boxes[keep], top_scores[keep]
+        bi = torch.zeros(len(boxes), dtype=torch.long, device=device)
+        logit, delta = self.fpr_head(out["f2"], x, bi, boxes)
+        refined = decode(delta.float(), boxes)
+        prob = torch.sigmoid(logit.float())
+        keep = nms_cubes(refined, prob, nms_iou, max_detections)
+        keep = keep[(prob[keep] >= min_probability).cpu()]  # nms_cubes returns CPU indices
+        refined, prob, rpn = refined[keep], prob[keep], rpn[keep]
+        masks = self.mask_head(out["f2"], out["f4"], x, bi[:len(refined)], refined) if len(refined) else \
+            torch.zeros((0, self.mask_size, self.mask_size, self.mask_size))
+        return {"boxes": refined, "probability": prob, "rpn": rpn, "masks": masks}
+
 
 # ---------------------------------------------------------------------------------------------- losses
+
+def nodulenet_loss(model: NoduleNet3d, image: torch.Tensor, targets: dict[str, Any],
+                   coords: torch.Tensor | None = None, rng: torch.Generator | None = None) -> torch.Tensor:
+    """The training loss of :class:`NoduleNet3d` (called by its ``forward`` in training mode with targets; call
+    the model, not this, so that DDP sees the forward): RPN focal + box loss, FPR head loss on proposals and
+    jittered ground truth (BCE + smooth L1), mask Dice + BCE on jittered ground-truth boxes.
+
+    ``targets["boxes"]`` (per image ``(N_b, 4)`` cubes) and ``targets["masks"]`` (per image ``(N_b, D, H, W)``)
+    must be on ``image``'s device; the targets are built there (the jitter is drawn on the CPU, from ``rng`` or
+    the global generator, then moved). Some parameters get no gradient in a step (the mask head without a
+    nodule in the batch, the box regressions without a positive): DDP needs ``find_unused_parameters=True``."""
+    device = image.device
+    out = model.features(image, coords)
+    cls, reg = model.flat_rpn(out)
+    anchors = model.anchors(out["cls"].shape[2:], device=device)
+    loss = image.new_zeros(())
+    roi_b, roi_boxes, roi_lab, roi_tgt = [], [], [], []
+    mask_b, mask_boxes, mask_tgt = [], [], []
+    for b, gt in enumerate(targets["boxes"]):
+        labels, rpn_tgt = rpn_targets(anchors, gt)
+        loss = loss + rpn_loss(cls[b], reg[b], labels, rpn_tgt) / len(targets["boxes"])
+        with torch.no_grad():
+            scores = torch.sigmoid(cls[b].float())
+            top = scores.topk(min(len(scores), 500)).indices
+            props = decode(reg[b, top].float(), anchors[top])
+            props[:, 3] = props[:, 3].clamp(min=2.0)
+            props = props[nms_cubes(props, scores[top], 0.1, 12)]
+            if len(gt):
+                jit = gt.repeat(2, 1)
+                jit[:, :3] += torch.randn(jit[:, :3].shape, generator=rng).to(device) * 0.1 * jit[:, 3:]
+                jit[:, 3:] *= torch.exp(torch.randn(jit[:, 3:].shape, generator=rng).to(device) * 0.1)
+                props = torch.cat([props, jit])
+                iou = box_iou_cubes(props, gt)
+                best, arg = iou.max(1)
+                lab = torch.where(best >= 0.4, 1.0, torch.where(best < 0.2, 0.0, -1.0))
+                tgt = encode(gt[arg], props)
+                mb = gt.clone()
+                mb[:, :3] += torch.randn(mb[:, :3].shape, generator=rng).to(device) * 0.05 * mb[:, 3:]
+                mb[:, 3:] *= torch.exp(torch.randn(mb[:, 3:].shape, generator=rng).to(device) * 0.05)
+                mask_b.append(torch.full((len(gt),), b, device=device))
+                mask_boxes.append(mb)
+                mask_tgt.append((b, targets["masks"][b]))
+            else:
+                lab, tgt = torch.zeros(len(props), device=device), torch.zeros((len(props), 4), device=device)
+        roi_b.append(torch.full((len(props),), b, device=device))
+        roi_boxes.append(props)
+        roi_lab.append(lab)
+        roi_tgt.append(tgt)
+    bi, boxes, lab, tgt = torch.cat(roi_b), torch.cat(roi_boxes), torch.cat(roi_lab), torch.cat(roi_tgt)
+    keep = lab >= 0
+    if keep.any():
+        logit, delta = model.fpr_head(out["f2"], image, bi[keep], boxes[keep])
+        loss = loss + F.binary_cross_entropy_with_logits(logit.float(), lab[keep])
+        pos = lab[keep] == 1
+        if pos.any():
+            loss = loss + F.smooth_l1_loss(delta[pos].float(), tgt[keep][pos], beta=1 / 9)
+    if mask_boxes:
+        mb, mbi = torch.cat(mask_boxes), torch.cat(mask_b)
+        logits = model.mask_head(out["f2"], out["f4"], image, mbi, mb)
+        mask_targets = []
+        for b, masks in mask_tgt:
+            sel = mb[mbi == b]
+            for j in range(len(sel)):
+                t = roi_sample(masks[j][None, None].float(), torch.zeros(1, dtype=torch.long, device=device), sel[j:j + 1],
+                               model.mask_size, 1.0, mode="nearest")
+                mask_targets.append(t[0, 0])
+        loss = loss + dice_bce_loss(logits, torch.stack(mask_targets))
+    return loss
 
 def rpn_targets(anchors: torch.Tensor, gt: torch.Tensor, pos_iou: float = 0.3,
                 neg_iou: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -41,17 +40,7 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Volume
 from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
 from pulmo.models import create_model
-from pulmo.models.nodulenet import (
-    NoduleNet3d,
-    box_iou_cubes,
-    decode,
-    dice_bce_loss,
-    encode,
-    nms_cubes,
-    roi_sample,
-    rpn_loss,
-    rpn_targets,
-)
+from pulmo.models.nodulenet import NoduleNet3d
 from pulmo.tasks.base import EvalReport, FromWeights, choose
 from pulmo.transforms.ct import NODULE_HU_WINDOW, PreparedCT, lung_distance, prepare_ct
 from pulmo.weights import WEIGHTS_DIR, resolve_card
@@ -85,39 +74,10 @@ def detect_prepared(model: NoduleNet3d, prep_image: np.ndarray, max_proposals: i
     model.eval()
     device = model_device(model)
     x = torch.from_numpy(np.ascontiguousarray(prep_image))[None, None].to(device)
-    out = model.features(x)
-    cls, reg = model.flat_rpn(out)
-    anchors = model.anchors(out["cls"].shape[2:], device=device)
-    scores = torch.sigmoid(cls[0].float())
-    k = min(len(scores), 3000)
-    top = scores.topk(k).indices
-    boxes = decode(reg[0, top].float(), anchors[top])
-    boxes[:, 3] = boxes[:, 3].clamp(min=2.0)
-    top_scores = scores[top]
-    if lung_dist is not None:
-        c = boxes[:, :3].round().long()
-        for a, n in enumerate(lung_dist.shape):
-            c[:, a] = c[:, a].clamp(0, n - 1)
-        c = c.cpu()
-        d = torch.from_numpy(lung_dist)[c[:, 0], c[:, 1], c[:, 2]].to(device)
-        near = d <= boxes[:, 3] / 2 + lung_margin
-        boxes, top_scores = boxes[near], top_scores[near]
-    if not len(boxes):
-        empty = torch.zeros(0)
-        return {"boxes": torch.zeros((0, 4)), "probability": empty, "rpn": empty,
-                "masks": torch.zeros((0, model.mask_size, model.mask_size, model.mask_size))}
-    keep = nms_cubes(boxes, top_scores, nms_iou, max_proposals)
-    boxes, rpn = boxes[keep], top_scores[keep]
-    bi = torch.zeros(len(boxes), dtype=torch.long, device=device)
-    logit, delta = model.fpr_head(out["f2"], x, bi, boxes)
-    refined = decode(delta.float(), boxes)
-    prob = torch.sigmoid(logit.float())
-    keep = nms_cubes(refined, prob, nms_iou, max_detections)
-    keep = keep[(prob[keep] >= min_probability).cpu()]  # nms_cubes returns CPU indices
-    refined, prob, rpn = refined[keep], prob[keep], rpn[keep]
-    masks = model.mask_head(out["f2"], out["f4"], x, bi[:len(refined)], refined) if len(refined) else \
-        torch.zeros((0, model.mask_size, model.mask_size, model.mask_size))
-    return {"boxes": refined.cpu(), "probability": prob.cpu(), "rpn": rpn.cpu(), "masks": masks.cpu()}
+    det = model(x, max_proposals=max_proposals, nms_iou=nms_iou, min_probability=min_probability,
+                max_detections=max_detections, lung_margin=lung_margin,
+                lung_dist=None if lung_dist is None else torch.from_numpy(lung_dist))
+    return {k: v.cpu() for k, v in det.items()}
 
 
 def _mask_to_original(mask_logits: np.ndarray, box: np.ndarray, prep: PreparedCT, shape: tuple[int, int, int],
@@ -268,70 +228,16 @@ class NoduleConfig(TrainConfig):
 
 # (training data: pulmo.datasets.synthetic_nodules.load_backgrounds / SyntheticNoduleDataset / collate)
 
-def nodule_loss(model: NoduleNet3d, batch: dict[str, Any], rng: torch.Generator | None = None) -> torch.Tensor:
+def nodule_loss(model: NoduleNet3d | torch.nn.Module, batch: dict[str, Any],
+                rng: torch.Generator | None = None) -> torch.Tensor:
     """RPN focal + box loss, FPR head loss on proposals and jittered ground truth (BCE + smooth L1), mask
-    Dice + BCE on jittered ground-truth boxes.
+    Dice + BCE on jittered ground-truth boxes: ``model(batch["image"], targets=batch, rng=rng)`` (the network's
+    own training contract, :meth:`NoduleNet3d.forward` / :func:`pulmo.models.nodulenet.nodulenet_loss`), so
+    ``model`` may be a ``DistributedDataParallel`` wrapper. ``model`` must be in training mode.
 
     Every tensor of ``batch`` must be on the model's device; the targets are built there (the jitter is drawn on
     the CPU, from ``rng`` or the global generator, then moved)."""
-    image = batch["image"]
-    device = image.device
-    out = model.features(image, batch["coords"])
-    cls, reg = model.flat_rpn(out)
-    anchors = model.anchors(out["cls"].shape[2:], device=device)
-    loss = image.new_zeros(())
-    roi_b, roi_boxes, roi_lab, roi_tgt = [], [], [], []
-    mask_b, mask_boxes, mask_tgt = [], [], []
-    for b, gt in enumerate(batch["boxes"]):
-        labels, targets = rpn_targets(anchors, gt)
-        loss = loss + rpn_loss(cls[b], reg[b], labels, targets) / len(batch["boxes"])
-        with torch.no_grad():
-            scores = torch.sigmoid(cls[b].float())
-            top = scores.topk(min(len(scores), 500)).indices
-            props = decode(reg[b, top].float(), anchors[top])
-            props[:, 3] = props[:, 3].clamp(min=2.0)
-            props = props[nms_cubes(props, scores[top], 0.1, 12)]
-            if len(gt):
-                jit = gt.repeat(2, 1)
-                jit[:, :3] += torch.randn(jit[:, :3].shape, generator=rng).to(device) * 0.1 * jit[:, 3:]
-                jit[:, 3:] *= torch.exp(torch.randn(jit[:, 3:].shape, generator=rng).to(device) * 0.1)
-                props = torch.cat([props, jit])
-                iou = box_iou_cubes(props, gt)
-                best, arg = iou.max(1)
-                lab = torch.where(best >= 0.4, 1.0, torch.where(best < 0.2, 0.0, -1.0))
-                tgt = encode(gt[arg], props)
-                mb = gt.clone()
-                mb[:, :3] += torch.randn(mb[:, :3].shape, generator=rng).to(device) * 0.05 * mb[:, 3:]
-                mb[:, 3:] *= torch.exp(torch.randn(mb[:, 3:].shape, generator=rng).to(device) * 0.05)
-                mask_b.append(torch.full((len(gt),), b, device=device))
-                mask_boxes.append(mb)
-                mask_tgt.append((b, batch["masks"][b]))
-            else:
-                lab, tgt = torch.zeros(len(props), device=device), torch.zeros((len(props), 4), device=device)
-        roi_b.append(torch.full((len(props),), b, device=device))
-        roi_boxes.append(props)
-        roi_lab.append(lab)
-        roi_tgt.append(tgt)
-    bi, boxes, lab, tgt = torch.cat(roi_b), torch.cat(roi_boxes), torch.cat(roi_lab), torch.cat(roi_tgt)
-    keep = lab >= 0
-    if keep.any():
-        logit, delta = model.fpr_head(out["f2"], image, bi[keep], boxes[keep])
-        loss = loss + F.binary_cross_entropy_with_logits(logit.float(), lab[keep])
-        pos = lab[keep] == 1
-        if pos.any():
-            loss = loss + F.smooth_l1_loss(delta[pos].float(), tgt[keep][pos], beta=1 / 9)
-    if mask_boxes:
-        mb, mbi = torch.cat(mask_boxes), torch.cat(mask_b)
-        logits = model.mask_head(out["f2"], out["f4"], image, mbi, mb)
-        targets = []
-        for b, masks in mask_tgt:
-            sel = mb[mbi == b]
-            for j in range(len(sel)):
-                t = roi_sample(masks[j][None, None].float(), torch.zeros(1, dtype=torch.long, device=device), sel[j:j + 1],
-                               model.mask_size, 1.0, mode="nearest")
-                targets.append(t[0, 0])
-        loss = loss + dice_bce_loss(logits, torch.stack(targets))
-    return loss
+    return model(batch["image"], targets=batch, rng=rng)
 
 
 def _patch_froc(model: NoduleNet3d, dataset: SyntheticNoduleDataset, spacing_mm: float) -> dict[str, float]:
@@ -387,7 +293,7 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
 
     summary = fit_best(model, train_ds, lambda m, b: nodule_loss(m, b),
                        lambda m: _patch_froc(m, val_ds, config.spacing_mm), config, monitor="cpm",
-                       collate_fn=collate)
+                       collate_fn=collate, find_unused_parameters=True)  # mask head / box regressions: see nodulenet_loss
     if summary is None:
         return {}
     val = _patch_froc(model, val_ds, config.spacing_mm)
