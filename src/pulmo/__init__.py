@@ -12,12 +12,20 @@ from pulmo.version import __version__
 
 
 def __getattr__(name: str):
-    """``create_model`` and ``list_models`` import torch on first use, so ``import pulmo`` (and reading or
-    refusing an input) stays cheap."""
+    """``create_model``, ``list_models``, ``analyze_image`` and ``progress_listener`` import torch on first use,
+    so ``import pulmo`` (and reading or refusing an input) stays cheap."""
     if name in ("create_model", "list_models"):
         from pulmo import models
 
         return getattr(models, name)
+    if name == "analyze_image":  # one input, the pipeline's own entry (the web service's worker uses it)
+        from pulmo.pipeline import analyze_image
+
+        return analyze_image
+    if name == "progress_listener":  # (stage, fraction) callbacks of a running analysis
+        from pulmo.pipeline.progress import progress_listener
+
+        return progress_listener
     raise AttributeError(f"module 'pulmo' has no attribute {name!r}")
 
 
@@ -40,9 +48,11 @@ __all__ = [
     "WeightsError",
     "__version__",
     "analyze",
+    "analyze_image",
     "create_model",
     "get_task",
     "list_models",
     "list_tasks",
+    "progress_listener",
     "read_image",
 ]

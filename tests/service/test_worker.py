@@ -25,9 +25,14 @@ def claimed_job(tmp_path):
     return store, tmp_path / "jobs", store.claim(worker=0)
 
 
-def _fake_analysis(path, out_dir, modality=None):
+def _fake_analysis(path, out_dir, modality=None, viewer_files=False):
+    """Stands in for pulmo.pipeline.analyze_image: the viewer files come from the image it read (read once)."""
+    from pulmo.io import read_image
+    from pulmo.report.viewer_files import write_viewer_files
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"modality": "cxr", "input": {"path": str(path)}, "lungs": {"area_px": 1}, "files": {}}
+    files = {"viewer": write_viewer_files(read_image(path), out_dir)} if viewer_files else {}
+    return {"modality": "cxr", "input": {"path": str(path)}, "lungs": {"area_px": 1}, "files": files}
 
 
 def test_internal_error_fails_the_job_and_keeps_the_traceback_out_of_the_log(claimed_job, monkeypatch, caplog):
@@ -48,7 +53,7 @@ def test_internal_error_fails_the_job_and_keeps_the_traceback_out_of_the_log(cla
 def test_pulmo_error_message_without_server_paths(claimed_job, monkeypatch):
     store, jobs_dir, job = claimed_job
 
-    def bad_input(path, out_dir, modality=None):
+    def bad_input(path, out_dir, modality=None, **kwargs):
         raise InputError(f"{path}: cannot decode the image")
 
     monkeypatch.setattr(pulmo.pipeline, "analyze_image", bad_input)

@@ -143,7 +143,8 @@ def _write_marker(out_dir: Path) -> None:
 
 
 def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = None,
-                  limits: InputLimits | None = None, prepare: Callable[[], None] | None = None) -> dict[str, Any]:
+                  limits: InputLimits | None = None, prepare: Callable[[], None] | None = None,
+                  viewer_files: bool = False) -> dict[str, Any]:
     """Analyse one input and write ``findings.json``, masks, overlays, ``report.html`` and ``config.yaml``
     into ``out_dir``.
 
@@ -161,6 +162,9 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         limits: size limits checked from the header before decoding (default 50 Mpx, 1.5 G voxels).
         prepare: called once the input passed the gate and was analysed, just before anything is written
             (``analyze_path`` clears a re-used output folder there, so a refused input loses no earlier result).
+        viewer_files: also write the browser viewer's files from the image already read
+            (:func:`pulmo.report.viewer_files.write_viewer_files`: ``image.png`` or ``volume.nii.gz``), listed in
+            ``files["viewer"]``; the input is read once.
 
     Every input passes the input gate first (:mod:`pulmo.io.scope` on the header, :mod:`pulmo.gate` on the
     content); its decision is ``findings["input"]["gate"]``. Nothing is written for a refused input.
@@ -205,6 +209,11 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         except PulmoError as exc:
             logger.warning("no DICOM SEG / SR written: %s", exc)
             data["files"]["dicom_error"] = _one_line(exc)
+    if viewer_files:
+        from pulmo.report.viewer_files import write_viewer_files
+
+        data["files"]["viewer"] = write_viewer_files(image, out_dir)
+    if viewer_files or is_dicom_input(image):  # findings.json again, with the files added after the report
         (out_dir / "findings.json").write_text(json.dumps(data, indent=2) + "\n")
     return data
 

@@ -1,5 +1,5 @@
 """Worker processes: each polls the SQLite job store, claims the oldest queued job and runs
-:func:`pulmo.pipeline.analyze_image` on it, never in the request path.
+:func:`pulmo.analyze_image` on it (public API), never in the request path.
 
 :class:`WorkerPool` (in the server process) starts ``workers`` processes with the ``spawn`` context
 (fresh interpreters: no forked torch or event-loop state), restarts one that dies and re-queues the job
@@ -41,7 +41,6 @@ from pulmo.service.uploads import remove_tree
 
 logger = logging.getLogger(__name__)
 
-DISPLAY_MAX_SIDE = 2048
 _ENV_LOCK = threading.Lock()
 _NO_JOB = b"\0" * 32
 # PulmoError subclasses by name (most specific first in each MRO) -> the job's error code
@@ -171,53 +170,6 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _display_png(image: Any, path: Path) -> None:
-    """The 2D input as an 8-bit grey PNG for the browser (CT slices through the lung window), at most
-    ``DISPLAY_MAX_SIDE`` px; the lung mask PNG is scaled onto it by the viewer."""
-    from PIL import Image
-
-    from pulmo.report import grey_rgb
-    from pulmo.transforms import window_hu
-
-    if image.modality == "ct" and image.source.get("format") == "DICOM":
-        grey = grey_rgb(window_hu(image.pixels), already_01=True)[..., 0]
-    else:
-        grey = grey_rgb(image.pixels)[..., 0]
-    im = Image.fromarray(grey)
-    if max(im.size) > DISPLAY_MAX_SIDE:
-        scale = DISPLAY_MAX_SIDE / max(im.size)
-        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
-    im.save(path)
-
-
-def write_viewer_files(input_path: Path, out_dir: Path, findings: dict[str, Any]) -> list[str]:
-    """Files the viewer needs beside the analysis outputs: ``image.png`` (a 2D input for display) or
-    ``volume.nii.gz`` (a CT volume in HU, int16 when the values fit, with the input geometry, for NiiVue).
-
-    Returns:
-        The names written.
-
-    Raises:
-        InputError: the input cannot be read again (it was read once by the analysis, so not expected).
-    """
-    import numpy as np
-
-    from pulmo.io import Volume, read_image, write_nifti
-
-    image = read_image(input_path)
-    if isinstance(image, Volume):
-        hu = image.hu
-        if np.isfinite(hu).all() and hu.min() >= -32768 and hu.max() <= 32767:
-            hu = np.rint(hu).astype(np.int16)
-        write_nifti(hu, image, out_dir / "volume.nii.gz")
-        names = ["volume.nii.gz"]
-    else:
-        _display_png(image, out_dir / "image.png")
-        names = ["image.png"]
-    findings.setdefault("files", {})["viewer"] = names
-    return names
-
-
 def _clean_message(message: str, job_dir: Path) -> str:
     """The error message without the server's folders: paths inside the job folder become relative
     (``input/upload_000.dcm``: neutral names, the client knows its own upload), the job folder itself
@@ -257,9 +209,8 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
     """
     import json
 
+    from pulmo import analyze_image, progress_listener
     from pulmo.errors import PulmoError
-    from pulmo.pipeline import analyze_image
-    from pulmo.pipeline.progress import progress_listener
     from pulmo.service.progress import StoreProgress, key_finding
 
     job_id = job["id"]
@@ -278,9 +229,8 @@ def run_job(store: JobStore, jobs_dir: Path, job: dict[str, Any], memory_limit_b
             input_path, fetched = fetch_job_input(job_dir, job["input"], dicomweb)
         progress = StoreProgress(store, job_id)  # stage + progress into the job's row, for GET /api/v1/jobs/{id}
         with progress_listener(progress):
-            findings = analyze_image(input_path, out_dir, modality=job.get("modality_hint"))
+            findings = analyze_image(input_path, out_dir, modality=job.get("modality_hint"), viewer_files=True)
         progress("report", 0.95)
-        write_viewer_files(input_path, out_dir, findings)
         if isinstance(findings.get("input"), dict):  # the path inside the job folder, not the server's layout
             findings["input"]["path"] = job["input"]
             if dicomweb is not None:

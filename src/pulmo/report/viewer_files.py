@@ -1,0 +1,64 @@
+"""Files the browser viewer shows beside the analysis outputs, written from the image the analysis already read:
+``image.png`` (a 2D input as 8-bit grey for display) or ``volume.nii.gz`` (a CT volume in HU with its geometry,
+for NiiVue).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pulmo.io import Image2D, Volume, write_nifti
+from pulmo.report.overlay import grey_rgb
+from pulmo.transforms import window_hu
+
+#: longest side of the display PNG, px (larger inputs are scaled down with Lanczos)
+DISPLAY_MAX_SIDE = 2048
+
+
+def display_png(image: Image2D, path: Path, max_side: int = DISPLAY_MAX_SIDE) -> None:
+    """Write a 2D input as an 8-bit grey PNG for the browser: CT slices in HU (DICOM) through the lung window,
+    everything else min-max scaled (:func:`pulmo.report.grey_rgb`), at most ``max_side`` px on the longer side (the
+    viewer scales the lung mask PNG onto it).
+
+    Args:
+        image: the input image, pixels ``(H, W)``.
+        path: the PNG to write.
+        max_side: longest side of the PNG, px.
+    """
+    if image.modality == "ct" and image.source.get("format") == "DICOM":
+        grey = grey_rgb(window_hu(image.pixels), already_01=True)[..., 0]
+    else:
+        grey = grey_rgb(image.pixels)[..., 0]
+    im = Image.fromarray(grey)
+    if max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+    im.save(path)
+
+
+def write_viewer_files(image: Image2D | Volume, out_dir: Path) -> list[str]:
+    """The viewer's files for an analysed input: ``volume.nii.gz`` for a CT volume (HU as int16 when every value
+    fits, else float; the input geometry kept) or ``image.png`` for a 2D input (:func:`display_png`).
+
+    Args:
+        image: the image or volume the analysis read (not read again).
+        out_dir: the analysis output folder.
+
+    Returns:
+        The names written (``["volume.nii.gz"]`` or ``["image.png"]``).
+    """
+    out_dir = Path(out_dir)
+    if isinstance(image, Volume):
+        hu = image.hu
+        if np.isfinite(hu).all() and hu.min() >= -32768 and hu.max() <= 32767:
+            hu = np.rint(hu).astype(np.int16)
+        write_nifti(hu, image, out_dir / "volume.nii.gz")
+        return ["volume.nii.gz"]
+    display_png(image, out_dir / "image.png")
+    return ["image.png"]
+
+
+__all__ = ["DISPLAY_MAX_SIDE", "display_png", "write_viewer_files"]
