@@ -62,10 +62,8 @@ def tiny_tbx11k(tmp_path: Path, n: int = 8) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_lung_dataset(tmp_path: Path) -> Path:
-    """An images/ + masks/ folder of 12 synthetic 64-px radiographs."""
-    root = tmp_path / "tiny"
+def write_tiny_lung_dataset(root: Path) -> Path:
+    """Write an images/ + masks/ folder of 12 synthetic 64-px radiographs (Shenzhen-style names) at ``root``."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     for i in range(12):
@@ -73,3 +71,9 @@ def tiny_lung_dataset(tmp_path: Path) -> Path:
         Image.fromarray(image).save(root / "images" / f"CHNCXR_{i:04d}_0.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"CHNCXR_{i:04d}_0.png")
     return root
+
+
+@pytest.fixture
+def tiny_lung_dataset(tmp_path: Path) -> Path:
+    """An images/ + masks/ folder of 12 synthetic 64-px radiographs."""
+    return write_tiny_lung_dataset(tmp_path / "tiny")

@@ -31,7 +31,7 @@ from pulmo.engine import TrainConfig
 from pulmo.errors import ConfigError
 from pulmo.tasks.base import HEADER_FIELDS, EvalReport
 from pulmo.tasks.registry import TASKS, get_task
-from tests.conftest import ROOT, data_path, synthetic_cxr, tiny_tbx11k
+from tests.conftest import ROOT, data_path, synthetic_cxr, tiny_tbx11k, write_tiny_lung_dataset
 
 NAMES = list(TASKS)
 
@@ -135,13 +135,7 @@ def _config(task: str, /, **settings: Any) -> Any:
 def _lung_seg(tmp: Path, shared: dict) -> Run:
     from pulmo.io import read_image
 
-    root = tmp / "lungs"  # as the tiny_lung_dataset fixture: 12 synthetic 64-px radiographs and their masks
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(12):
-        image, mask = synthetic_cxr(64, seed=i)
-        Image.fromarray(image).save(root / "images" / f"CHNCXR_{i:04d}_0.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"CHNCXR_{i:04d}_0.png")
+    root = write_tiny_lung_dataset(tmp / "lungs")
     card = get_task("lung-seg").train(_config("lung-seg", visible_data=[str(root)], size=32, features=4,
                                               batch_size=4, val_fraction=0.3, out_dir=str(tmp / "run")))
 

@@ -67,15 +67,15 @@ from pulmo.metrics import binary_report, classification_report, roc_auc
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, reliability_bins, softmax
 from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import normalize_cxr, resize_image
 from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "cxr-classify"
-FORMATS = ("kermany", "folders", "covid-chestxray", "covid-radiography", "tbx11k", "montgomery-shenzhen",
-           "chestx-det10", "nih")
+FORMATS = task_entry("cxr-classify").formats  # the registry holds the static facts
 
 
 @dataclasses.dataclass
@@ -723,10 +723,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format or split, or an ``annotations`` file (the layouts carry their labels).
         InputError: unreadable dataset. WeightsError: bad weights.
     """
-    format = choose(format, FORMATS, task="cxr-classify", parameter="format")
-    choose(split, SPLITS, task="cxr-classify", parameter="split")
-    if annotations:
-        raise ConfigError("evaluate cxr-classify: annotations are not used (each format carries its labels)")
+    format, split = evaluate_arguments("cxr-classify", format, split, annotations)  # before weights or data
     records = load_records(data, format)
     clf = CxrClassifier(weights or DEFAULT_WEIGHTS)
     labels = clf.labels
@@ -778,7 +775,7 @@ def summary(report: EvalReport) -> str:
 
 
 Config = CxrClassifyConfig
-SPLITS = ("all",)
+SPLITS = task_entry("cxr-classify").splits
 
 
 class Predictor(FromWeights, CxrClassifier):

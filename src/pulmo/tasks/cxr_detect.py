@@ -51,13 +51,14 @@ from pulmo.io import Image2D, read_image
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.weights import InputSpec, resolve_card
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "cxr-detect"
-FORMATS = ("tbx11k", "chestx-det10", "rsna", "nih")
+FORMATS = task_entry("cxr-detect").formats  # the registry holds the static facts
 SCORE_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
 
 
@@ -535,8 +536,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
         WeightsError: bad weights.
     """
-    format = choose(format, FORMATS, task="cxr-detect", parameter="format")  # before any weights or data are read
-    split = choose(split, SPLITS, task="cxr-detect", parameter="split")
+    format, split = evaluate_arguments("cxr-detect", format, split, annotations)  # before weights or data
     weights = weights or DEFAULT_WEIGHTS
     if resolve_card(weights).get("task") == "cxr-detect-unet":  # the U-Net route: same outputs and scoring
         from pulmo.tasks.registry import get_task
@@ -547,17 +547,16 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
                           progress=progress, negatives=negatives)
 
 
-def score_detector(det: Any, data: str | Path, *, format: str | None = None,
-                   annotations: str | Path | None = None, split: str | None = None, progress: bool = True,
+def score_detector(det: Any, data: str | Path, *, format: str, split: str,
+                   annotations: str | Path | None = None, progress: bool = True,
                    negatives: Sequence[str] = (), task: str = "cxr-detect") -> EvalReport:
     """The scoring of :func:`evaluate` for any detector with ``card``, ``threshold`` and ``predict_raw(images)``
-    (:class:`Detector`, :class:`pulmo.tasks.cxr_detect_unet.UnetBoxDetector`); arguments as :func:`evaluate`.
+    (:class:`Detector`, :class:`pulmo.tasks.cxr_detect_unet.UnetBoxDetector`); arguments as :func:`evaluate`, with
+    ``format`` and ``split`` already resolved by :func:`pulmo.tasks.registry.evaluate_arguments`.
 
     Raises:
         ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
     """
-    format = choose(format, FORMATS, task=task, parameter="format")
-    split = choose(split, SPLITS, task=task, parameter="split")
     records = load_records(data, format, annotations)
     negs = load_negatives(negatives)
     if split == "test":
@@ -600,7 +599,7 @@ def summary(report: EvalReport) -> str:
 
 
 Config = DetectConfig
-SPLITS = ("all", "test")
+SPLITS = task_entry("cxr-detect").splits
 
 
 class Predictor(FromWeights, Detector):

@@ -53,7 +53,7 @@ from pulmo.metrics import round_floats
 from pulmo.metrics.detection import detection_metrics, detection_report
 from pulmo.models import create_model
 from pulmo.models.tiling import overlap_tile_inference, whole_image_inference
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.cxr_detect import (
     FORMATS,
     DetectionDataset,
@@ -65,6 +65,7 @@ from pulmo.tasks.cxr_detect import (
     split_records,
     summary,
 )
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA
 from pulmo.weights import resolve_card
 
@@ -386,7 +387,7 @@ class UnetBoxDetector:
 
 
 Config = UnetDetectConfig
-SPLITS = ("all", "test")
+SPLITS = task_entry("cxr-detect-unet").splits
 
 
 class Predictor(FromWeights, UnetBoxDetector):
@@ -405,8 +406,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format / split / negatives format. InputError: unreadable labels or images.
         WeightsError: missing weights, or a card of another task.
     """
-    format = choose(format, FORMATS, task="cxr-detect-unet", parameter="format")  # before the weights are read
-    split = choose(split, SPLITS, task="cxr-detect-unet", parameter="split")
+    format, split = evaluate_arguments("cxr-detect-unet", format, split, annotations)  # before weights or data
     return score_detector(UnetBoxDetector(weights or DEFAULT_WEIGHTS), data, format=format, annotations=annotations,
                           split=split, progress=progress, negatives=negatives, task="cxr-detect-unet")
 

@@ -34,7 +34,8 @@ from pulmo.errors import ConfigError
 from pulmo.io import Image2D
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, softmax
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import GATE_SIZE, gate_input
 from pulmo.weights import resolve_card
 
@@ -358,8 +359,8 @@ class InputGateModel:
 
 
 Config = InputGateConfig
-FORMATS = ("gate-corpus",)
-SPLITS = ("test",)
+FORMATS = task_entry("input-gate").formats  # the registry holds the static facts
+SPLITS = task_entry("input-gate").splits
 
 
 class Predictor(FromWeights, InputGateModel):
@@ -396,10 +397,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         InputError: ``data`` holds no chest X-ray source.
         WeightsError: missing or corrupted weights.
     """
-    choose(format, FORMATS, task="input-gate", parameter="format")
-    choose(split, SPLITS, task="input-gate", parameter="split")
-    if annotations:
-        raise ConfigError("evaluate input-gate: annotations are not used (the corpus carries its labels)")
+    format, split = evaluate_arguments("input-gate", format, split, annotations)  # before weights or data
     t0 = time.perf_counter()
     gate = InputGateModel(weights or DEFAULT_WEIGHTS)
     c = GateCorpus.load(corpus) if corpus and Path(corpus).is_file() else build_gate_corpus(data, progress=progress)

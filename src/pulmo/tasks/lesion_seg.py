@@ -31,7 +31,8 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
 from pulmo.transforms.ct import frame_ct_slices, lung_mask_ct
@@ -337,8 +338,8 @@ def score_records(seg: LesionSegmenter, records: list[dict], progress: bool = Tr
 
 
 Config = LesionSegConfig
-FORMATS = ("covid-semiseg",)
-SPLITS = ("test", "train")
+FORMATS = task_entry("lesion-seg").formats  # the registry holds the static facts
+SPLITS = task_entry("lesion-seg").splits
 
 
 @dataclasses.dataclass
@@ -401,10 +402,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: another format or split, or an annotations file. InputError: a missing split folder.
         WeightsError: bad weights.
     """
-    choose(format, FORMATS, task="lesion-seg", parameter="format")
-    split = choose(split, SPLITS, task="lesion-seg", parameter="split")
-    if annotations:
-        raise ConfigError("evaluate lesion-seg: annotations are not used (the GT/ folder is the reference)")
+    format, split = evaluate_arguments("lesion-seg", format, split, annotations)  # before weights or data
     records = covid_semiseg_records(data, split, "binary")
     seg = LesionSegmenter(weights or DEFAULT_WEIGHTS)
     t0 = time.perf_counter()

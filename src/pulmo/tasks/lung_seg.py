@@ -29,7 +29,8 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import dice, iou
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import resize_probability
 from pulmo.transforms.augment import segmentation_augmentation
 from pulmo.weights import InputSpec, resolve_card
@@ -260,8 +261,8 @@ class LungSegmenter:
 
 
 Config = LungSegConfig
-FORMATS = ("images-masks",)
-SPLITS = ("all",)
+FORMATS = task_entry("lung-seg").formats  # the registry holds the static facts
+SPLITS = task_entry("lung-seg").splits
 
 
 class Predictor(FromWeights, LungSegmenter):
@@ -283,10 +284,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: an unknown format or split, or an ``annotations`` file (this layout has none).
         InputError: bad layout, unreadable files or a mask of another size. WeightsError: bad weights.
     """
-    choose(format, FORMATS, task="lung-seg", parameter="format")
-    choose(split, SPLITS, task="lung-seg", parameter="split")
-    if annotations:
-        raise ConfigError("evaluate lung-seg: annotations are not used (the masks/ folder is the reference)")
+    format, split = evaluate_arguments("lung-seg", format, split, annotations)  # before weights or data
     records = image_mask_records(data)
     segmenter = LungSegmenter(weights or DEFAULT_WEIGHTS)
     t0 = time.perf_counter()

@@ -41,7 +41,8 @@ from pulmo.io import Volume
 from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
 from pulmo.models import create_model
 from pulmo.models.nodulenet import NoduleNet3d
-from pulmo.tasks.base import EvalReport, FromWeights, choose
+from pulmo.tasks.base import EvalReport, FromWeights
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms.ct import NODULE_HU_WINDOW, PreparedCT, lung_distance, prepare_ct
 from pulmo.weights import WEIGHTS_DIR, resolve_card
 
@@ -51,7 +52,7 @@ DEFAULT_WEIGHTS = "nodule"
 #: The bundled second stage (:mod:`pulmo.tasks.nodule_fpr`), used when present.
 FPR_WEIGHTS = "nodule-fpr"
 HU_WINDOW = NODULE_HU_WINDOW
-FORMATS = ("lidc", "luna16")
+FORMATS = task_entry("nodule").formats  # the registry holds the static facts
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -379,8 +380,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format, or ``max_candidates_per_scan`` not an integer. InputError: no scans or
             no reference nodules found.
     """
-    format = choose(format, FORMATS, task="nodule", parameter="format")
-    choose(split, SPLITS, task="nodule", parameter="split")
+    format, split = evaluate_arguments("nodule", format, split, annotations)  # before weights or data
     if second_stage == "none":
         second_stage = None
     root = Path(data)
@@ -460,7 +460,7 @@ def summary(report: EvalReport) -> str:
 
 
 Config = NoduleConfig
-SPLITS = ("all",)
+SPLITS = task_entry("nodule").splits
 
 
 @dataclasses.dataclass

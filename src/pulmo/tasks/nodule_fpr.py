@@ -77,7 +77,8 @@ from pulmo.io import Volume, read_image
 from pulmo.metrics import bootstrap_ci
 from pulmo.metrics.classification import roc_auc
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, FromWeights, choose, held_out_patients
+from pulmo.tasks.base import EvalReport, FromWeights, held_out_patients
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
@@ -545,8 +546,8 @@ def train(config: NoduleFprConfig, command: str = "") -> dict[str, Any]:
 
 
 Config = NoduleFprConfig
-FORMATS = ("lidc-slices",)
-SPLITS = ("test", "all")
+FORMATS = task_entry("nodule-fpr").formats  # the registry holds the static facts
+SPLITS = task_entry("nodule-fpr").splits
 
 
 class Predictor(FromWeights, NoduleFpr):
@@ -589,10 +590,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format or split, an annotations file, or ``split="test"`` with a card that lists no
             test patients. InputError: unreadable data. WeightsError: bad weights.
     """
-    choose(format, FORMATS, task="nodule-fpr", parameter="format")
-    split = choose(split, SPLITS, task="nodule-fpr", parameter="split")
-    if annotations:
-        raise ConfigError("evaluate nodule-fpr: annotations are not used")
+    format, split = evaluate_arguments("nodule-fpr", format, split, annotations)  # before weights or data
     fpr = NoduleFpr(weights or DEFAULT_WEIGHTS)
     patients = held_out_patients(fpr.card) if split == "test" else None
     t0 = time.perf_counter()

@@ -73,13 +73,14 @@ from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.metrics import bootstrap_ci, dice, iou
 from pulmo.models import create_model
-from pulmo.tasks.base import EvalReport, FromWeights, choose, held_out_patients
+from pulmo.tasks.base import EvalReport, FromWeights, held_out_patients
+from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "nodule-seg"
-FORMATS = ("lidc-slices",)
+FORMATS = task_entry("nodule-seg").formats  # the registry holds the static facts
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
 #: NoduleNet's reported segmentation DSC on LIDC-IDRI (Tang et al., MICCAI 2019), for reference.
 NODULENET_DSC = 0.831
@@ -519,10 +520,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
         ConfigError: unknown format or split, or ``split="test"`` with a card that lists no test patients.
         InputError: unreadable data, or none of the card's test patients in ``data``. WeightsError: bad weights.
     """
-    choose(format, FORMATS, task="nodule-seg", parameter="format")
-    split = choose(split, SPLITS, task="nodule-seg", parameter="split")
-    if annotations:
-        raise ConfigError("evaluate nodule-seg: annotations are not used (the mask-0..3 folders are the reference)")
+    format, split = evaluate_arguments("nodule-seg", format, split, annotations)  # before weights or data
     seg = NoduleSegmenter(weights or DEFAULT_WEIGHTS)
     patients = held_out_patients(seg.card) if split == "test" else None
     t0 = time.perf_counter()
@@ -550,7 +548,7 @@ def summary(report: EvalReport) -> str:
 
 
 Config = NoduleSegConfig
-SPLITS = ("test", "all")
+SPLITS = task_entry("nodule-seg").splits
 
 
 class Predictor(FromWeights, NoduleSegmenter):

@@ -16,7 +16,7 @@ import importlib
 from types import ModuleType
 
 from pulmo.errors import ConfigError
-from pulmo.tasks.base import check_task_module
+from pulmo.tasks.base import check_task_module, choose
 
 
 def _help(text: str, **extra: object) -> dict[str, object]:
@@ -171,6 +171,24 @@ def task_entry(name: str) -> TaskEntry:
         raise ConfigError(f"unknown task {name!r}; registered: {', '.join(TASKS)}") from None
 
 
+def evaluate_arguments(name: str, format: str | None, split: str | None,
+                       annotations: object = None) -> tuple[str, str]:
+    """The ``format`` and ``split`` an ``evaluate`` of task ``name`` scores (None: the entry's first, its default),
+    checked against the entry before any weights or data are read.
+
+    Raises:
+        ConfigError: an unknown task, a format or split not of the entry, or an ``annotations`` file for a task
+            whose layouts carry their own labels.
+    """
+    entry = task_entry(name)
+    format = choose(format, entry.formats, task=name, parameter="format")
+    split = choose(split, entry.splits, task=name, parameter="split")
+    if annotations and not entry.annotations:
+        raise ConfigError(f"evaluate {name}: annotations={str(annotations)!r} is not used (the {format} layout "
+                          "carries its own reference)")
+    return format, split
+
+
 def get_task(name: str) -> ModuleType:
     """The task module of ``name``, imported and checked against the task contract.
 
@@ -180,4 +198,4 @@ def get_task(name: str) -> ModuleType:
     return task_entry(name).load()
 
 
-__all__ = ["TASKS", "TaskEntry", "get_task", "list_tasks", "task_entry"]
+__all__ = ["TASKS", "TaskEntry", "evaluate_arguments", "get_task", "list_tasks", "task_entry"]
