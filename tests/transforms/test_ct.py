@@ -1,5 +1,5 @@
 """CT pre-processing (:mod:`pulmo.transforms.ct`): lung extraction on the real LIDC and NRRD volumes, the
-nodule window and padding, the lesion slice framing, and the ``pulmo.tasks.ct_lungs`` re-export."""
+nodule window and padding, the lesion slice framing."""
 
 from __future__ import annotations
 
@@ -54,14 +54,6 @@ def test_not_hu_rejected():
     vol = Volume(hu=np.random.default_rng(0).uniform(0, 255, (4, 32, 32)).astype(np.float32), spacing=(1, 1, 1))
     with pytest.raises(InputError, match="Hounsfield"):
         lung_mask_ct(vol)
-
-
-def test_tasks_ct_lungs_re_exports_the_same_objects():
-    from pulmo.tasks import ct_lungs
-    from pulmo.transforms import ct
-
-    for name in ct_lungs.__all__:
-        assert getattr(ct_lungs, name) is getattr(ct, name)
 
 
 def test_nodule_window_matches_the_former_formula():

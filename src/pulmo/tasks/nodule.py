@@ -487,7 +487,7 @@ class Predictor(FromWeights, NoduleDetector):
     default_weights = DEFAULT_WEIGHTS
 
     def predict(self, volume: Volume, lungs: np.ndarray | None = None) -> NoduleFindings:
-        """Nodules of a CT volume in HU (lungs found by :func:`pulmo.tasks.ct_lungs.lung_mask_ct` when not
+        """Nodules of a CT volume in HU (lungs found by :func:`pulmo.transforms.ct.lung_mask_ct` when not
         given).
 
         Raises:

@@ -21,7 +21,7 @@
   lung, cropped to the lungs' box over all slices (:func:`pulmo.transforms.geometry.lung_crop_box`) and mapped
   through the lung window (:func:`pulmo.transforms.intensity.window_hu`).
 
-:mod:`pulmo.tasks.ct_lungs` re-exports the lung extraction under its former name.
+(The lung extraction was ``pulmo.tasks.ct_lungs`` before.)
 """
 
 from __future__ import annotations
