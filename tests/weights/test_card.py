@@ -206,7 +206,7 @@ def test_prepare_is_the_old_lung_seg_preprocessing_bit_for_bit():
 
 
 def test_lung_segmenter_probabilities_unchanged():
-    from pulmo.engine.predict import model_device
+    from pulmo.models import model_device
     from pulmo.tasks.lung_seg import LungSegmenter
 
     image = read_image(EXAMPLE_CXR)

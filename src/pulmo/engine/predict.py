@@ -5,11 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter (where its inputs must go); the CPU for a model without any."""
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
+from pulmo.models import model_device
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from pulmo.errors import ConfigError
@@ -72,6 +73,12 @@ def list_models(task: str | None = None, include_aliases: bool = False) -> list[
         rows += [{"name": old, "task": _REGISTRY[new]["task"], "alias_of": new,
                   "description": f"deprecated alias of {new}"} for old, new in _ALIASES.items()]
     return sorted((r for r in rows if task is None or r["task"] == task), key=lambda r: r["name"])
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (where its inputs must go); the CPU for a model without any."""
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def create_model(name: str, weights: str | None = None, **kwargs: Any) -> nn.Module:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pulmo.models.registry import model_device
+
 
 def _as_chw(image: np.ndarray | torch.Tensor) -> np.ndarray:
     a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
@@ -26,11 +28,6 @@ def _as_chw(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if a.ndim != 3:
         raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -50,7 +47,7 @@ def whole_image_inference(model: torch.nn.Module, image: np.ndarray | torch.Tens
     ph, pw = -h % multiple, -w % multiple
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-    out = model(torch.from_numpy(x)[None].to(_device(model)))
+    out = model(torch.from_numpy(x)[None].to(model_device(model)))
     return out[0, :, :h, :w].float().cpu().numpy()
 
 
@@ -85,7 +82,7 @@ def overlap_tile_inference(model: torch.nn.Module, image: np.ndarray | torch.Ten
     # mirror the image: margin px of context on every side, plus the bottom/right run-out of the last valid region
     padded = np.pad(x, ((0, 0), (margin, margin + ny * core - h), (margin, margin + nx * core - w)), mode="reflect")
     origins = [(i * core, j * core) for i in range(ny) for j in range(nx)]
-    device = _device(model)
+    device = model_device(model)
     out: np.ndarray | None = None
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]

@@ -45,12 +45,11 @@ from pulmo.datasets.detection import (
 )
 from pulmo.datasets.negatives import NEGATIVE_FORMATS, negative_records
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
-from pulmo.models import create_model
+from pulmo.models import create_model, model_device
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.weights import InputSpec, resolve_card

@@ -46,12 +46,11 @@ from torch.utils.data import Dataset
 
 from pulmo.datasets.detection import label_counts
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import detection_metrics, detection_report
-from pulmo.models import create_model
+from pulmo.models import create_model, model_device
 from pulmo.models.tiling import overlap_tile_inference, whole_image_inference
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.cxr_detect import (

@@ -26,11 +26,10 @@ from tqdm.auto import tqdm
 from pulmo.datasets import LesionSliceDataset, covid_semiseg_records, ct_volume_records, split_by_patient
 from pulmo.datasets.covid_ct import CLASS_NAMES, read_mask
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
-from pulmo.models import create_model
+from pulmo.models import create_model, model_device
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import resize_image, resize_probability, window_hu

@@ -24,11 +24,10 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import LungSegDataset, covid_chestxray_mask_records, image_mask_records, split_by_patient
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import dice, iou
-from pulmo.models import create_model
+from pulmo.models import create_model, model_device
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import resize_probability

@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets.synthetic_nodules import SyntheticNoduleDataset, collate, load_backgrounds
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.io import Volume
 from pulmo.metrics.froc import FROC_FP_RATES, MAX_CANDIDATES_PER_SCAN, froc
-from pulmo.models import create_model
+from pulmo.models import create_model, model_device
 from pulmo.models.nodulenet import NoduleNet3d
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
@@ -51,7 +50,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = "nodule"
 #: The bundled second stage (:mod:`pulmo.tasks.nodule_fpr`), used when present.
 FPR_WEIGHTS = "nodule-fpr"
-HU_WINDOW = NODULE_HU_WINDOW
 FORMATS = task_entry("nodule").formats  # the registry holds the static facts
 
 
@@ -292,7 +290,7 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
     train_ds = SyntheticNoduleDataset(backgrounds, config.samples_per_epoch, config.patch, config.max_nodules)
     val_ds = SyntheticNoduleDataset(backgrounds, config.val_samples, config.patch, config.max_nodules, seed=10_000 + config.seed)
 
-    summary = fit_best(model, train_ds, lambda m, b: nodule_loss(m, b),
+    summary = fit_best(model, train_ds, nodule_loss,
                        lambda m: _patch_froc(m, val_ds, config.spacing_mm), config, monitor="cpm",
                        collate_fn=collate, find_unused_parameters=True)  # mask head / box regressions: see nodulenet_loss
     if summary is None:
@@ -305,7 +303,7 @@ def train(config: NoduleConfig, command: str = "") -> dict[str, Any]:
         "task": "nodule",
         "labels": ["nodule"],
         "thresholds": {"probability": 0.5},
-        "input": {"spacing_mm": config.spacing_mm, "hu_window": list(HU_WINDOW), "anchors_mm": list(anchors_mm),
+        "input": {"spacing_mm": config.spacing_mm, "hu_window": list(NODULE_HU_WINDOW), "anchors_mm": list(anchors_mm),
                   "crop": "lung bounding box + 8 mm (HU threshold lung mask)"},
         "training": {"data": "SYNTHETIC nodules (3-30 mm; solid / part-solid / ground-glass; 25 % juxta-pleural) "
                              "inserted into the lungs of these real CTs, away from their real nodules: "

@@ -69,10 +69,9 @@ from pulmo.datasets.lidc_slices import (
     split_nodules,
 )
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.engine.predict import model_device
 from pulmo.errors import ConfigError, InputError
 from pulmo.metrics import bootstrap_ci, dice, iou
-from pulmo.models import create_model
+from pulmo.models import create_model, model_device
 from pulmo.tasks.base import EvalReport, FromWeights, held_out_patients
 from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.weights import resolve_card
