@@ -213,8 +213,7 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
         from pulmo.report.viewer_files import write_viewer_files
 
         data["files"]["viewer"] = write_viewer_files(image, out_dir)
-    if viewer_files or is_dicom_input(image):  # findings.json again, with the files added after the report
-        (out_dir / "findings.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out_dir / "findings.json").write_text(json.dumps(data, indent=2) + "\n")  # with the files added since
     return data
 
 
@@ -487,15 +486,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())[:1000]
 
 
+#: the findings columns of ``summary.csv``, in order (values from :func:`headline_values`)
+SUMMARY_COLUMNS = ("modality", "lung_area_px", "lung_area_cm2", "lung_volume_ml", "infection_volume_ml",
+                   "infection_percent_of_lung", "predicted_class", "n_detections", "n_nodules")
+
+
 def _summary_values(findings: dict[str, Any]) -> dict[str, Any]:
-    lungs, infection = findings.get("lungs") or {}, findings.get("infection") or {}
-    return {"modality": findings.get("modality", ""), "lung_area_px": lungs.get("area_px", ""),
-            "lung_area_cm2": lungs.get("area_cm2") or "", "lung_volume_ml": lungs.get("volume_ml", ""),
-            "infection_volume_ml": infection.get("volume_ml", ""),
-            "infection_percent_of_lung": infection.get("percent_of_lung", ""),
-            "predicted_class": (findings.get("classification") or {}).get("predicted", ""),
-            "n_detections": "" if findings.get("detections") is None else len(findings["detections"]),
-            "n_nodules": "" if findings.get("nodules") is None else len(findings["nodules"])}
+    """One input's ``summary.csv`` findings columns (:data:`SUMMARY_COLUMNS`; empty where there is no value)."""
+    values = headline_values(findings)
+    return {k: "" if values[k] is None else values[k] for k in SUMMARY_COLUMNS}
 
 
 def headline_values(findings: dict[str, Any]) -> dict[str, Any]:

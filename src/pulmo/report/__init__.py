@@ -15,6 +15,7 @@ from pulmo.report.overlay import (
     LUNG_COLOUR,
     NODULE_COLOUR,
     detection_overlay,
+    display_base,
     draw_nodule_markers,
     grey_rgb,
     heat_scale_image,
@@ -156,7 +157,7 @@ def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[st
         if lungs is not None:
             write_mask_png(lungs, out / "lung_mask.png")
             layers.append((lungs, LUNG_COLOUR, 0.12, True))
-        base = window_hu(image.pixels) if image.source.get("format") == "DICOM" else grey_rgb(image.pixels)[..., 0] / 255.0
-        overlay(base, layers + label_layers(infection, n_labels), already_01=True).save(out / "overlay.png")
+        overlay(display_base(image), layers + label_layers(infection, n_labels),
+                already_01=True).save(out / "overlay.png")
         images["infection overlay"] = "overlay.png"
     return _finish(findings, out, images, nodule_images)

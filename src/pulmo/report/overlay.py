@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pulmo.transforms import normalize_cxr
+from pulmo.transforms import normalize_cxr, window_hu
 
 LUNG_COLOUR = (0, 200, 120)
 NODULE_COLOUR = (255, 140, 0)
@@ -17,6 +19,14 @@ def grey_rgb(pixels: np.ndarray, already_01: bool = False) -> np.ndarray:
     """``(H, W)`` pixels -> uint8 ``(H, W, 3)`` grey picture (robust min-max unless ``already_01``)."""
     g = np.clip(pixels, 0, 1) if already_01 else normalize_cxr(pixels)
     return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def display_base(image: Any) -> np.ndarray:
+    """A 2D input as float ``(H, W)`` in [0, 1] for display: a DICOM slice (HU) through the lung window
+    (:func:`pulmo.transforms.window_hu`), anything else robust min-max scaled as :func:`grey_rgb` does."""
+    if image.source.get("format") == "DICOM" and image.modality == "ct":
+        return window_hu(image.pixels)
+    return grey_rgb(image.pixels)[..., 0] / 255.0
 
 
 def _paint(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float, outline: bool) -> None:

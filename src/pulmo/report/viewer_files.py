@@ -8,35 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pulmo.io import Image2D, Volume, write_nifti
-from pulmo.report.overlay import grey_rgb
-from pulmo.transforms import window_hu
+from pulmo.report.overlay import display_base, overlay
 
 #: longest side of the display PNG, px (larger inputs are scaled down with Lanczos)
 DISPLAY_MAX_SIDE = 2048
 
 
-def display_png(image: Image2D, path: Path, max_side: int = DISPLAY_MAX_SIDE) -> None:
-    """Write a 2D input as an 8-bit grey PNG for the browser: CT slices in HU (DICOM) through the lung window,
-    everything else min-max scaled (:func:`pulmo.report.grey_rgb`), at most ``max_side`` px on the longer side (the
-    viewer scales the lung mask PNG onto it).
-
-    Args:
-        image: the input image, pixels ``(H, W)``.
-        path: the PNG to write.
-        max_side: longest side of the PNG, px.
+def display_png(image: Image2D, path: Path) -> None:
+    """Write a 2D input as an 8-bit grey PNG for the browser (:func:`pulmo.report.overlay.display_base`: CT slices
+    in HU through the lung window, the rest min-max scaled), at most :data:`DISPLAY_MAX_SIDE` px on the longer side
+    (the viewer scales the lung mask PNG onto it).
     """
-    if image.modality == "ct" and image.source.get("format") == "DICOM":
-        grey = grey_rgb(window_hu(image.pixels), already_01=True)[..., 0]
-    else:
-        grey = grey_rgb(image.pixels)[..., 0]
-    im = Image.fromarray(grey)
-    if max(im.size) > max_side:
-        scale = max_side / max(im.size)
-        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
-    im.save(path)
+    overlay(display_base(image), [], already_01=True, max_side=DISPLAY_MAX_SIDE).convert("L").save(path)
 
 
 def write_viewer_files(image: Image2D | Volume, out_dir: Path) -> list[str]:
