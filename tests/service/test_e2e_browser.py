@@ -248,14 +248,19 @@ def test_home_page_uploads_a_ct_series_zip_and_its_viewer_marks_the_nodules(serv
     with zipfile.ZipFile(archive, "w") as zf:
         for f in sorted(EXAMPLE_CT.iterdir()):
             zf.write(f, f"LIDC-IDRI-0001/{f.name}")
+    # the server is shared by the module: earlier tests' jobs (the same CT among them) are already listed, so the
+    # new job's row is the one whose id was not there before the upload (not simply the first row)
+    before = {j["id"] for j in httpx.get(f"{base}/api/v1/jobs?limit=100", timeout=10).json()["jobs"]}
     with browser(tmp_path) as (page, errors):
         page.goto(f"{base}/")
         page.wait_for_selector("#upload-section")
         page.set_input_files("#pick-files", str(archive))
         page.click("#send")
         page.wait_for_selector("body[data-upload='accepted']", timeout=60_000)
-        row = page.wait_for_selector("#job-rows tr[data-job]", timeout=30_000)
-        job_id = row.get_attribute("data-job")
+        page.wait_for_function("(before) => [...document.querySelectorAll('#job-rows tr[data-job]')]"
+                               ".some((tr) => !before.includes(tr.dataset.job))", arg=sorted(before), timeout=30_000)
+        job_id = page.evaluate("(before) => [...document.querySelectorAll('#job-rows tr[data-job]')]"
+                               ".map((tr) => tr.dataset.job).find((id) => !before.includes(id))", sorted(before))
         done_row = f"tr[data-job='{job_id}']"
         stages, status = set(), None
         deadline = time.monotonic() + JOB_TIMEOUT

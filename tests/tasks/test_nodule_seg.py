@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 from pulmo.cli import main
+from pulmo.datasets.lidc_slices import LidcSliceNodule
 from pulmo.errors import ConfigError, InputError
-from pulmo.tasks.nodule_seg import NODULENET_DSC, NoduleSegConfig, NoduleSegmenter, evaluate, train
+from pulmo.tasks.nodule_seg import (
+    NODULENET_DSC,
+    NoduleSegConfig,
+    NoduleSegmenter,
+    evaluate,
+    leave_one_reader_out,
+    reader_agreement,
+    train,
+)
 from tests.datasets.test_lidc_slices import write_nodule
 
 SIZE = 32
@@ -87,6 +96,9 @@ def test_evaluate_test_split_uses_the_held_out_patients(trained):
     assert m["dice_mean"] == pytest.approx(card["metrics"]["test"]["dice_mean"], abs=0.02)  # fp16 weights
     everything = evaluate(data, format="lidc-slices", weights=str(weights), split="all", progress=False)
     assert everything["n_nodules"] == 15 and everything["n_patients"] == 10 and everything["n_skipped_empty"] == 1
+    agree = everything["reader_agreement"]  # the generated nodules have 1-4 readers: those with >= 2 compared
+    assert agree["n_nodules"] == sum(r["n_readers"] >= 2 for r in everything["per_nodule"]) > 0
+    assert -1.0 <= agree["difference"] <= 1.0
     with pytest.raises(ConfigError, match="format='covid-semiseg' is not one of lidc-slices"):
         evaluate(data, format="covid-semiseg", weights=str(weights))
     with pytest.raises(ConfigError, match="split='train' is not one of test, all"):
@@ -125,6 +137,28 @@ def test_cli_evaluate_writes_the_json_schema(trained, tmp_path):
         main(["--no-progress", "evaluate", "nodule-seg", "--data", str(data), "--out", str(out), "--split", "train",
               "--weights", str(weights)])
     assert exc.value.code == 2
+
+
+def test_leave_one_reader_out_scores_reader_and_model_against_the_other_readers():
+    """Three readers of one 1-slice nodule: two agree on a 4 x 4 square, the third marks a 4 x 2 half of it."""
+    masks = np.zeros((4, 1, 8, 8), bool)
+    masks[0, 0, 2:6, 2:6] = masks[1, 0, 2:6, 2:6] = True   # 16 px each
+    masks[2, 0, 2:6, 2:4] = True                            # 8 px, inside
+    n = LidcSliceNodule("LIDC-IDRI-0009", "nodule-0", np.zeros((1, 8, 8), np.uint8), masks, [0])
+    pred = masks[0].copy()
+    # reader 0 vs consensus(1, 2) = 1 of 2 = the square: 1.0; reader 1 likewise 1.0; reader 2 (8 px) vs the
+    # square: 2 * 8 / 24; the model (the square) scores 1.0 against all three references
+    reader, model = leave_one_reader_out(n, pred)
+    assert reader == pytest.approx((1 + 1 + 16 / 24) / 3) and model == pytest.approx(1.0)
+    single = LidcSliceNodule("LIDC-IDRI-0009", "nodule-1", np.zeros((1, 8, 8), np.uint8),
+                             np.concatenate([masks[:1], np.zeros((3, 1, 8, 8), bool)]), [0])
+    assert leave_one_reader_out(single, pred) is None
+    rows = [{"n_readers": 3, "reader_dice": reader, "model_dice": model},
+            {"n_readers": 1, "reader_dice": None, "model_dice": None}]
+    agree = reader_agreement(rows, n_resamples=50)
+    assert agree["n_nodules"] == 1 and agree["difference"] == pytest.approx(model - reader)
+    assert agree["by_readers"]["3"]["n"] == 1 and agree["by_readers"]["2"]["reader_dice_mean"] is None
+    assert reader_agreement(rows[1:])["reader_dice_mean"] is None
 
 
 def test_train_refuses_bad_settings(tmp_path):

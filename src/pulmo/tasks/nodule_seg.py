@@ -62,6 +62,7 @@ from pulmo.datasets.lidc_slices import (
     SIZE_BINS_MM,
     LidcSliceNodule,
     NoduleSliceDataset,
+    consensus_mask,
     context_stack,
     hu_to_crop_grey,
     read_lidc_slices,
@@ -290,12 +291,65 @@ def overlap_report(rows: Sequence[dict[str, Any]], n_resamples: int = 1000, seed
     return out
 
 
+def leave_one_reader_out(n: LidcSliceNodule, pred: np.ndarray) -> tuple[float, float] | None:
+    """How a reader and the model each agree with the other readers, on one nodule outlined by >= 2 readers.
+
+    For each outlining reader r, the reference is the 50 % consensus of the *other* outlining readers
+    (:func:`pulmo.datasets.lidc_slices.consensus_mask`: 1 of 1, 1 of 2, 2 of 3); reader r's mask and the model's
+    ``pred`` (bool ``(S, H, W)``) are both scored against it with the 3-D Dice. The means over r are returned as
+    ``(reader_dice, model_dice)``, both in [0, 1]: the model is compared with a radiologist on the same
+    references, so a target above what readers reach against each other shows as such. None for a nodule with one reader (no other reader to compare with).
+    """
+    readers = n.readers
+    if len(readers) < 2:
+        return None
+    reader_d, model_d = [], []
+    for r in readers:
+        others = consensus_mask(n.masks[[o for o in readers if o != r]])
+        reader_d.append(dice(n.masks[r], others))
+        model_d.append(dice(pred, others))
+    return float(np.mean(reader_d)), float(np.mean(model_d))
+
+
+def reader_agreement(rows: Sequence[dict[str, Any]], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The model next to a radiologist: summary of the rows' ``reader_dice`` / ``model_dice``
+    (:func:`leave_one_reader_out`) over the nodules outlined by >= 2 readers.
+
+    Returns:
+        ``{"n_nodules", "reader_dice_mean", "model_dice_mean", "difference", "difference_ci95", "by_readers":
+        {"2", "3", "4": {"n", "reader_dice_mean", "model_dice_mean"}}, "definition"}``; ``difference`` = model -
+        reader (> 0: the model agrees with the other readers better than a held-out reader does), its interval a
+        percentile bootstrap over nodules. Means are None when no nodule has >= 2 readers.
+    """
+    kept = [r for r in rows if r.get("reader_dice") is not None]
+    rd = np.array([r["reader_dice"] for r in kept], dtype=np.float64)
+    md = np.array([r["model_dice"] for r in kept], dtype=np.float64)
+    k = np.array([str(r["n_readers"]) for r in kept])
+    out: dict[str, Any] = {"n_nodules": len(kept), "reader_dice_mean": None, "model_dice_mean": None,
+                           "difference": None, "difference_ci95": None}
+    if kept:
+        out.update(reader_dice_mean=float(rd.mean()), model_dice_mean=float(md.mean()),
+                   difference=float((md - rd).mean()),
+                   difference_ci95=list(bootstrap_ci(lambda i: float((md[i] - rd[i]).mean()), len(kept),
+                                                     n_resamples, seed)))
+    out["by_readers"] = {g: {"n": int((k == g).sum()),
+                             "reader_dice_mean": float(rd[k == g].mean()) if (k == g).any() else None,
+                             "model_dice_mean": float(md[k == g].mean()) if (k == g).any() else None}
+                         for g in READER_GROUPS[1:]}
+    out["definition"] = ("per nodule with >= 2 readers: each reader's mask and the model's mask scored (3-D Dice) "
+                         "against the 50 % consensus of the other readers, averaged over the readers")
+    return out
+
+
 def _nodule_row(n: LidcSliceNodule, pred: np.ndarray) -> dict[str, Any]:
     """Per-nodule scores of the predicted mask stack ``pred`` (bool ``(S, H, W)``, already post-processed)."""
     ref = n.consensus
+    agreement = leave_one_reader_out(n, pred)
     return {"nodule": n.key, "patient_id": n.patient_id, "n_readers": n.n_readers, "n_slices": len(n.images),
             "crop_px": n.crop_px, "diameter_px": round(n.diameter_px, 2), "diameter_mm_est": round(n.diameter_mm, 2),
-            "size_group": size_group(n.diameter_mm), "dice": dice(pred, ref), "iou": iou(pred, ref)}
+            "size_group": size_group(n.diameter_mm), "dice": dice(pred, ref), "iou": iou(pred, ref),
+            "reader_dice": None if agreement is None else agreement[0],
+            "model_dice": None if agreement is None else agreement[1]}
 
 
 def _dice_at(probs: Sequence[np.ndarray], nodules: Sequence[LidcSliceNodule], threshold: float) -> float:
@@ -488,8 +542,9 @@ class NoduleSegmenter:
 
     def score(self, nodules: Sequence[LidcSliceNodule], progress: bool = True) -> list[dict[str, Any]]:
         """Per-nodule rows ``{"nodule", "patient_id", "n_readers", "n_slices", "crop_px", "diameter_px",
-        "diameter_mm_est", "size_group", "dice", "iou"}``: 3-D Dice/IoU of :meth:`segment_nodule` against the 50 %
-        consensus over the nodule's slices, on the whole crop."""
+        "diameter_mm_est", "size_group", "dice", "iou", "reader_dice", "model_dice"}``: 3-D Dice/IoU of
+        :meth:`segment_nodule` against the 50 % consensus over the nodule's slices, on the whole crop, and the
+        leave-one-reader-out comparison (:func:`leave_one_reader_out`; None with one reader)."""
         rows = []
         for start in tqdm(range(0, len(nodules), 64), desc="nodule-seg evaluate", disable=not progress, leave=False):
             chunk = nodules[start:start + 64]
@@ -512,8 +567,9 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
 
     Returns:
         :class:`EvalReport` of ``n`` nodules with ``{"split", "dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "n", "n_nodules",
-        "n_patients", "n_skipped_empty", "by_readers", "by_size", "size_unit", "threshold", "reference", "weights",
-        "weights_sha256", "seconds", "per_nodule"}`` (see :func:`overlap_report`; ``n`` = ``n_nodules``).
+        "n_patients", "n_skipped_empty", "by_readers", "by_size", "size_unit", "reader_agreement", "threshold",
+        "reference", "weights", "weights_sha256", "seconds", "per_nodule"}`` (see :func:`overlap_report` and
+        :func:`reader_agreement`; ``n`` = ``n_nodules``).
 
     Raises:
         ConfigError: unknown format or split, or ``split="test"`` with a card that lists no test patients.
@@ -533,6 +589,7 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
     rows = seg.score(ds.nodules, progress=progress)
     report = overlap_report(rows)
     return EvalReport.from_metrics({"task": "nodule-seg", "split": split, **report, "n": report["n_nodules"],
+            "reader_agreement": reader_agreement(rows),
             "n_skipped_empty": ds.n_skipped_empty, "threshold": seg.threshold,
             "reference": {"nodulenet_dsc": NODULENET_DSC, "source": "Tang et al., MICCAI 2019 (3-D, other protocol)"},
             "weights": seg.card.get("name"), "weights_sha256": seg.card.get("sha256"),
@@ -540,10 +597,17 @@ def evaluate(data: str | Path, *, format: str | None = None, annotations: str | 
 
 
 def summary(report: EvalReport) -> str:
-    """Dice with its 95 % interval, IoU, and the nodules skipped for empty masks."""
-    return (f"split={report['split']} nodules={report['n_nodules']} patients={report['n_patients']} "
+    """Dice with its 95 % interval, IoU, the nodules skipped for empty masks, and the model next to a reader."""
+    line = (f"split={report['split']} nodules={report['n_nodules']} patients={report['n_patients']} "
             f"dice_mean={report['dice_mean']:.4f} [{report['dice_ci95'][0]:.4f}, {report['dice_ci95'][1]:.4f}] "
             f"iou_mean={report['iou_mean']:.4f} skipped_empty={report['n_skipped_empty']}")
+    agree = report.get("reader_agreement") or {}
+    if agree.get("n_nodules"):
+        lo, hi = agree["difference_ci95"]
+        line += (f"\nvs the other readers (leave one reader out, {agree['n_nodules']} nodules with >= 2 readers): "
+                 f"reader_dice={agree['reader_dice_mean']:.4f} model_dice={agree['model_dice_mean']:.4f} "
+                 f"difference={agree['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    return line
 
 
 Config = NoduleSegConfig
