@@ -18,6 +18,7 @@ from pulmo.errors import InputError, NotAvailableError, WeightsError
 from pulmo.io import Image2D, read_image
 from pulmo.transforms import normalize_cxr, resize_image, resize_probability
 from pulmo.weights import WEIGHTS_DIR, InputSpec, ModelCard, list_weights, resolve_card, save_weights
+from tests.conftest import data_path, synthetic_cxr
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CXR = ROOT / "examples" / "cxr" / "00001369_000.png"
@@ -49,7 +50,7 @@ def test_typed_fields_of_every_bundled_card(name):
     assert spec.channels == block.get("channels") and spec.normalisation == block.get("normalisation", "")
     assert dict(spec.extra) == {k: v for k, v in block.items() if k not in ("size", "channels", "normalisation")}
     assert spec.to_dict() == block
-    assert (spec.recipe is not None) == (raw["task"] in ("lung-seg", "cxr-detect"))
+    assert (spec.recipe is not None) == (raw["task"] in ("lung-seg", "cxr-detect", "cxr-classify", "input-gate"))
 
 
 def test_typed_input_accessors():
@@ -244,7 +245,7 @@ def test_cxr_detect_prepare_image_unchanged():
         prepare_image(Image2D(pixels=np.zeros((8, 8, 3)), spacing=None, source={"path": "x.png"}), card.input)
 
 
-@pytest.mark.parametrize("name", ["cxr-classify", "input-gate", "lesion-seg", "nodule", "nodule-seg"])
+@pytest.mark.parametrize("name", ["lesion-seg", "nodule", "nodule-seg"])
 def test_prepare_refuses_an_input_it_cannot_run(name):
     with pytest.raises(NotAvailableError) as exc:
         resolve_card(name).input.prepare(np.zeros((16, 16), np.float32))
@@ -255,3 +256,65 @@ def test_prepare_refuses_a_colour_image():
     with pytest.raises(InputError, match="greyscale"):
         resolve_card("lung-seg-unet").input.prepare(Image2D(pixels=np.zeros((8, 8, 3)), source={"path": "c.png"}))
     assert InputSpec.cxr(64).prepare(np.ones((10, 20), np.float32)).shape == (64, 64)
+
+
+# -- the classifier's and the input gate's recipes -------------------------------------------------------------------
+
+
+def test_prepare_runs_the_classifier_recipe_on_a_generated_image():
+    card = resolve_card("cxr-classify")
+    assert card.input.recipe == "classifier_input" and card.input.crop == "lungs"
+    image, lungs = synthetic_cxr(96, 0)
+    x = card.input.prepare(Image2D(image.astype(np.float32), None, {}), lungs=lungs)
+    assert x.dtype == np.float32 and x.shape == tuple(card["input"]["size"]) == (224, 224)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5  # histogram-equalised: the range is used
+    assert np.array_equal(card.input.prepare(image.astype(np.float32), lungs=lungs), x)  # pixels alone
+
+
+def test_the_classifier_recipe_without_a_lung_mask_is_a_clear_error():
+    card = resolve_card("cxr-classify")
+    with pytest.raises(InputError, match=r"needs the image's lung mask: pass prepare\(image, lungs=mask\)") as exc:
+        card.input.prepare(np.random.default_rng(0).random((64, 64), np.float32))
+    assert exc.value.exit_code == 3 and "cxr-classify" in str(exc.value) and "crop='lungs'" in str(exc.value)
+    # without cropping or masking the recipe needs no lung mask
+    whole = InputSpec.classifier(32, crop="none", equalize=True).prepare(np.arange(40 * 50.0).reshape(40, 50))
+    assert whole.shape == (32, 32) and whole.dtype == np.float32
+    with pytest.raises(InputError, match="lung mask"):
+        InputSpec.classifier(32, crop="none", lung_mask=True).prepare(np.ones((40, 50), np.float32))
+    with pytest.raises(InputError, match="shape"):
+        card.input.prepare(np.ones((40, 50), np.float32), lungs=np.ones((40, 49), bool))
+
+
+def test_prepare_runs_the_gate_recipe_on_a_generated_image():
+    card = resolve_card("input-gate")
+    assert card.input.recipe == "gate_input"
+    pixels = np.random.default_rng(1).normal(1000, 300, (700, 600)).astype(np.int16)
+    x = card.input.prepare(pixels)
+    assert x.dtype == np.float32 and x.shape == tuple(card["input"]["size"]) == (128, 128)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > x.min()
+    assert not card.input.prepare(np.full((50, 60), 7.0)).any()  # a constant picture maps to zeros
+
+
+def test_prepare_equals_what_the_classifier_and_the_gate_feed_their_models():
+    """On a real chest X-ray: the classifier's and the gate's model inputs are ``card.input.prepare`` bit for bit."""
+    from pulmo.tasks.cxr_classify import Predictor as ClassifyPredictor
+    from pulmo.tasks.input_gate import Predictor as GatePredictor
+
+    image = read_image(data_path("cxr", "chest_xray_pneumonia", "train", "PNEUMONIA",
+                                 "person1001_bacteria_2932.jpeg"))
+    fed = []
+    clf = ClassifyPredictor.from_weights()
+    hook = clf.model.register_forward_hook(lambda _m, inp, _out: fed.append(inp[0][0, 0].numpy().copy()))
+    try:
+        pred = clf.predict(image)
+    finally:
+        hook.remove()
+    x = clf.card.input.prepare(image, lungs=pred["lungs"])
+    assert np.array_equal(fed[0], x) and np.array_equal(pred["input"], x) and x.shape == (224, 224)
+    gate = GatePredictor.from_weights()
+    hook = gate.model.register_forward_hook(lambda _m, inp, _out: fed.append(inp[0][0, 0].numpy().copy()))
+    try:
+        gate.predict(image)
+    finally:
+        hook.remove()
+    assert np.array_equal(fed[1], gate.card.input.prepare(image)) and fed[1].shape == (128, 128)

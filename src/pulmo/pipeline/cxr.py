@@ -60,8 +60,8 @@ def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, 
                             "finding outside the classifier's classes (normal, bacterial pneumonia, viral pneumonia, "
                             "COVID-19): no diagnosis among them is given"),
               "calibrated": True, "temperature": round(clf.temperature, 4), "calibration_ece": ece,
-              "lung_masked_input": bool(clf.card["input"]["lung_mask"]),
-              "input_crop": clf.card["input"].get("crop", "none"),
+              "lung_masked_input": bool(clf.pre.lung_mask),
+              "input_crop": clf.pre.crop,  # the card's input.crop, default "lungs" (as the recipe reads it)
               "heatmaps": {m: names[m] for m in heat},
               "heatmap_normalisation": "divided by the map's maximum over the whole image",
               "heatmap_energy_in_lungs": {m: round(e, 4) for m, (_, e) in heat.items()}}

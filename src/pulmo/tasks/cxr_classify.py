@@ -60,8 +60,7 @@ from pulmo.datasets.cxr_labels import (
     remove_near_duplicates,
 )
 from pulmo.engine import TrainConfig, batched_logits, fit_best, provenance, save_config, save_run
-from pulmo.errors import ConfigError, InputError
-from pulmo.geometry.boxes import mask_to_box
+from pulmo.errors import ConfigError, InputError, WeightsError
 from pulmo.io import Image2D, read_image
 from pulmo.metrics import binary_report, classification_report, roc_auc
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, reliability_bins, softmax
@@ -69,8 +68,9 @@ from pulmo.models import create_model
 from pulmo.models.classifiers import GRADCAM_LAYERS
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
-from pulmo.transforms import normalize_cxr, resize_image
-from pulmo.weights import resolve_card
+from pulmo.transforms import lung_field_box, resize_image
+from pulmo.transforms.classifier import CROP_MODES, DEFAULT_CROP, DEFAULT_CROP_MARGIN, needs_lungs
+from pulmo.weights import InputSpec, resolve_card
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class CxrClassifyConfig(TrainConfig):
     exclude_sources: list[str] = dataclasses.field(default_factory=list)
     architecture: str = "resnet18"
     lung_mask: bool = False
-    crop: str = dataclasses.field(default="lungs", metadata={"choices": ("lungs", "none")})
+    crop: str = dataclasses.field(default=DEFAULT_CROP, metadata={"choices": ("lungs", "none")})
     equalize: bool = True
     in_scope_retention: float = 0.95
     size: int = 224
@@ -198,19 +198,46 @@ def split_three(records: list[dict], val_fraction: float, test_fraction: float, 
 
 
 class Preprocessor:
-    """Image -> classifier input: robust normalisation, lung-field crop, optional lung masking, histogram
-    equalisation, resize.
+    """Image -> classifier input: an :class:`~pulmo.weights.InputSpec` of the classifier's recipe
+    (:meth:`InputSpec.prepare <pulmo.weights.InputSpec.prepare>`, i.e. :func:`pulmo.transforms.classifier_input`:
+    robust normalisation, lung-field crop, optional lung masking, histogram equalisation, resize) plus the lung
+    mask when the recipe needs one and none is given (the bundled ``lung-seg`` model).
 
-    ``__call__`` returns ``(x, lungs, box)``: float32 ``(S, S)`` in [0, 1], the bool lung mask ``(H, W)`` at the
-    original size (None when neither masking nor cropping needs it) and the crop ``(y0, y1, x0, x1)`` in
-    original px (the whole image without cropping).
+    ``__call__`` returns ``(x, lungs, box)``: float32 ``(S, S)`` in [0, 1], the lung mask ``(H, W)`` at the
+    original size (None when neither masking nor cropping needs it and none was given) and the crop
+    ``(y0, y1, x0, x1)`` in original px (the whole image without cropping).
+
+    Args:
+        size: working side in px (square). lung_mask, crop, equalize, margin: the recipe's settings
+            (``crop`` default :data:`~pulmo.transforms.classifier.DEFAULT_CROP`, ``"lungs"``).
+        spec: the input of a card (:meth:`from_spec`); built from the settings when None.
+
+    Raises:
+        ConfigError: ``crop`` is not ``none`` or ``lungs``.
     """
 
-    def __init__(self, size: int, lung_mask: bool, crop: str = "none", equalize: bool = False, margin: float = 0.1):
-        if crop not in ("none", "lungs"):
+    def __init__(self, size: int, lung_mask: bool, crop: str = DEFAULT_CROP, equalize: bool = False,
+                 margin: float = DEFAULT_CROP_MARGIN, spec: InputSpec | None = None):
+        if crop not in CROP_MODES:
             raise ConfigError(f"crop must be 'none' or 'lungs', got {crop!r}")
         self.size, self.lung_mask, self.crop, self.equalize, self.margin = size, lung_mask, crop, equalize, margin
+        self.spec = spec or InputSpec.classifier(size, crop=crop, lung_mask=lung_mask, equalize=equalize,
+                                                 crop_margin=margin)
         self._segmenter = None
+
+    @classmethod
+    def from_spec(cls, spec: InputSpec) -> Preprocessor:
+        """The preprocessor of a card's input (``card.input``), which it prepares images with.
+
+        Raises:
+            ConfigError: the card's ``crop`` is not ``none`` or ``lungs``. WeightsError: no square 2-D ``size``
+                or a malformed setting.
+        """
+        if spec.size is None or len(spec.size) != 2 or spec.size[0] != spec.size[1]:
+            raise WeightsError(f"model card {spec.where}: input.size = {spec.size} is not a square 2-D size")
+        margin = spec.crop_margin
+        return cls(spec.size[0], spec.lung_mask, spec.crop or DEFAULT_CROP, spec.equalize,
+                   DEFAULT_CROP_MARGIN if margin is None else margin, spec=spec)
 
     def segmenter(self):
         """The bundled :class:`~pulmo.tasks.lung_seg.LungSegmenter`, built on first use and kept.
@@ -227,30 +254,15 @@ class Preprocessor:
     def crop_box(self, lungs: np.ndarray) -> tuple[int, int, int, int]:
         """Bounding box of ``lungs`` grown by ``margin`` of its size on each side, within the image; the whole
         image when the mask covers less than 2 % of it (no usable lung fields)."""
-        h, w = lungs.shape
-        if lungs.sum() < 0.02 * h * w:
-            return 0, h, 0, w
-        r0, c0, r1, c1 = mask_to_box(lungs)  # rows r0..r1 - 1, columns c0..c1 - 1
-        dy, dx = self.margin * (r1 - r0), self.margin * (c1 - c0)
-        return (max(0, int(r0 - dy)), min(h, int(np.ceil(r1 + dy))),
-                max(0, int(c0 - dx)), min(w, int(np.ceil(c1 + dx))))
+        return lung_field_box(lungs, self.margin)
 
     def __call__(self, image: Image2D, lungs: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int]]:
-        x = normalize_cxr(image.pixels)
-        if (self.lung_mask or self.crop == "lungs") and lungs is None:
+        if needs_lungs(self.crop, self.lung_mask) and lungs is None:
             lungs = self.segmenter().predict(image)
-        if self.lung_mask:
-            x = x * lungs
-        box = self.crop_box(lungs) if self.crop == "lungs" else (0, x.shape[0], 0, x.shape[1])
-        x = x[box[0]:box[1], box[2]:box[3]]
-        if self.equalize:
-            from skimage.exposure import equalize_hist
-
-            x = equalize_hist(x, mask=(x > 0) if self.lung_mask else None)
-            if self.lung_mask:
-                x = x * (lungs[box[0]:box[1], box[2]:box[3]] > 0)
-        return np.clip(resize_image(x, (self.size, self.size)), 0, 1).astype(np.float32), lungs, box
+        x = self.spec.prepare(image, lungs=lungs)
+        h, w = image.pixels.shape
+        return x, lungs, self.crop_box(lungs) if self.crop == "lungs" else (0, h, 0, w)
 
     def describe(self) -> str:
         """The pre-processing in words (for the card)."""
@@ -668,9 +680,7 @@ class CxrClassifier:
         self.model = create_model(self.card["architecture"], weights=weights).eval()
         self.labels = list(self.card["labels"])
         self.temperature = float(self.card["calibration"]["temperature"])
-        spec = self.card["input"]
-        self.pre = Preprocessor(int(spec["size"][0]), bool(spec["lung_mask"]), spec.get("crop", "none"),
-                                bool(spec.get("equalize", False)), float(spec.get("crop_margin", 0.1)))
+        self.pre = Preprocessor.from_spec(self.card.input)  # prepares with card.input.prepare
         thr = (self.card.get("thresholds") or {}).get("out_of_scope")
         self.scope_threshold = None if thr is None else float(thr)
 

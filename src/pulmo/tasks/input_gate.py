@@ -36,7 +36,7 @@ from pulmo.metrics.calibration import expected_calibration_error, fit_temperatur
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
-from pulmo.transforms import GATE_SIZE, gate_input
+from pulmo.transforms import GATE_SIZE
 from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
@@ -352,8 +352,15 @@ class InputGateModel:
 
     @torch.no_grad()
     def predict(self, pixels: np.ndarray) -> dict[str, float]:
-        """Calibrated probabilities ``{label: p}`` of a picture ``(H, W)`` of any real dtype."""
-        x = torch.from_numpy(gate_input(pixels))[None, None]
+        """Calibrated probabilities ``{label: p}`` of a picture ``(H, W)`` of any real dtype.
+
+        The model's input is ``card.input.prepare(pixels)`` (:func:`pulmo.transforms.gate_input` at the card's
+        size: float32 ``(128, 128)`` in [0, 1] for the bundled model).
+
+        Raises:
+            InputError: ``pixels`` is not ``(H, W)``. WeightsError: the card gives no square 2-D size.
+        """
+        x = torch.from_numpy(self.card.input.prepare(pixels))[None, None]
         prob = softmax(self.model(x).float().numpy(), self.temperature)[0]
         return {lab: float(p) for lab, p in zip(self.labels, prob)}
 

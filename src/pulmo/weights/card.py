@@ -12,10 +12,17 @@ The card is read-only: the top level cannot be assigned, and the typed propertie
 :meth:`ModelCard.to_dict` gives a mutable deep copy (to edit and save a card). Cards built during training stay
 plain dicts until :func:`pulmo.weights.save_weights` writes them.
 
-:meth:`InputSpec.prepare` runs a card's preprocessing where pulmo has one function for it: the chest X-ray
-recipe of ``lung-seg``, ``cxr-detect`` and ``cxr-detect-unet`` (``normalize_cxr``: 0.5-99.5 percentile ->
-[0, 1], then a bilinear resize to ``size``, aspect not kept). Other inputs (the classifier's lung crop and
-equalisation, CT windows, the input gate's strided resize) are prepared by their task's code and
+:meth:`InputSpec.prepare` runs a card's preprocessing, chosen by the card's task (:data:`RECIPES`):
+
+* :data:`CXR_RECIPE` (``lung-seg``, ``cxr-detect``, ``cxr-detect-unet``): ``normalize_cxr`` (0.5-99.5
+  percentile -> [0, 1]), then a bilinear resize to ``size``, aspect not kept;
+* :data:`CLASSIFY_RECIPE` (``cxr-classify``): :func:`pulmo.transforms.classifier_input` with the card's
+  ``crop`` / ``crop_margin`` / ``lung_mask`` / ``equalize`` (normalisation, lung-field crop, lung masking,
+  histogram equalisation, resize); it needs the image's lung mask (``prepare(image, lungs=mask)``);
+* :data:`GATE_RECIPE` (``input-gate``): :func:`pulmo.transforms.gate_input` (stride to <= 4 x size, the same
+  normalisation, Pillow bilinear resize).
+
+Other inputs (CT windows and crops, lesion and nodule models) are prepared by their task's code and
 :meth:`~InputSpec.prepare` refuses them (:class:`~pulmo.errors.NotAvailableError`).
 """
 
@@ -43,6 +50,16 @@ CXR_RECIPE = "normalize_cxr+resize"
 
 #: Card tasks whose code prepares an image with :data:`CXR_RECIPE` (and nothing else).
 CXR_RECIPE_TASKS = frozenset({"lung-seg", "cxr-detect", "cxr-detect-unet"})
+
+#: The chest X-ray classifier's preprocessing: :func:`pulmo.transforms.classifier_input` with the card's settings.
+CLASSIFY_RECIPE = "classifier_input"
+
+#: The input gate's preprocessing: :func:`pulmo.transforms.gate_input` at the card's (square) ``size``.
+GATE_RECIPE = "gate_input"
+
+#: Card task -> the recipe :meth:`InputSpec.prepare` runs for it (a task not listed: no recipe).
+RECIPES: Mapping[str, str] = MappingProxyType({**{t: CXR_RECIPE for t in sorted(CXR_RECIPE_TASKS)},
+                                                "cxr-classify": CLASSIFY_RECIPE, "input-gate": GATE_RECIPE})
 
 #: ``InputSpec`` fields of their own; every other key of the ``input`` block is in :attr:`InputSpec.extra`.
 _INPUT_FIELDS = ("size", "channels", "normalisation")
@@ -73,14 +90,19 @@ def _is_number(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model takes as input: a card's ``input`` block, typed.
+    """What a model takes as input: a card's ``input`` block, typed, and executable where pulmo has one function
+    for the preprocessing: :meth:`prepare` turns an image into the model's input array (float32 ``(h, w)`` in
+    [0, 1]) by the recipe of the card's task (:data:`RECIPES`: the lung / detector models, the chest X-ray
+    classifier with its lung mask, the input gate), and refuses other inputs.
 
     Attributes:
         size: working size in px (``(h, w)``; ``(d, h, w)`` for a volume), or None when the card gives none
             (the nodule detector works at a spacing, not a size).
         channels: input channels, or None.
         normalisation: the card's description of the intensity mapping ("" when it has none).
-        recipe: :data:`CXR_RECIPE` when :meth:`prepare` can run the preprocessing, else None.
+        recipe: the preprocessing :meth:`prepare` runs (:data:`CXR_RECIPE`, :data:`CLASSIFY_RECIPE` or
+            :data:`GATE_RECIPE`, from the card's task through :data:`RECIPES`), or None: the task's own code
+            prepares the input.
         extra: every other key of the ``input`` block, read-only (``crop``, ``window_hu``, ``spacing_mm``, ...;
             the typed properties below read them).
         where: the card (file or name) for error messages.
@@ -128,7 +150,7 @@ class InputSpec:
             raise WeightsError(f"model card {where}: input.normalisation must be a string")
         extra = {k: copy.deepcopy(v) for k, v in block.items() if k not in _INPUT_FIELDS}
         return cls(size=size, channels=channels, normalisation=normalisation,
-                   recipe=CXR_RECIPE if task in CXR_RECIPE_TASKS else None,
+                   recipe=RECIPES.get(task) if task else None,
                    extra=MappingProxyType(extra), where=where)
 
     @classmethod
@@ -223,7 +245,9 @@ class InputSpec:
 
     @property
     def crop(self) -> str | None:
-        """How the image is framed before resizing (``"lungs"``, ``"none"``, or a description), or None."""
+        """How the image is framed before resizing (``"lungs"``, ``"none"``, or a description), or None when the
+        card does not say (the classifier's recipe then crops to the lungs:
+        :data:`pulmo.transforms.classifier.DEFAULT_CROP`)."""
         v = self.extra.get("crop")
         if v is not None and not isinstance(v, str):
             raise WeightsError(f"model card {self.where}: input.crop = {str(v)[:80]!r} is not a string")
@@ -266,34 +290,66 @@ class InputSpec:
 
     # -- the executable part ------------------------------------------------------------------------------------
 
-    def prepare(self, image: Image2D | np.ndarray) -> np.ndarray:
-        """The model input of a greyscale chest X-ray: float32 ``(h, w)`` =
-        ``resize_image(normalize_cxr(pixels), size)``, as :class:`pulmo.tasks.lung_seg.LungSegmenter` and
-        :func:`pulmo.tasks.cxr_detect.prepare_image` feed their models.
+    def prepare(self, image: Image2D | np.ndarray, *, lungs: np.ndarray | None = None) -> np.ndarray:
+        """The model input of a greyscale 2-D image, by the card's :attr:`recipe`: float32 ``(h, w)`` = ``size``.
+
+        * :data:`CXR_RECIPE`: ``resize_image(normalize_cxr(pixels), size)``, values in [0, 1], as
+          :class:`pulmo.tasks.lung_seg.LungSegmenter` and :func:`pulmo.tasks.cxr_detect.prepare_image` feed their
+          models.
+        * :data:`CLASSIFY_RECIPE`: :func:`pulmo.transforms.classifier_input` with ``crop`` (default
+          ``"lungs"``), ``crop_margin`` (default 0.1), ``lung_mask`` and ``equalize`` (default False), values in
+          [0, 1], as :class:`pulmo.tasks.cxr_classify.CxrClassifier` feeds its model.
+        * :data:`GATE_RECIPE`: ``gate_input(pixels, size)`` (stride to <= 4 x size a side, non-finite values ->
+          0, ``normalize_cxr``, Pillow bilinear resize), values in [0, 1], as
+          :class:`pulmo.tasks.input_gate.InputGateModel` feeds its model.
 
         Args:
-            image: an :class:`~pulmo.io.Image2D` or its ``(H, W)`` pixel array.
+            image: an :class:`~pulmo.io.Image2D` or its ``(H, W)`` pixel array (any real dtype).
+            lungs: the image's lung mask ``(H, W)`` (bool or 0/1), for :data:`CLASSIFY_RECIPE` when the card
+                crops to the lungs (``crop == "lungs"``) or masks them (``lung_mask``); ignored otherwise.
+
+        Returns:
+            float32 ``(h, w)`` in [0, 1] (zeros for a constant image).
 
         Raises:
-            NotAvailableError: the card's input is not prepared by this recipe (another task's preprocessing).
-            WeightsError: the card gives no 2-D ``size``.
-            InputError: the pixels are not ``(H, W)`` (a colour image).
+            NotAvailableError: the card's input has no recipe here (another task's preprocessing).
+            WeightsError: the card gives no 2-D ``size`` (a non-square one for the gate), an unknown ``crop`` or
+                a malformed ``crop_margin`` / ``lung_mask`` / ``equalize``.
+            InputError: the pixels are not ``(H, W)`` (a colour image); the classifier's recipe needs a lung mask
+                and ``lungs`` is None, or ``lungs`` is not the image's shape.
         """
-        if self.recipe != CXR_RECIPE:
+        if self.recipe not in (CXR_RECIPE, CLASSIFY_RECIPE, GATE_RECIPE):
             raise NotAvailableError(
-                f"model card {self.where}: InputSpec.prepare runs only the chest X-ray recipe of "
-                f"{', '.join(sorted(CXR_RECIPE_TASKS))} cards (normalize_cxr, resize to size); this input "
+                f"model card {self.where}: InputSpec.prepare runs the recipes of "
+                f"{', '.join(sorted(RECIPES))} cards; this input "
                 f"({self.normalisation or 'no normalisation given'}) is prepared by its task's own code")
         if self.size is None or len(self.size) != 2:
             raise WeightsError(f"model card {self.where}: input.size = {self.size} is not a 2-D size (h, w)")
-        from pulmo.transforms import normalize_cxr, resize_image
+        from pulmo.transforms import classifier_input, gate_input, normalize_cxr, resize_image
+        from pulmo.transforms.classifier import CROP_MODES, DEFAULT_CROP, DEFAULT_CROP_MARGIN, needs_lungs
 
         pixels = getattr(image, "pixels", image)
+        where = image.source.get("path", "image") if hasattr(image, "source") else "image"
         if getattr(pixels, "ndim", None) != 2:
-            where = image.source.get("path", "image") if hasattr(image, "source") else "image"
             raise InputError(f"{where}: expected a greyscale radiograph (H, W), got shape "
                              f"{getattr(pixels, 'shape', None)}")
-        return resize_image(normalize_cxr(pixels), self.size)
+        if self.recipe == CXR_RECIPE:
+            return resize_image(normalize_cxr(pixels), self.size)
+        if self.recipe == GATE_RECIPE:
+            if self.size[0] != self.size[1]:
+                raise WeightsError(f"model card {self.where}: input.size = {list(self.size)}: the gate's input is "
+                                   "square")
+            return gate_input(pixels, self.size[0])
+        crop = self.crop or DEFAULT_CROP
+        if crop not in CROP_MODES:
+            raise WeightsError(f"model card {self.where}: input.crop = {crop!r} is not one of {list(CROP_MODES)}")
+        margin = self.crop_margin
+        if needs_lungs(crop, self.lung_mask) and lungs is None:
+            raise InputError(f"{where}: the input of model card {self.where} (crop={crop!r}, "
+                             f"lung_mask={self.lung_mask}) needs the image's lung mask: pass "
+                             "prepare(image, lungs=mask), mask (H, W) e.g. LungSegmenter().predict(image)")
+        return classifier_input(pixels, self.size, lungs=lungs, crop=crop, lung_mask=self.lung_mask,
+                                equalize=self.equalize, margin=DEFAULT_CROP_MARGIN if margin is None else margin)[0]
 
     @classmethod
     def cxr(cls, size: tuple[int, int] | int) -> InputSpec:
@@ -302,6 +358,24 @@ class InputSpec:
         hw = (int(size), int(size)) if _is_int(size) else tuple(int(s) for s in size)  # type: ignore[union-attr]
         return cls(size=hw, channels=1, normalisation="normalize_cxr (0.5-99.5 percentile -> [0, 1]), resized to "
                    "size", recipe=CXR_RECIPE, where="(no card)")
+
+    @classmethod
+    def classifier(cls, size: tuple[int, int] | int, *, crop: str | None = None, lung_mask: bool = False,
+                   equalize: bool = False, crop_margin: float | None = None, normalisation: str = "") -> InputSpec:
+        """The spec of :data:`CLASSIFY_RECIPE` at ``size`` (an int: square) with these settings (None: the
+        recipe's default), for code that has settings but no card (the classifier's training cache).
+
+        Raises:
+            WeightsError: a setting of the wrong type (when :meth:`prepare` reads it).
+        """
+        hw = (int(size), int(size)) if _is_int(size) else tuple(int(s) for s in size)  # type: ignore[union-attr]
+        extra: dict[str, Any] = {"lung_mask": lung_mask, "equalize": equalize}
+        if crop is not None:
+            extra["crop"] = crop
+        if crop_margin is not None:
+            extra["crop_margin"] = crop_margin
+        return cls(size=hw, channels=1, normalisation=normalisation, recipe=CLASSIFY_RECIPE,
+                   extra=MappingProxyType(extra), where="(no card)")
 
 
 class ModelCard(Mapping[str, Any]):
@@ -483,4 +557,4 @@ def _check(data: Mapping[str, Any], where: str) -> None:
             raise WeightsError(f"model card {where}: '{key}' must be an object, not {type(value).__name__}")
 
 
-__all__ = ["CXR_RECIPE", "CXR_RECIPE_TASKS", "InputSpec", "ModelCard", "check_sha256"]
+__all__ = ["CLASSIFY_RECIPE", "CXR_RECIPE", "CXR_RECIPE_TASKS", "GATE_RECIPE", "RECIPES", "InputSpec", "ModelCard", "check_sha256"]
