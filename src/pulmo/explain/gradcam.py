@@ -17,16 +17,25 @@ from torch import nn
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
 
 
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def class_activation_map(model: nn.Module, target_layer: str, x: torch.Tensor, class_index: int,
                          method: str = "gradcam") -> np.ndarray:
-    """Heatmap ``(H, W)`` in [0, 1] for ``class_index`` of input ``x`` ``(1, C, H, W)``.
+    """Heatmap ``(H, W)`` >= 0 for ``class_index`` of input ``x`` ``(1, C, H, W)``: the class-activation map at the
+    input size, high where the evidence for the class is (not rescaled; :func:`normalise_heatmap` divides by the
+    maximum).
 
     Raises:
         ValueError: unknown ``method`` (``gradcam`` or ``gradcam++``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; expected one of {sorted(METHODS)}")
-    cam = METHODS[method](nn_module=model, target_layers=target_layer)
+    # MONAI's default post-processing (``default_normalizer``) maps the map's (min, max) to (1, 0): it *inverts*
+    # the map (for its own colour convention). pulmo keeps the map as computed, the ReLU of the weighted
+    # activations upsampled to the input (bilinear), and normalises it itself (:func:`normalise_heatmap`).
+    cam = METHODS[method](nn_module=model, target_layers=target_layer, postprocessing=_unchanged)
     with torch.enable_grad():
         heat = cam(x, class_idx=class_index)
     return heat[0, 0].detach().float().numpy()
