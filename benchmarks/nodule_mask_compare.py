@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from pulmo.datasets.lidc import load_lidc_scan, paste_mask
-    from pulmo.io import read_image
+    from pulmo.io import read_image, read_labels
     from pulmo.tasks.nodule import NoduleDetector
     from pulmo.tasks.nodule_seg import NoduleSegmenter, refine_nodule_masks
 
@@ -45,8 +45,8 @@ def main() -> None:
             cases.append(("LIDC-IDRI-0001", lidc.volume, paste_mask(*c.consensus_mask(), lidc.volume.shape),
                           f"50 % consensus of {c.n_readers} readers"))
     lung1 = read_image(root / "pyradiomics_lung" / "lung1_image.nrrd")
-    label = read_image(root / "pyradiomics_lung" / "lung1_label.nrrd")
-    cases.append(("lung1", lung1, label.hu > 0, "pyradiomics label volume"))
+    label = read_labels(root / "pyradiomics_lung" / "lung1_label.nrrd")
+    cases.append(("lung1", lung1, label.labels > 0, "pyradiomics label volume"))
     rows = []
     for name, volume, truth, ref in cases:
         found = det.detect(volume)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pulmo.errors import InputError
-from pulmo.io import Volume, read_image, write_mask_png, write_nifti
+from pulmo.io import LabelVolume, Volume, read_image, read_labels, write_mask_png, write_nifti
 from tests.dicom_helpers import write_ct_series, write_dicom
 
 
@@ -133,6 +133,60 @@ def test_mhd_without_raw_is_clear(tmp_path):
     out.with_suffix(".raw").unlink()
     with pytest.raises(InputError, match="v.mhd"):
         read_image(out)
+
+
+def _write_itk(array_zyx, path, spacing_xyz=(0.7, 0.8, 2.5), origin=(-12.5, 30.0, -100.0), direction=None):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(array_zyx)
+    img.SetSpacing(spacing_xyz)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(tuple(np.asarray(direction, float).ravel()))
+    sitk.WriteImage(img, str(path), useCompression=str(path).endswith(".gz"))
+    return path
+
+
+@pytest.mark.parametrize("name", ["lab.nrrd", "lab.nii.gz"])
+def test_read_labels_round_trip_keeps_values_and_geometry(tmp_path, name):
+    labels = np.zeros((4, 6, 5), np.int16)
+    labels[1:3, 2:4, 1:3] = 1
+    labels[3, 0, 0] = 7
+    c, s = np.cos(0.3), np.sin(0.3)
+    direction = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    back = read_labels(_write_itk(labels, tmp_path / name, direction=direction))
+    assert isinstance(back, LabelVolume)
+    assert back.labels.dtype == np.uint8 and back.shape == (4, 6, 5)
+    np.testing.assert_array_equal(back.labels, labels)
+    np.testing.assert_allclose(back.spacing, (2.5, 0.8, 0.7), rtol=1e-6)
+    np.testing.assert_allclose(back.origin, (-12.5, 30.0, -100.0), atol=1e-4)
+    np.testing.assert_allclose(back.direction, direction, atol=1e-5)
+    world = back.index_to_world([[1, 2, 3]])
+    np.testing.assert_allclose(back.world_to_index(world), [[1, 2, 3]], atol=1e-6)
+
+
+def test_read_labels_int32_float_mask_and_mhd(tmp_path):
+    big = np.zeros((3, 4, 4), np.uint16)
+    big[0, 0, 0] = 300
+    assert read_labels(_write_itk(big, tmp_path / "big.nrrd")).labels.dtype == np.int32
+    floats = np.zeros((3, 4, 4), np.float32)
+    floats[1, 1:3, 1:3] = 1.0  # a float 0.0 / 1.0 mask is read exactly
+    back = read_labels(_write_itk(floats, tmp_path / "f.mhd"))
+    assert back.labels.dtype == np.uint8
+    np.testing.assert_array_equal(back.labels, floats.astype(np.uint8))
+
+
+def test_read_labels_refuses_a_ct_a_2d_image_and_a_missing_file(tmp_path):
+    ct = np.full((3, 8, 8), -1000.5, np.float32)
+    with pytest.raises(InputError, match=r"ct\.nii\.gz.*-1000\.5.*expected integer labels"):
+        read_labels(_write_itk(ct, tmp_path / "ct.nii.gz"))
+    hu = np.full((3, 8, 8), -1024, np.int16)
+    with pytest.raises(InputError, match=r"hu\.nrrd.*-1024 is negative"):
+        read_labels(_write_itk(hu, tmp_path / "hu.nrrd"))
+    with pytest.raises(InputError, match=r"flat\.nrrd.*2-D"):
+        read_labels(_write_itk(np.zeros((8, 8), np.uint8), tmp_path / "flat.nrrd", (1.0, 1.0), (0.0, 0.0)))
+    with pytest.raises(InputError, match="nothere.nrrd: no such file"):
+        read_labels(tmp_path / "nothere.nrrd")
 
 
 def test_write_mask_png(tmp_path):

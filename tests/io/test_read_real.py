@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pulmo.io import Image2D, Volume, read_image
+from pulmo.io import Image2D, Volume, read_image, read_labels
 from tests.conftest import LIDC_SERIES, data_path
 
 
@@ -43,6 +43,15 @@ def test_nrrd_volume():
     assert vol.shape == (48, 512, 512)
     assert vol.spacing[0] == pytest.approx(5.0)
     assert vol.source["hu_plausible"]
+
+
+def test_nrrd_label_volume_on_its_ct_grid():
+    ct = read_image(data_path("ct", "pyradiomics_lung", "lung1_image.nrrd"))
+    lab = read_labels(data_path("ct", "pyradiomics_lung", "lung1_label.nrrd"))
+    assert lab.labels.dtype == np.uint8 and lab.shape == ct.shape
+    assert set(np.unique(lab.labels)) == {0, 1}
+    assert lab.spacing == ct.spacing and lab.origin == ct.origin
+    np.testing.assert_array_equal(lab.direction, ct.direction)
 
 
 @pytest.mark.parametrize("parts", [

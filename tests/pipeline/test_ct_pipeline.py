@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pulmo.cli import main
-from pulmo.io import read_image
+from pulmo.io import read_image, read_labels
 from tests.conftest import LIDC_SERIES, ROOT, data_path
 from tests.dicom_helpers import write_dicom
 
@@ -37,12 +37,13 @@ def test_analyze_dicom_series_example(tmp_path, capsys):
     assert "PARTIAL: the lungs are only partly in the scan" in report
     vol = read_image(EXAMPLE_CT)
     for name in ("lung_mask.nii.gz", "infection_mask.nii.gz"):
-        mask = read_image(out / name)
+        mask = read_labels(out / name)
         assert mask.shape == vol.shape
         np.testing.assert_allclose(mask.spacing, vol.spacing, rtol=1e-5)
         np.testing.assert_allclose(mask.origin, vol.origin, atol=1e-3)
         np.testing.assert_allclose(mask.direction, vol.direction, atol=1e-6)
-    lungs, infection = read_image(out / "lung_mask.nii.gz").hu, read_image(out / "infection_mask.nii.gz").hu
+    lungs = read_labels(out / "lung_mask.nii.gz").labels
+    infection = read_labels(out / "infection_mask.nii.gz").labels
     assert not (infection[lungs == 0] > 0).any()  # infection only inside the lungs
     assert abs(lungs.sum() * np.prod(vol.spacing) / 1000 - f["lungs"]["volume_ml"]) < 1
     assert (out / "coronal.png").is_file() and "axial" in (out / "report.html").read_text()
@@ -57,7 +58,7 @@ def test_analyze_nrrd_volume(tmp_path):
     assert f["input"]["format"] == "NrrdImageIO" and f["lungs"]["volume_ml"] > 1000
     # the scan starts below the apex (92 cm² of lung in its first slice) and ends at the base
     assert f["lungs"]["coverage"]["cut_at"] == ["first slice"]
-    assert read_image(out / "infection_mask.nii.gz").shape == (48, 512, 512)
+    assert read_labels(out / "infection_mask.nii.gz").shape == (48, 512, 512)
     # no infection in this scan: the HU post-processing takes the model's 31 mL (base, dome ring) to <= 5 mL
     inf = f["infection"]
     assert inf["volume_ml"] <= 5.0 and inf["postprocessing"]["model_volume_in_lungs_ml"] > 20

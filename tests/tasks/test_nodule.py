@@ -9,7 +9,7 @@ import torch
 
 from pulmo.datasets.synthetic_nodules import Background, collate, make_sample
 from pulmo.errors import ConfigError
-from pulmo.io import Volume, read_image
+from pulmo.io import Volume, read_image, read_labels
 from pulmo.models import create_model
 from pulmo.tasks import nodule as nod
 from pulmo.transforms.ct import prepare_ct
@@ -82,7 +82,7 @@ def test_bundled_model_finds_the_labelled_nrrd_nodule():
     """pyradiomics lung1 (5 mm slices): the 14 mm labelled nodule is the top candidate and nothing else passes."""
     det = _bundled()
     volume = read_image(data_path("ct", "pyradiomics_lung", "lung1_image.nrrd"))
-    label = read_image(data_path("ct", "pyradiomics_lung", "lung1_label.nrrd")).hu > 0
+    label = read_labels(data_path("ct", "pyradiomics_lung", "lung1_label.nrrd")).labels > 0
     rows, labels = det.findings(volume)
     assert len(rows) >= 1
     centre = np.argwhere(label).mean(0)

@@ -205,7 +205,7 @@ def test_refine_nodule_masks_with_smoke_weights(trained):
 def test_analyze_real_lidc_example_with_smoke_nodule_seg_weights(trained, tmp_path, monkeypatch):
     """``pulmo analyze`` on the real LIDC-IDRI-0001 example (26 slices, ~5 s) with the smoke weights in place of
     bundled nodule-seg weights: real geometry end to end, findings.json consistent with nodule_mask.nii.gz."""
-    from pulmo.io import read_image
+    from pulmo.io import read_labels
     from pulmo.pipeline import ct
     from pulmo.tasks.nodule_seg import DETECTOR_MASK_METHOD, MASK_METHOD
     from pulmo.weights import WEIGHTS_DIR
@@ -223,7 +223,7 @@ def test_analyze_real_lidc_example_with_smoke_nodule_seg_weights(trained, tmp_pa
     assert main(["--no-progress", "analyze", str(example), "--out", str(out)]) == 0
     f = json.loads((out / "findings.json").read_text())
     assert f["nodules"]
-    labels = read_image(out / "nodule_mask.nii.gz").hu
+    labels = read_labels(out / "nodule_mask.nii.gz").labels
     voxel = float(np.prod(f["input"]["spacing_mm"]))
     assert set(np.unique(labels).astype(int)) <= set(range(len(f["nodules"]) + 1))
     for k, n in enumerate(f["nodules"], 1):

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from pulmo.errors import InputError
-from pulmo.io import Volume, read_image
+from pulmo.io import Volume, read_image, read_labels
 from pulmo.transforms import lung_crop_box, window_hu
 from pulmo.transforms.ct import (
     NODULE_HU_WINDOW,
@@ -44,7 +44,7 @@ def test_lidc_lungs_plausible_and_contain_the_nodule():
 
 def test_nrrd_lungs_contain_the_labelled_nodule():
     vol = read_image(data_path("ct", "pyradiomics_lung", "lung1_image.nrrd"))
-    label = read_image(data_path("ct", "pyradiomics_lung", "lung1_label.nrrd")).hu > 0
+    label = read_labels(data_path("ct", "pyradiomics_lung", "lung1_label.nrrd")).labels > 0
     mask = lung_mask_ct(vol)
     assert 1.0 < mask.sum() * np.prod(vol.spacing) / 1e6 < 8.0
     assert (mask & label).sum() / label.sum() > 0.9

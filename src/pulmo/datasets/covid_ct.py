@@ -96,12 +96,12 @@ def read_mask(path: str | Path) -> np.ndarray:
 def slices_from_volume(record: dict[str, Any], every_other: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """Axial slices ``[(image01 (H, W), labels (H, W))]`` of a volume record: every slice with infection and
     every ``every_other``-th slice without. HU volumes go through the lung window."""
-    from pulmo.io import read_image
+    from pulmo.io import read_image, read_labels
 
-    vol, mask = read_image(record["volume"]), read_image(record["mask"])
+    vol, labels = read_image(record["volume"]), read_labels(record["mask"]).labels
     hu = vol.hu
     image01 = hu / 255.0 if hu.min() >= 0 and hu.max() <= 255 else window_hu(hu)
-    labels = np.rint(mask.hu).astype(np.uint8)
+    labels = labels.astype(np.uint8)
     out = []
     for k in range(hu.shape[0]):
         if labels[k].any() or k % every_other == 0:

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from pulmo.errors import InputError
 from pulmo.geometry.boxes import mask_to_box
-from pulmo.io import Volume, read_image
+from pulmo.io import Volume, read_image, read_labels
 from pulmo.transforms.ct import PreparedCT, prepare_ct, window
 
 logger = logging.getLogger(__name__)
@@ -217,10 +217,10 @@ def _real_nodule_mask(volume: Volume, source: str, exclude_labels: dict[str, str
         except InputError as exc:
             logger.info("%s: no LIDC reads (%s); nothing excluded", src, exc)
     if source in exclude_labels:
-        lab = read_image(exclude_labels[source])
-        if not isinstance(lab, Volume) or lab.shape != volume.shape:
+        lab = read_labels(exclude_labels[source])
+        if lab.shape != volume.shape:
             raise InputError(f"{exclude_labels[source]}: label volume does not match {source} {volume.shape}")
-        mask |= lab.hu > 0
+        mask |= lab.labels > 0
     return mask
 
 

@@ -1,7 +1,8 @@
 """Image input and output with geometry.
 
 ``read_image(path)`` detects the format from the file's content (DICOM magic, PNG/JPEG signatures) or,
-for NIfTI / MetaImage / NRRD, its name, and returns an :class:`Image2D` or a :class:`Volume`.
+for NIfTI / MetaImage / NRRD, its name, and returns an :class:`Image2D` or a :class:`Volume` (HU).
+``read_labels(path)`` reads a segmentation label volume (NIfTI / MetaImage / NRRD) as a :class:`LabelVolume`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from PIL import Image
 
 from pulmo.errors import InputError
 from pulmo.io.dicom import folder_is_dicom_series, is_dicom_file, read_dicom_file, read_dicom_series
-from pulmo.io.image import Image2D, Volume
-from pulmo.io.itk import has_itk_suffix, read_itk, write_nifti
+from pulmo.io.image import Image2D, LabelVolume, Volume
+from pulmo.io.itk import has_itk_suffix, read_itk, read_itk_labels, write_nifti
 from pulmo.io.raster import read_raster
 from pulmo.io.scope import DEFAULT_LIMITS, InputLimits
 
@@ -23,10 +24,12 @@ __all__ = [
     "DEFAULT_LIMITS",
     "Image2D",
     "InputLimits",
+    "LabelVolume",
     "Volume",
     "folder_is_dicom_series",
     "is_supported_file",
     "read_image",
+    "read_labels",
     "write_mask_png",
     "write_nifti",
 ]
@@ -78,12 +81,7 @@ def read_image(path: str | Path, limits: InputLimits | None = None) -> Image2D |
         if not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"{path}: permission denied; cannot read the folder")
         return read_dicom_series(path, limits=limits)
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file (a device, FIFO or socket); expected an image file or folder")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: permission denied; cannot read the file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
+    _check_file(path, "an image file or folder")
     if is_dicom_file(path):
         return read_dicom_file(path, limits)
     if has_itk_suffix(path):
@@ -93,6 +91,52 @@ def read_image(path: str | Path, limits: InputLimits | None = None) -> Image2D |
     raise InputError(
         f"{path}: unsupported or unrecognised format; expected PNG, JPEG, DICOM, NIfTI, mhd/raw or NRRD"
     )
+
+
+def _check_file(path: Path, expected: str) -> None:
+    """InputError unless ``path`` is a readable, non-empty regular file (``expected``: what was wanted)."""
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a device, FIFO or socket); expected {expected}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied; cannot read the file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+
+
+def read_labels(path: str | Path, limits: InputLimits | None = None) -> LabelVolume:
+    """Read a segmentation label volume (a lesion or organ mask drawn on a CT) from a NIfTI (.nii, .nii.gz),
+    MetaImage (.mhd + .raw, .mha) or NRRD (.nrrd, .nhdr) file.
+
+    Unlike :func:`read_image`, the values are kept as integer labels and never taken as HU. The file may
+    store them as any integer or float pixel type as long as every value is a whole number >= 0.
+
+    Args:
+        path: the file.
+        limits: size limits checked on the header before the data is read (default
+            :data:`pulmo.io.scope.DEFAULT_LIMITS`).
+
+    Returns:
+        :class:`LabelVolume`: ``labels`` integer array ``(Z, Y, X)`` (uint8 when every value is at most 255,
+        else int32; 0 = background), ``spacing`` ``(z, y, x)`` mm, ``origin`` ``(x, y, z)`` mm LPS and
+        ``direction`` ``(3, 3)`` with the conventions of :class:`Volume` (see :mod:`pulmo.io.image`).
+
+    Raises:
+        InputError: the file does not exist, is a folder or not a regular file, is empty or unreadable, is
+            not NIfTI / MetaImage / NRRD, SimpleITK cannot read it, it is a 2D image, or a value is not a
+            whole number >= 0 (a CT in HU given as labels, a probability map); the message names the file
+            and the value found.
+        OutOfScopeError: over the size limits, a decompression bomb, or a float NIfTI with NaN / Inf.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; expected a label volume (NIfTI, NRRD or mhd/raw)")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; expected a label volume file (NIfTI, NRRD or mhd/raw)")
+    _check_file(path, "a label volume file")
+    if not has_itk_suffix(path):
+        raise InputError(f"{path}: unsupported label volume format; expected NIfTI (.nii, .nii.gz), "
+                         "NRRD (.nrrd, .nhdr) or MetaImage (.mhd, .mha)")
+    return read_itk_labels(path, limits)
 
 
 def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:

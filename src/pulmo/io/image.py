@@ -1,4 +1,5 @@
-"""Image containers with geometry: :class:`Image2D` (chest X-ray or a single CT slice) and :class:`Volume` (CT).
+"""Image containers with geometry: :class:`Image2D` (chest X-ray or a single CT slice), :class:`Volume`
+(CT, HU) and :class:`LabelVolume` (a segmentation label volume on a CT's grid).
 
 Axis conventions (the same for every reader and writer in :mod:`pulmo.io`):
 
@@ -9,12 +10,14 @@ Axis conventions (the same for every reader and writer in :mod:`pulmo.io`):
   ``origin`` is the world position (mm, DICOM patient LPS) of voxel ``[0, 0, 0]`` as ``(x, y, z)``.
   ``direction`` is the ``(3, 3)`` ITK direction cosine matrix: column ``c`` is the LPS direction of the
   ITK index axis ``c``, where ITK index axes are ``(x, y, z)`` = (column, row, slice).
+* ``LabelVolume.labels`` (a segmentation label volume: masks, lesion labels) has the axes and geometry of
+  ``Volume.hu``; ``Volume.hu`` only ever holds Hounsfield units, never labels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,9 +48,43 @@ class Image2D:
         return tuple(self.pixels.shape)  # type: ignore[return-value]
 
 
+class VolumeGeometry:
+    """World geometry of a ``(Z, Y, X)`` voxel grid, shared by :class:`Volume` and :class:`LabelVolume`.
+
+    The subclass holds ``spacing`` (``(z, y, x)`` mm), ``origin`` (``(x, y, z)`` mm, LPS) and ``direction``
+    (``(3, 3)`` ITK direction cosines), and names its voxel array in ``_voxels`` (see the module docstring).
+    """
+
+    _voxels: ClassVar[str]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(Z, Y, X)`` in voxels."""
+        return tuple(getattr(self, self._voxels).shape)  # type: ignore[return-value]
+
+    def index_to_world(self, index_zyx: np.ndarray) -> np.ndarray:
+        """Map voxel indices ``(N, 3)`` in ``(z, y, x)`` order to world LPS mm ``(N, 3)`` in ``(x, y, z)``."""
+        idx = np.atleast_2d(np.asarray(index_zyx, dtype=np.float64))[:, ::-1]  # -> (x, y, z) index order
+        spacing_xyz = np.asarray(self.spacing, dtype=np.float64)[::-1]
+        return np.asarray(self.origin) + (idx * spacing_xyz) @ np.asarray(self.direction).T
+
+    def world_to_index(self, world_xyz: np.ndarray) -> np.ndarray:
+        """Map world LPS mm ``(N, 3)`` in ``(x, y, z)`` to continuous voxel indices ``(N, 3)`` in ``(z, y, x)``."""
+        w = np.atleast_2d(np.asarray(world_xyz, dtype=np.float64)) - np.asarray(self.origin)
+        spacing_xyz = np.asarray(self.spacing, dtype=np.float64)[::-1]
+        idx_xyz = (w @ np.linalg.inv(np.asarray(self.direction)).T) / spacing_xyz
+        return idx_xyz[:, ::-1]
+
+
 @dataclass
-class Volume:
+class Volume(VolumeGeometry):
     """A CT volume in Hounsfield units with its world geometry (see the module docstring for axes).
+
+    ``hu`` only ever holds Hounsfield units; a segmentation label volume (a mask, lesion labels) is a
+    :class:`LabelVolume`, read with :func:`pulmo.io.read_labels`.
 
     Attributes:
         hu: float32 array ``(Z, Y, X)`` in HU.
@@ -65,20 +102,29 @@ class Volume:
     source: dict[str, Any] = field(default_factory=dict)
     modality: str = "ct"
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(Z, Y, X)`` in voxels."""
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+    _voxels: ClassVar[str] = "hu"
 
-    def index_to_world(self, index_zyx: np.ndarray) -> np.ndarray:
-        """Map voxel indices ``(N, 3)`` in ``(z, y, x)`` order to world LPS mm ``(N, 3)`` in ``(x, y, z)``."""
-        idx = np.atleast_2d(np.asarray(index_zyx, dtype=np.float64))[:, ::-1]  # -> (x, y, z) index order
-        spacing_xyz = np.asarray(self.spacing, dtype=np.float64)[::-1]
-        return np.asarray(self.origin) + (idx * spacing_xyz) @ np.asarray(self.direction).T
 
-    def world_to_index(self, world_xyz: np.ndarray) -> np.ndarray:
-        """Map world LPS mm ``(N, 3)`` in ``(x, y, z)`` to continuous voxel indices ``(N, 3)`` in ``(z, y, x)``."""
-        w = np.atleast_2d(np.asarray(world_xyz, dtype=np.float64)) - np.asarray(self.origin)
-        spacing_xyz = np.asarray(self.spacing, dtype=np.float64)[::-1]
-        idx_xyz = (w @ np.linalg.inv(np.asarray(self.direction)).T) / spacing_xyz
-        return idx_xyz[:, ::-1]
+@dataclass
+class LabelVolume(VolumeGeometry):
+    """A segmentation label volume (a mask, lesion or organ labels) with the geometry of :class:`Volume`.
+
+    Read with :func:`pulmo.io.read_labels`; axes, spacing, origin and direction follow the module docstring,
+    so a label volume drawn on a CT has the CT's ``shape`` and maps indices to the same world points.
+
+    Attributes:
+        labels: integer array ``(Z, Y, X)``: uint8 when every value is in 0..255, else int32. 0 is background;
+            the other values are whatever the file's labelling means (1 = lesion for a binary mask).
+        spacing: ``(z, y, x)`` voxel size in mm.
+        origin: ``(x, y, z)`` world position in mm (LPS) of voxel ``[0, 0, 0]``.
+        direction: ``(3, 3)`` ITK direction cosines (columns = LPS direction of index axes x, y, z).
+        source: metadata (``path``, ``format``, ``stored_dtype``: the file's pixel type).
+    """
+
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    source: dict[str, Any] = field(default_factory=dict)
+
+    _voxels: ClassVar[str] = "labels"

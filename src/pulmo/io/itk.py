@@ -6,12 +6,13 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from pulmo.errors import InputError, OutOfScopeError
-from pulmo.io.image import Image2D, Volume
+from pulmo.io.image import Image2D, LabelVolume, Volume
 from pulmo.io.scope import InputLimits, check_pixels, check_voxels
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".nhdr")
@@ -136,6 +137,38 @@ def _itk_reason(exc: Exception) -> str:
     return reason.strip()[:200]
 
 
+def _read_sitk(path: Path, limits: InputLimits | None) -> sitk.Image:
+    """The checks and the read shared by :func:`read_itk` and :func:`read_itk_labels`: the header against
+    ``limits``, NaN / Inf in a float NIfTI, one component per voxel; a ``(X, Y, 1)`` image becomes 2D."""
+    check_itk_header(path, limits)
+    bad = nifti_nonfinite_count(path)
+    if bad:
+        raise OutOfScopeError(f"{path}: {bad} voxel values are not finite (NaN or Inf); pulmo accepts images "
+                              "with finite values")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: SimpleITK cannot read the image ({_itk_reason(exc)})") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        img = img[:, :, 0]
+    return img
+
+
+def _source(img: sitk.Image, path: Path) -> dict[str, str]:
+    return {"path": str(path), "format": img.GetMetaData("ITK_InputFilterName") if img.HasMetaDataKey(
+        "ITK_InputFilterName") else path.suffix.lstrip(".")}
+
+
+def _geometry(img: sitk.Image) -> dict[str, Any]:
+    """A 3D image's geometry: ``spacing`` ``(z, y, x)`` mm, ``origin`` ``(x, y, z)`` mm LPS, ``direction``
+    ``(3, 3)``."""
+    sx, sy, sz = img.GetSpacing()
+    return {"spacing": (float(sz), float(sy), float(sx)), "origin": tuple(float(v) for v in img.GetOrigin()),
+            "direction": np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)}
+
+
 def read_itk(path: str | Path, limits: InputLimits | None = None) -> Image2D | Volume:
     """Read a NIfTI, mhd/raw or NRRD image; the header is checked against ``limits`` before the data is read.
 
@@ -151,38 +184,63 @@ def read_itk(path: str | Path, limits: InputLimits | None = None) -> Image2D | V
             NIfTI with NaN / Inf voxels (:func:`nifti_nonfinite_count`).
     """
     path = Path(path)
-    check_itk_header(path, limits)
-    bad = nifti_nonfinite_count(path)
-    if bad:
-        raise OutOfScopeError(f"{path}: {bad} voxel values are not finite (NaN or Inf); pulmo accepts images with "
-                              "finite values")
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"{path}: SimpleITK cannot read the image ({_itk_reason(exc)})") from None
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+    img = _read_sitk(path, limits)
     dim = img.GetDimension()
-    if dim == 3 and img.GetSize()[2] == 1:
-        img = img[:, :, 0]
-        dim = 2
     arr = sitk.GetArrayFromImage(img).astype(np.float32)
-    meta = {"path": str(path), "format": img.GetMetaData("ITK_InputFilterName") if img.HasMetaDataKey(
-        "ITK_InputFilterName") else path.suffix.lstrip(".")}
+    meta = _source(img, path)
     if dim == 2:
         sx, sy = img.GetSpacing()
         return Image2D(pixels=arr, spacing=(float(sy), float(sx)), modality=None, source=meta)
     if dim != 3:
         raise InputError(f"{path}: {dim}-D image; expected a 2D image or a 3D volume")
-    sx, sy, sz = img.GetSpacing()
     meta["hu_plausible"] = bool(arr.min() < -500 and arr.max() > 100)
-    return Volume(
-        hu=arr,
-        spacing=(float(sz), float(sy), float(sx)),
-        origin=tuple(float(v) for v in img.GetOrigin()),
-        direction=np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3),
-        source=meta,
-    )
+    return Volume(hu=arr, source=meta, **_geometry(img))
+
+
+def read_itk_labels(path: str | Path, limits: InputLimits | None = None) -> LabelVolume:
+    """Read a NIfTI, mhd/raw or NRRD segmentation label volume (see :func:`pulmo.io.read_labels`).
+
+    The file may store its labels as any integer or float pixel type, as long as every value is a
+    non-negative whole number: float masks (0.0 / 1.0) are common and are read exactly.
+
+    Args:
+        path: the file. limits: size limits, checked on the header before the data is read.
+
+    Returns:
+        :class:`LabelVolume`: ``labels`` ``(Z, Y, X)`` uint8 when every value is at most 255, else int32;
+        the geometry of the file as in :func:`read_itk`.
+
+    Raises:
+        InputError: SimpleITK cannot read the file, more than one component per voxel, a 2D image or not
+            3D, a value that is not a whole number (a CT in HU given as labels, a probability map), a
+            negative value, or a value over 2**31 - 1.
+        OutOfScopeError: over the size limits or a decompression bomb, or a float NIfTI with NaN / Inf.
+    """
+    path = Path(path)
+    img = _read_sitk(path, limits)
+    dim = img.GetDimension()
+    if dim != 3:
+        size = " x ".join(str(s) for s in img.GetSize()[::-1])
+        raise InputError(f"{path}: a {dim}-D image ({size}); expected a 3-D label volume (Z, Y, X)")
+    arr = sitk.GetArrayFromImage(img)
+    stored = str(arr.dtype)
+    if arr.dtype.kind == "f":
+        fractional = arr != np.round(arr)  # also true for NaN (Inf is caught by the range checks below)
+        if fractional.any():
+            value = arr[fractional].flat[0].item()
+            raise InputError(f"{path}: not a label volume: value {value} is not a whole number (a CT in HU "
+                             "or a probability map?); expected integer labels >= 0 (0 = background)")
+    elif arr.dtype.kind not in "iub":
+        raise InputError(f"{path}: pixel type {stored}; expected integer labels >= 0 (0 = background)")
+    low, high = arr.min(), arr.max()
+    if low < 0:
+        raise InputError(f"{path}: not a label volume: value {low.item()} is negative (a CT in HU?); "
+                         "expected integer labels >= 0 (0 = background)")
+    if high > np.iinfo(np.int32).max:
+        raise InputError(f"{path}: label value {high.item()} is over {np.iinfo(np.int32).max}; expected "
+                         "labels that fit int32")
+    labels = arr.astype(np.uint8 if high <= 255 else np.int32)
+    return LabelVolume(labels=labels, source={**_source(img, path), "stored_dtype": stored}, **_geometry(img))
 
 
 def volume_to_sitk(array_zyx: np.ndarray, reference: Volume) -> sitk.Image:

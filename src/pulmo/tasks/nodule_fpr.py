@@ -72,7 +72,7 @@ from pulmo.datasets.lidc_slices import (
 )
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.errors import ConfigError, InputError
-from pulmo.io import Volume, read_image
+from pulmo.io import Volume, read_image, read_labels
 from pulmo.metrics import bootstrap_ci
 from pulmo.metrics.classification import roc_auc
 from pulmo.models import create_model, model_device
@@ -195,10 +195,10 @@ def _real_lesions(source: str, volume: Volume, label: str | None
             excl += [(np.asarray(p.index, float), 1.5) for p in scan.small_nodules]
             non = [np.asarray(p.index, float) for p in scan.non_nodules]
     if label:
-        lab = read_image(label)
-        if not isinstance(lab, Volume) or lab.shape != volume.shape:
+        lab = read_labels(label)
+        if lab.shape != volume.shape:
             raise InputError(f"{label}: label volume does not match {source} {volume.shape}")
-        components, n = ndimage.label(lab.hu > 0)
+        components, n = ndimage.label(lab.labels > 0)
         voxel_mm3 = float(np.prod(volume.spacing))
         for k in range(1, n + 1):
             pts = np.argwhere(components == k)
