@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user-trained weights in place of the bundled ones: TASK (lung-seg, cxr-classify, cxr-detect, "
                    "lesion-seg, nodule, nodule-seg, input-gate) = a .safetensors written by pulmo train, with its "
                    "card beside it; checked against the card (task, architecture, sha256); repeatable")
+    a.add_argument("--backend", choices=["auto", "onnx", "torch"], default=None,
+                   help="inference backend: onnx (ONNX Runtime; the default where a model has an exported graph, "
+                   "pulmo.runtime), torch (PyTorch), or auto (onnx where available, else torch); also $PULMO_BACKEND")
     a.add_argument("--store", action="store_true",
                    help="with a DICOMweb study URL: send the SEG and SR back to the study (STOW-RS)")
     a.add_argument("--dicomweb-token", dest="dicomweb_token", default=os.environ.get("PULMO_DICOMWEB_TOKEN"),
@@ -247,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--data-dir", dest="data_dir", required=True, help="folder of the job store and the jobs' files")
     sv.add_argument("--weights", action="append", metavar="TASK=FILE",
                     help="user-trained weights for every job, as pulmo analyze --weights; repeatable")
+    sv.add_argument("--backend", choices=["auto", "onnx", "torch"], default=None,
+                    help="inference backend: onnx (ONNX Runtime; the default where a model has an exported graph, "
+                    "pulmo.runtime), torch (PyTorch), or auto (onnx where available, else torch); also $PULMO_BACKEND")
     sv.add_argument("--workers", type=int, default=1, help="analysis worker processes, 1 CPU thread each (default 1)")
     sv.add_argument("--token", default=os.environ.get("PULMO_TOKEN"),
                     help="bearer token the API requires (default: $PULMO_TOKEN; none = no authentication)")
@@ -417,6 +423,14 @@ def _weight_overrides(items: list[str] | None) -> dict[str, str]:
     return parse_weight_overrides(items, registered={m["name"] for m in list_models(include_aliases=True)})
 
 
+def _set_backend(backend: str | None) -> None:
+    """Make ``--backend`` the process's (and its workers') inference backend; None keeps $PULMO_BACKEND/auto."""
+    if backend is not None:
+        from pulmo.runtime import set_default_backend
+
+        set_default_backend(backend)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from pulmo.io import InputLimits
     from pulmo.io.dicomweb import is_dicomweb_url
@@ -424,6 +438,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from pulmo.weights import set_weight_overrides
 
     set_weight_overrides(_weight_overrides(args.weights))  # checked before any input is read
+    _set_backend(args.backend)
     limits = InputLimits(max_pixels=args.max_pixels, max_voxels=args.max_voxels)
 
     if is_dicomweb_url(args.input):
@@ -535,6 +550,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pulmo.weights import set_weight_overrides
 
     set_weight_overrides(_weight_overrides(args.weights))  # the worker processes inherit the choice
+    _set_backend(args.backend)
     return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
                  max_upload_mb=args.max_upload_mb, job_timeout_s=args.job_timeout_s,
                  job_memory_gb=args.job_memory_gb, log_level=logging.DEBUG if args.verbose else logging.INFO,

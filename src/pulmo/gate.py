@@ -51,7 +51,7 @@ ACCEPTS_CT = "pulmo accepts chest CT in Hounsfield units (volumes, or axial slic
 
 
 def _gate_model(weights: str):
-    from pulmo.tasks.input_gate import InputGateModel
+    from pulmo.inference.input_gate import InputGateModel
 
     return InputGateModel(weights)
 
@@ -89,7 +89,7 @@ def _model_scores(pixels: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]
     from pulmo.weights import model_entry
 
     model = gate_model()
-    return model.predict(pixels), model_entry(model.card, thresholds=model.thresholds)
+    return model.predict(pixels), model_entry(model.card, thresholds=model.thresholds, backend=model.backend)
 
 
 def check_cxr(image: Image2D) -> dict[str, Any]:

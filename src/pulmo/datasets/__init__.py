@@ -1,10 +1,27 @@
-"""Public dataset layouts -> records and torch Datasets."""
+"""Public dataset layouts -> records and torch Datasets.
 
-from pulmo.datasets.lung_masks import LungSegDataset, covid_chestxray_mask_records, image_mask_records
-from pulmo.datasets.splits import patient_fold, split_by_patient
+The names below are imported on first use (PEP 562), so that a torch-free module such as
+:mod:`pulmo.datasets.cxr_labels` or :mod:`pulmo.datasets.detection` can be imported without loading torch
+(the ONNX inference path).
+"""
 
-__all__ = ["LungSegDataset", "covid_chestxray_mask_records", "image_mask_records", "patient_fold", "split_by_patient"]
+from importlib import import_module
+from typing import Any
 
-from pulmo.datasets.covid_ct import LesionSliceDataset, covid_semiseg_records, ct_volume_records
+_WHERE = {"LungSegDataset": "lung_masks", "covid_chestxray_mask_records": "lung_masks",
+          "image_mask_records": "lung_masks", "patient_fold": "splits", "split_by_patient": "splits",
+          "LesionSliceDataset": "covid_ct", "covid_semiseg_records": "covid_ct", "ct_volume_records": "covid_ct"}
 
-__all__ += ["LesionSliceDataset", "covid_semiseg_records", "ct_volume_records"]
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"pulmo.datasets.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'pulmo.datasets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_WHERE))
+
+
+__all__ = ["LesionSliceDataset", "LungSegDataset", "covid_chestxray_mask_records", "covid_semiseg_records",
+           "ct_volume_records", "image_mask_records", "patient_fold", "split_by_patient"]

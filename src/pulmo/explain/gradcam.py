@@ -14,6 +14,8 @@ import torch
 from monai.visualize import GradCAM, GradCAMpp
 from torch import nn
 
+from pulmo.explain.heatmaps import energy_in_mask, normalise_heatmap
+
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
 
 
@@ -41,18 +43,4 @@ def class_activation_map(model: nn.Module, target_layer: str, x: torch.Tensor, c
     return heat[0, 0].detach().float().numpy()
 
 
-def normalise_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """A class-activation map ``(H, W)`` clipped at 0 and divided by its maximum over the whole image:
-    float32 in [0, 1] (all zeros for an all-zero map)."""
-    heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
-    top = heat.max() if heat.size else 0.0
-    return (heat / top if top > 0 else heat).astype(np.float32)
-
-
-def energy_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """The fraction of a heatmap's weight (its sum, negative values clipped to 0) inside ``mask`` (same shape
-    ``(H, W)``): in [0, 1], NaN for an all-zero map. For the lungs this is ``heatmap_energy_in_lungs``; it would
-    be about the lungs' share of the image (typically 0.25-0.35) for a map that ignores anatomy."""
-    heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
-    total = heat.sum()
-    return float(heat[np.asarray(mask, dtype=bool)].sum() / total) if total > 0 else float("nan")
+__all__ = ["METHODS", "class_activation_map", "energy_in_mask", "normalise_heatmap"]

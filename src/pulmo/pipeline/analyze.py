@@ -183,13 +183,15 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
 
     report_stage("cxr" if modality == "cxr" else "ct", "reading")
     image, effective, decision = screen(path, modality, limits)
-    from pulmo.pipeline.ct import analyze_ct_slice, analyze_ct_volume
-    from pulmo.pipeline.cxr import analyze_cxr
     from pulmo.report import write_ct_outputs, write_cxr_outputs
     if effective == "ct":
+        from pulmo.pipeline.ct import analyze_ct_slice, analyze_ct_volume  # torch: the CT models have no ONNX export
+
         findings, masks = analyze_ct_volume(image) if isinstance(image, Volume) else analyze_ct_slice(image)
         writer = write_ct_outputs
     else:
+        from pulmo.pipeline.cxr import analyze_cxr
+
         image.modality = "cxr"
         findings, masks = analyze_cxr(image)
         writer = write_cxr_outputs

@@ -11,11 +11,11 @@ from scipy import ndimage
 from pulmo.findings import Findings
 from pulmo.io import Image2D
 from pulmo.pipeline.progress import report_stage
-from pulmo.tasks.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
-from pulmo.tasks.cxr_classify import CxrClassifier
-from pulmo.tasks.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
-from pulmo.tasks.cxr_detect import Detector
-from pulmo.tasks.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
+from pulmo.inference.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
+from pulmo.inference.cxr_classify import CxrClassifier
+from pulmo.inference.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
+from pulmo.inference.cxr_detect import Detector
+from pulmo.inference.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
 from pulmo.weights import cached_loader, model_entry
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def detect(image: Image2D) -> tuple[list[dict[str, Any]] | None, dict | None]:
     det = detector()
     if det is None:
         return None, None
-    entry = model_entry(det.card, "cxr-detect", score_threshold=det.threshold)
+    entry = model_entry(det.card, "cxr-detect", score_threshold=det.threshold, backend=det.backend)
     return det.predict(image), entry
 
 
@@ -65,7 +65,7 @@ def classify(image: Image2D, lungs: np.ndarray) -> tuple[dict[str, Any] | None, 
               "heatmaps": {m: names[m] for m in heat},
               "heatmap_normalisation": "divided by the map's maximum over the whole image",
               "heatmap_energy_in_lungs": {m: round(e, 4) for m, (_, e) in heat.items()}}
-    entry = model_entry(clf.card, "cxr-classify")
+    entry = model_entry(clf.card, "cxr-classify", backend=clf.backend)
     return result, {f"heatmap/{m}": h for m, (h, _) in heat.items()}, entry
 
 
@@ -98,6 +98,6 @@ def analyze_cxr(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
                "convention": "visible lung fields"},
         classification=classification,
         detections=detections,
-        models=[model_entry(seg.card, "lung-seg")] + [e for e in (clf_entry, det_entry) if e],
+        models=[model_entry(seg.card, "lung-seg", backend=seg.backend)] + [e for e in (clf_entry, det_entry) if e],
     )
     return findings, {"lungs": mask, **heatmaps}

@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from pulmo.datasets import split_by_patient
 from pulmo.datasets.detection import (
-    TBX11K_CLINICAL_NAMES,
     chestx_det10_folder_records,
     label_counts,
     nih_bbox_records,
@@ -45,18 +44,25 @@ from pulmo.datasets.detection import (
 )
 from pulmo.datasets.negatives import NEGATIVE_FORMATS, negative_records
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
-from pulmo.errors import ConfigError, InputError, WeightsError
-from pulmo.io import Image2D, read_image
+from pulmo.errors import ConfigError, InputError
+from pulmo.inference.cxr_detect import (  # noqa: F401 - re-exported
+    DEFAULT_WEIGHTS,
+    Detector,
+    _to_numpy_predictions,
+    detection_rows,
+    display_name,
+    prepare_image,
+)
+from pulmo.io import read_image
 from pulmo.metrics import round_floats
 from pulmo.metrics.detection import above, detection_metrics, detection_report, rsna_score
 from pulmo.models import create_model, model_device
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
-from pulmo.weights import InputSpec, resolve_card
+from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = "cxr-detect"
 FORMATS = task_entry("cxr-detect").formats  # the registry holds the static facts
 SCORE_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
 
@@ -181,28 +187,6 @@ def split_by_source(records: Sequence[dict], test_fraction: float, val_fraction:
     return parts
 
 
-def prepare_image(image: Image2D, size: int | InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
-    """A chest X-ray as the detector's input: float32 ``(size, size)`` in [0, 1] and the (x, y) scale that maps
-    working px back to original px.
-
-    Args:
-        image: the radiograph.
-        size: the working size (square), or a card's input (``card.input``: its ``size``).
-
-    Raises:
-        InputError: a colour image (detection runs on greyscale radiographs).
-    """
-    spec = size if isinstance(size, InputSpec) else InputSpec.cxr(size)
-    pixels = image.pixels
-    if pixels.ndim != 2:
-        raise InputError(f"{image.source.get('path', 'image')}: expected a greyscale radiograph (H, W), got "
-                         f"shape {pixels.shape}")
-    h, w = pixels.shape
-    x = spec.prepare(image)  # resize_image(normalize_cxr(pixels), size), float32
-    sh, sw = spec.size
-    return x, (w / sw, h / sh)
-
-
 class DetectionDataset(Dataset):
     """Images (uint8, working size, in memory) and their boxes in working px.
 
@@ -277,18 +261,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- inference
-
-def _to_numpy_predictions(outputs: list[dict[str, torch.Tensor]], classes: Sequence[str],
-                          scale: Sequence[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
-    preds = []
-    for i, o in enumerate(outputs):
-        boxes = o["boxes"].float().cpu().numpy().astype(np.float64)
-        if scale is not None:
-            sx, sy = scale[i]
-            boxes = boxes * np.array([sx, sy, sx, sy])
-        preds.append({"boxes": boxes.reshape(-1, 4), "scores": o["scores"].float().cpu().numpy().astype(np.float64),
-                      "labels": [classes[int(k) - 1] for k in o["labels"]]})
-    return preds
 
 
 @torch.no_grad()
@@ -457,54 +429,6 @@ def train(config: DetectConfig, command: str = "") -> dict[str, Any]:
                    + ("; negatives from " + ", ".join(neg_sources) + " (see their licences)" if negatives else ""),
     }
     return save_run(model, config, card)
-
-
-def display_name(label: str) -> str:
-    """The clinical name of a detector class for reports and viewers: TBX11K's class names mapped to "active TB"
-    / "latent TB" (:data:`pulmo.datasets.detection.TBX11K_CLINICAL_NAMES`), any other class (ChestX-Det10's
-    "Effusion", ...) as it is."""
-    return TBX11K_CLINICAL_NAMES.get(label, label)
-
-
-def detection_rows(raw: dict[str, Any], threshold: float) -> list[dict[str, Any]]:
-    """One image's scored boxes (``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": [str]}``) at or above
-    ``threshold`` as findings rows, highest score first: ``[{"label", "name", "score", "box_xyxy"}]`` (see
-    :meth:`Detector.predict`)."""
-    p = above([raw], threshold)[0]
-    order = np.argsort(-p["scores"], kind="mergesort")
-    return [{"label": p["labels"][i], "name": display_name(p["labels"][i]), "score": round(float(p["scores"][i]), 4),
-             "box_xyxy": [round(float(v), 1) for v in p["boxes"][i]]} for i in order]
-
-
-class Detector:
-    """Lesion boxes on chest X-rays with a bundled or trained ``cxr-detect`` weight set (RetinaNet).
-
-    Raises:
-        WeightsError: missing or corrupted weights.
-    """
-
-    def __init__(self, weights: str = DEFAULT_WEIGHTS):
-        self.card = resolve_card(weights)
-        if self.card.get("task") != "cxr-detect":
-            raise WeightsError(f"{weights}: a {self.card.get('task')!r} weight set, expected a 'cxr-detect' one "
-                               "(a RetinaNet trained by `pulmo train cxr-detect`)")
-        self.model = create_model(self.card["architecture"], weights=weights).eval()
-        self.size = int(self.card["input"]["size"][0])
-        self.labels = list(self.card["labels"])
-        self.threshold = float(self.card["thresholds"]["score"])
-
-    @torch.no_grad()
-    def predict_raw(self, images: Sequence[Image2D]) -> list[dict[str, Any]]:
-        """Every candidate (score >= the model's 0.05 floor) per image, boxes in original px."""
-        xs, scales = zip(*(prepare_image(im, self.card.input) for im in images))
-        outputs = self.model([torch.from_numpy(x)[None] for x in xs])
-        return _to_numpy_predictions(outputs, self.labels, scales)
-
-    def predict(self, image: Image2D) -> list[dict[str, Any]]:
-        """Detections above the card's score threshold, highest score first: ``[{"label": str (the dataset's
-        class), "name": str (its clinical name for display: TBX11K's ``ObsoletePulmonaryTuberculosis`` is "latent
-        TB"), "score": float in [0, 1], "box_xyxy": [x1, y1, x2, y2] original px}]``."""
-        return detection_rows(self.predict_raw([image])[0], self.threshold)
 
 
 def evaluate(data: str | Path, *, format: str | None = None, annotations: str | Path | None = None,

@@ -31,17 +31,16 @@ from pulmo.datasets.gate_corpus import GATE_LABELS, GateCorpus, build_gate_corpu
 from pulmo.datasets.splits import patient_fold
 from pulmo.engine import TrainConfig, batched_logits, fit_best, provenance, save_config, save_run
 from pulmo.errors import ConfigError
+from pulmo.inference.input_gate import DEFAULT_WEIGHTS, InputGateModel
 from pulmo.io import Image2D
 from pulmo.metrics.calibration import expected_calibration_error, fit_temperature, softmax
 from pulmo.models import create_model
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import GATE_SIZE
-from pulmo.weights import resolve_card
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = "input-gate"
 ARCHITECTURE = "mobilenet_v3_small"
 
 
@@ -334,35 +333,6 @@ def leave_one_source_out(config: InputGateConfig, sources: list[str] | None = No
                        "non_cxr_false_acceptance_rate_test": res["test"]["non_cxr"]["false_acceptance_rate"]}
         logger.info("LOSO %s: %s", source, out[source])
     return out
-
-
-class InputGateModel:
-    """The bundled gate model: calibrated ``{cxr, ct_slice, other}`` probabilities of a 2D picture.
-
-    Raises:
-        WeightsError: missing or corrupted weights.
-    """
-
-    def __init__(self, weights: str = DEFAULT_WEIGHTS):
-        self.card = resolve_card(weights)
-        self.model = create_model(self.card["architecture"], weights=weights).eval()
-        self.labels = list(self.card["labels"])
-        self.temperature = float(self.card["calibration"]["temperature"])
-        self.thresholds = {k: float(self.card["thresholds"][k]) for k in ("cxr", "ct_slice")}
-
-    @torch.no_grad()
-    def predict(self, pixels: np.ndarray) -> dict[str, float]:
-        """Calibrated probabilities ``{label: p}`` of a picture ``(H, W)`` of any real dtype.
-
-        The model's input is ``card.input.prepare(pixels)`` (:func:`pulmo.transforms.gate_input` at the card's
-        size: float32 ``(128, 128)`` in [0, 1] for the bundled model).
-
-        Raises:
-            InputError: ``pixels`` is not ``(H, W)``. WeightsError: the card gives no square 2-D size.
-        """
-        x = torch.from_numpy(self.card.input.prepare(pixels))[None, None]
-        prob = softmax(self.model(x).float().numpy(), self.temperature)[0]
-        return {lab: float(p) for lab, p in zip(self.labels, prob)}
 
 
 Config = InputGateConfig

@@ -19,24 +19,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from pulmo.datasets import LungSegDataset, covid_chestxray_mask_records, image_mask_records, split_by_patient
 from pulmo.engine import TrainConfig, fit_best, provenance, save_run
 from pulmo.errors import ConfigError, InputError
-from pulmo.io import Image2D, read_image
+from pulmo.inference.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
+from pulmo.io import read_image
 from pulmo.metrics import dice, iou
 from pulmo.models import create_model, model_device
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
-from pulmo.transforms import resize_probability
 from pulmo.transforms.augment import segmentation_augmentation
-from pulmo.weights import InputSpec, resolve_card
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = "lung-seg-unet"
 CHANNEL_LABELS = ["lung_visible", "lung_v7"]
 
 
@@ -203,60 +200,6 @@ def validation_metrics(segmenter: LungSegmenter, records: list[dict], progress: 
             d["iou"].append(iou(pred, ref & valid))
     return {k: {"n": len(v["dice"]), "dice_mean": float(np.mean(v["dice"])), "dice_std": float(np.std(v["dice"])),
                 "iou_mean": float(np.mean(v["iou"]))} for k, v in sorted(per.items())}
-
-
-class LungSegmenter:
-    """Lung segmentation of a chest X-ray with a bundled or trained weight set.
-
-    Args:
-        weights: bundled weight name or ``.safetensors`` path with its card (default: the bundled model).
-        model, card: an already built model and its card (used after training).
-
-    Raises:
-        WeightsError: missing or corrupted weights.
-    """
-
-    def __init__(self, weights: str | None = DEFAULT_WEIGHTS, model: torch.nn.Module | None = None,
-                 card: dict[str, Any] | None = None):
-        if model is None:
-            card = resolve_card(weights)
-            model = create_model(card["architecture"], weights=weights)
-        self.model = model.eval()
-        self.card = card or {}
-        # the card's input, also of a plain card dict from training: normalize_cxr, resize to size (256 x 256 if none)
-        self.input = InputSpec.from_card(self.card, task="lung-seg", default_size=(256, 256))
-        self.size = self.input.size
-        self.channel = int(self.card.get("output_channel", 0))
-        self.threshold = float(self.card.get("thresholds", {}).get("lung", 0.5))
-
-    @torch.no_grad()
-    def probabilities(self, image: Image2D) -> np.ndarray:
-        """Per-channel lung probability ``(K, H, W)`` in [0, 1] at the image's original size.
-
-        Raises:
-            InputError: the image is not a chest X-ray (a CT slice, say) or not greyscale ``(H, W)``.
-        """
-        if image.modality not in ("cxr", None):
-            raise InputError(f"{image.source.get('path', 'image')}: modality {image.modality!r}; lung-seg expects a chest X-ray")
-        x = self.input.prepare(image)  # resize_image(normalize_cxr(pixels), size), float32 (h, w)
-        prob = torch.sigmoid(self.model(torch.from_numpy(x)[None, None].to(model_device(self.model))))
-        return resize_probability(prob, image.shape)[0].cpu().numpy()
-
-    def postprocess(self, probability: np.ndarray) -> np.ndarray:
-        """Threshold ``(H, W)`` probabilities, keep the two largest components (each >= 10 % of the
-        largest; smaller islands removed) and fill holes. Returns a bool mask ``(H, W)``."""
-        mask = probability >= self.threshold
-        labels, n = ndimage.label(mask)
-        if n == 0:
-            return mask
-        areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        order = np.argsort(areas)[::-1][:2]
-        keep = [i + 1 for i in order if areas[i] >= 0.1 * areas[order[0]]]
-        return ndimage.binary_fill_holes(np.isin(labels, keep))
-
-    def predict(self, image: Image2D) -> np.ndarray:
-        """Lung mask (bool ``(H, W)``, original size) in the visible-lung-field convention."""
-        return self.postprocess(self.probabilities(image)[self.channel])
 
 
 Config = LungSegConfig

