@@ -178,7 +178,7 @@ def test_xray_analysis_on_the_onnx_backend_imports_no_torch(tmp_path):
     out = tmp_path / "out"
     code = _BLOCK_TORCH + (f"from pulmo.cli import main; sys.exit(main(['--no-progress', 'analyze', {str(EXAMPLES[0])!r}, "
                            f"'--out', {str(out)!r}, '--backend', 'onnx']))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     findings = json.loads((out / "findings.json").read_text())

@@ -185,7 +185,10 @@ def analyze_image(path: str | Path, out_dir: str | Path, modality: str | None = 
     image, effective, decision = screen(path, modality, limits)
     from pulmo.report import write_ct_outputs, write_cxr_outputs
     if effective == "ct":
-        from pulmo.pipeline.ct import analyze_ct_slice, analyze_ct_volume  # torch: the CT models have no ONNX export
+        from pulmo.pipeline.ct import (  # torch: the CT models have no ONNX export
+            analyze_ct_slice,
+            analyze_ct_volume,
+        )
 
         findings, masks = analyze_ct_volume(image) if isinstance(image, Volume) else analyze_ct_slice(image)
         writer = write_ct_outputs

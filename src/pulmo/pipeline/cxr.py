@@ -9,13 +9,13 @@ import numpy as np
 from scipy import ndimage
 
 from pulmo.findings import Findings
-from pulmo.io import Image2D
-from pulmo.pipeline.progress import report_stage
 from pulmo.inference.cxr_classify import DEFAULT_WEIGHTS as CLASSIFY_WEIGHTS
 from pulmo.inference.cxr_classify import CxrClassifier
 from pulmo.inference.cxr_detect import DEFAULT_WEIGHTS as DETECT_WEIGHTS
 from pulmo.inference.cxr_detect import Detector
 from pulmo.inference.lung_seg import DEFAULT_WEIGHTS, LungSegmenter
+from pulmo.io import Image2D
+from pulmo.pipeline.progress import report_stage
 from pulmo.weights import cached_loader, model_entry
 
 logger = logging.getLogger(__name__)
