@@ -5,6 +5,7 @@ step with the weights, and clear refusals."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -31,7 +32,7 @@ def _tb_images(n: int) -> list:
 
 def test_every_bundled_xray_model_has_a_current_export():
     names = bundled_exportable()
-    assert {"lung-seg-unet", "cxr-classify", "input-gate", "cxr-detect"} <= set(names)
+    assert {"lung-seg-unet", "cxr-classify", "input-gate", "cxr-detect", "lesion-seg"} <= set(names)
     for name in names:
         card = resolve_card(name)
         assert onnx_available(card), name
@@ -92,6 +93,23 @@ def test_xray_findings_match_torch_on_real_images():
         assert all(abs(a["score"] - b["score"]) <= 1e-3 for a, b in zip(d0, d1, strict=True))
         n_boxes += len(d0)
     assert n_boxes >= 2  # the comparison covered real boxes, not only empty lists
+
+
+def test_ct_infection_labels_match_torch_on_real_slices():
+    """The lesion model (Res-Attention U-Net) on real COVID-SemiSeg CT slices: the same label maps on both
+    backends (at most 0.1 % of the pixels may differ, at the threshold)."""
+    from PIL import Image
+
+    from pulmo.tasks.lesion_seg import LesionSegmenter
+
+    torch.set_num_threads(1)
+    files = sorted(data_path("ct", "COVID-SemiSeg").rglob("*.jpg"))[:6]
+    slices = [np.asarray(Image.open(f).convert("L"), dtype=np.float32) / 255.0 for f in files]
+    ref = LesionSegmenter(backend="torch").predict(slices)
+    out = LesionSegmenter(backend="onnx").predict(slices)
+    assert sum(int(r.sum() > 0) for r in ref) >= 2  # real infection on some of them
+    for f, a, b in zip(files, ref, out, strict=True):
+        assert a.shape == b.shape and (a != b).mean() <= 1e-3, f.name
 
 
 def test_stale_or_missing_exports_are_refused(tmp_path):
@@ -179,7 +197,7 @@ def test_xray_analysis_on_the_onnx_backend_imports_no_torch(tmp_path):
     code = _BLOCK_TORCH + (f"from pulmo.cli import main; sys.exit(main(['--no-progress', 'analyze', {str(EXAMPLES[0])!r}, "
                            f"'--out', {str(out)!r}, '--backend', 'onnx']))")
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     findings = json.loads((out / "findings.json").read_text())
     assert {m["task"]: m["backend"] for m in findings["models"]} == {"lung-seg": "onnx", "cxr-classify": "onnx",

@@ -118,7 +118,7 @@ def analyze_ct_volume(volume: Volume) -> tuple[Findings, dict[str, np.ndarray]]:
                    "key_slice": int(per_slice.argmax()) if per_slice.any() else None,
                    **_class_volumes(infection, seg, voxel_ml),
                    "scope": INFECTION_SCOPE, "postprocessing": postprocessing},
-        models=[LUNG_METHOD, model_entry(seg.card, "lesion-seg")],
+        models=[LUNG_METHOD, model_entry(seg.card, "lesion-seg", backend=seg.backend)],
     )
     masks = {"lungs": lungs, "infection": infection}
     report_stage("ct", "nodules")
@@ -180,7 +180,7 @@ def analyze_ct_slice(image: Image2D) -> tuple[Findings, dict[str, np.ndarray]]:
                    "area_cm2": round(area_px * px_cm2, 2) if px_cm2 else None,
                    "percent_of_lung": round(100.0 * area_px / lung_px, 2) if lung_px else None,
                    **_class_volumes(labels, seg, 1.0)},
-        models=([LUNG_METHOD] if lungs is not None else []) + [model_entry(seg.card, "lesion-seg")],
+        models=([LUNG_METHOD] if lungs is not None else []) + [model_entry(seg.card, "lesion-seg", backend=seg.backend)],
     )
     masks = {"infection": labels}
     if lungs is not None:

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 #: The tasks whose weight sets are exported, and the input shape each takes (from the card's ``input.size``).
-EXPORTABLE_TASKS = ("lung-seg", "cxr-classify", "input-gate", "cxr-detect")
+EXPORTABLE_TASKS = ("lung-seg", "cxr-classify", "input-gate", "cxr-detect", "lesion-seg")
 
 
 class _WithActivation(nn.Module):

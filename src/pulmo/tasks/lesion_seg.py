@@ -30,6 +30,7 @@ from pulmo.errors import ConfigError, InputError
 from pulmo.io import Image2D, Volume, read_image
 from pulmo.metrics import binary_metrics, confusion_counts, dice
 from pulmo.models import create_model, model_device
+from pulmo.runtime import BackendModel
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
 from pulmo.transforms import resize_image, resize_probability, window_hu
@@ -260,18 +261,22 @@ def train(config: LesionSegConfig, command: str = "") -> dict[str, Any]:
     return save_run(model, config, card)
 
 
-class LesionSegmenter:
+class LesionSegmenter(BackendModel):
     """Infection segmentation of CT slices with a bundled or trained weight set.
 
     Inputs are slices already mapped to [0, 1] (8-bit windowed / 255, or :func:`pulmo.transforms.window_hu`).
 
+    Args:
+        weights: bundled weight name or ``.safetensors`` path with its card.
+        backend: ``onnx``, ``torch`` or ``auto`` (None: the process default, :func:`pulmo.runtime.choose_backend`).
+
     Raises:
-        WeightsError: missing or corrupted weights.
+        WeightsError: missing or corrupted weights. NotAvailableError: ``backend="onnx"`` without an export.
     """
 
-    def __init__(self, weights: str = DEFAULT_WEIGHTS):
+    def __init__(self, weights: str = DEFAULT_WEIGHTS, backend: str | None = None):
         self.card = resolve_card(weights)
-        self.model = create_model(self.card["architecture"], weights=weights).eval()
+        self._init_backend(self.card, weights, backend)
         self.size = tuple(self.card["input"]["size"])
         self.labels = self.card["labels"]
         self.threshold = float(self.card["thresholds"]["infection"])
@@ -283,8 +288,11 @@ class LesionSegmenter:
         out = []
         for start in range(0, len(slices01), batch_size):
             chunk = slices01[start:start + batch_size]
-            x = torch.from_numpy(np.stack([resize_image(s, self.size) for s in chunk]))[:, None]
-            logits = self.model(x)
+            x = np.stack([resize_image(s, self.size) for s in chunk])[:, None]
+            if self.onnx is not None:
+                out += [self._labels_numpy(lg, s.shape) for s, lg in zip(chunk, self.onnx.run(x)["logits"])]
+                continue
+            logits = self.model(torch.from_numpy(x))
             for s, lg in zip(chunk, logits):
                 lg = resize_probability(lg[None].float(), s.shape)[0]
                 infected = _infection_probability(lg[None])[0, 0].numpy() >= self.threshold
@@ -293,6 +301,23 @@ class LesionSegmenter:
                     labels = np.where(infected, 1 + lg[1:].argmax(0).numpy(), 0).astype(np.uint8)
                 out.append(labels)
         return out
+
+    def _labels_numpy(self, logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The ONNX path of :meth:`predict` for one slice: logits ``(K, h, w)`` resized to ``shape`` (bilinear, as
+        :func:`pulmo.transforms.resize_probability`), infection probability (sigmoid, or 1 - p(background)),
+        threshold, and the argmax lesion class for a multi-class model."""
+        from pulmo.runtime.cam import resize_bilinear
+
+        lg = np.stack([resize_bilinear(c, shape) for c in logits]).astype(np.float64)
+        if len(lg) == 1:
+            prob = 1.0 / (1.0 + np.exp(-lg[0]))
+        else:
+            e = np.exp(lg - lg.max(axis=0))
+            prob = 1.0 - e[0] / e.sum(axis=0)
+        infected = prob >= self.threshold
+        if len(lg) > 1:
+            return np.where(infected, 1 + lg[1:].argmax(0), 0).astype(np.uint8)
+        return infected.astype(np.uint8)
 
     def predict_volume(self, volume: Volume, lungs: np.ndarray, batch_size: int = 8,
                        on_progress: Any = None) -> np.ndarray:
