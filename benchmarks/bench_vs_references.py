@@ -48,7 +48,7 @@ torch.manual_seed(0)
 model = xrv.models.DenseNet(weights=None).eval()  # DenseNet-121, 18 pathologies; random weights (no download)
 with torch.no_grad():
     out = model(torch.from_numpy(img)[None].float())
-print(len(model.pathologies), "outputs", "RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(tuple(out.shape), "RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 LUNGMASK = """
