@@ -11,7 +11,7 @@ post-processing (connected components of the predicted mask) does, so its figure
 Each job runs ``--runs`` times (``--ct-runs`` for the CT), median wall time and peak RSS (``ru_maxrss`` of the
 child), with ``OMP_NUM_THREADS`` = ``--threads``; the ratio is pulmo / reference.
 
-    pip install torchxrayvision lungmask
+    pip install -e ".[bench]"    # torchxrayvision, lungmask
     python benchmarks/bench_vs_references.py --threads 2 --out benchmarks/results/vs_references.json
 """
 
