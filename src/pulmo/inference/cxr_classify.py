@@ -16,7 +16,7 @@ from pulmo.metrics.calibration import softmax
 from pulmo.runtime import BackendModel
 from pulmo.transforms import lung_field_box, resize_image
 from pulmo.transforms.classifier import CROP_MODES, DEFAULT_CROP, DEFAULT_CROP_MARGIN, needs_lungs
-from pulmo.weights import InputSpec, resolve_card
+from pulmo.weights import InputSpec
 
 #: The bundled weight set.
 DEFAULT_WEIGHTS = "cxr-classify"
@@ -133,8 +133,7 @@ class CxrClassifier(BackendModel):
     """
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS, backend: str | None = None):
-        self.card = resolve_card(weights)
-        self._init_backend(self.card, weights, backend)
+        self._load_weights(weights, backend)
         self._head_weight: np.ndarray | None = None
         self.labels = list(self.card["labels"])
         self.temperature = float(self.card["calibration"]["temperature"])

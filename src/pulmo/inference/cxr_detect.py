@@ -15,7 +15,7 @@ from pulmo.io import Image2D
 from pulmo.metrics.detection import above
 from pulmo.runtime import BackendModel
 from pulmo.runtime.retinanet import postprocess
-from pulmo.weights import InputSpec, resolve_card
+from pulmo.weights import InputSpec
 
 #: The bundled weight set.
 DEFAULT_WEIGHTS = "cxr-detect"
@@ -89,11 +89,10 @@ class Detector(BackendModel):
     """
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS, backend: str | None = None):
-        self.card = resolve_card(weights)
+        self._load_weights(weights, backend)
         if self.card.get("task") != "cxr-detect":
             raise WeightsError(f"{weights}: a {self.card.get('task')!r} weight set, expected a 'cxr-detect' one "
                                "(a RetinaNet trained by `pulmo train cxr-detect`)")
-        self._init_backend(self.card, weights, backend)
         self.size = int(self.card["input"]["size"][0])
         self.labels = list(self.card["labels"])
         self.threshold = float(self.card["thresholds"]["score"])

@@ -8,7 +8,6 @@ import numpy as np
 
 from pulmo.metrics.calibration import softmax
 from pulmo.runtime import BackendModel
-from pulmo.weights import resolve_card
 
 #: The bundled weight set.
 DEFAULT_WEIGHTS = "input-gate"
@@ -26,8 +25,7 @@ class InputGateModel(BackendModel):
     """
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS, backend: str | None = None):
-        self.card = resolve_card(weights)
-        self._init_backend(self.card, weights, backend)
+        self._load_weights(weights, backend)
         self.labels = list(self.card["labels"])
         self.temperature = float(self.card["calibration"]["temperature"])
         self.thresholds = {k: float(self.card["thresholds"][k]) for k in ("cxr", "ct_slice")}

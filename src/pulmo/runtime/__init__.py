@@ -77,6 +77,19 @@ class BackendModel:
     _model: Any = None
     _weights: str | None = None
 
+    def _load_weights(self, weights: str, backend: str | None = None) -> None:
+        """``self.card`` = the card of ``weights`` (a bundled name or a ``.safetensors`` path), then
+        :meth:`_init_backend`.
+
+        Raises:
+            WeightsError: as :func:`pulmo.weights.resolve_card` and :class:`OnnxModel`. NotAvailableError,
+                ConfigError: as :func:`choose_backend`.
+        """
+        from pulmo.weights import resolve_card
+
+        self.card = resolve_card(weights)
+        self._init_backend(self.card, weights, backend)
+
     def _init_backend(self, card: Mapping[str, Any], weights: str | None, backend: str | None = None,
                       model: Any = None) -> None:
         self._weights = weights

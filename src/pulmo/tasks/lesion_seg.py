@@ -37,7 +37,7 @@ from pulmo.transforms import resize_image, resize_probability, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
 from pulmo.transforms.ct import frame_ct_slices, lung_mask_ct
 from pulmo.transforms.ct_postprocess import postprocess_infection
-from pulmo.weights import resolve_card, sha256_of
+from pulmo.weights import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +275,7 @@ class LesionSegmenter(BackendModel):
     """
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS, backend: str | None = None):
-        self.card = resolve_card(weights)
-        self._init_backend(self.card, weights, backend)
+        self._load_weights(weights, backend)
         self.size = tuple(self.card["input"]["size"])
         self.labels = self.card["labels"]
         self.threshold = float(self.card["thresholds"]["infection"])
