@@ -14,6 +14,7 @@ from pulmo.report.html import render_report
 from pulmo.report.overlay import (
     LUNG_COLOUR,
     NODULE_COLOUR,
+    PNG_COMPRESS_LEVEL,
     detection_overlay,
     display_base,
     draw_nodule_markers,
@@ -48,17 +49,17 @@ def write_cxr_outputs(image: Image2D, findings: Findings, masks: dict[str, np.nd
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_mask_png(masks["lungs"], out / "lung_mask.png")
-    mask_overlay(image.pixels, masks["lungs"]).save(out / "overlay.png")
+    mask_overlay(image.pixels, masks["lungs"]).save(out / "overlay.png", compress_level=PNG_COMPRESS_LEVEL)
     images = {"lung mask overlay": "overlay.png"}
     if findings.detections is not None:
-        detection_overlay(image.pixels, findings.detections, lungs=masks["lungs"]).save(out / "detections.png")
+        detection_overlay(image.pixels, findings.detections, lungs=masks["lungs"]).save(out / "detections.png", compress_level=PNG_COMPRESS_LEVEL)
         n = len(findings.detections)
         images[f"lesion detections ({n} box{'es' if n != 1 else ''} above the threshold)"] = "detections.png"
     cls = findings.classification or {}
     if cls.get("heatmaps"):
-        heat_scale_image().save(out / "heatmap_scale.png")
+        heat_scale_image().save(out / "heatmap_scale.png", compress_level=PNG_COMPRESS_LEVEL)
     for method, name in (cls.get("heatmaps") or {}).items():
-        heatmap_overlay(image.pixels, masks[f"heatmap/{method}"], masks["lungs"]).save(out / name)
+        heatmap_overlay(image.pixels, masks[f"heatmap/{method}"], masks["lungs"]).save(out / name, compress_level=PNG_COMPRESS_LEVEL)
         energy = (cls.get("heatmap_energy_in_lungs") or {}).get(method)
         share = "" if energy is None or np.isnan(energy) else f"; {energy:.0%} of its weight lies inside the lungs"
         images[f"{method} for '{cls['predicted']}' (scaled to the map's maximum over the whole image{share})"] = name
@@ -107,7 +108,7 @@ def _nodule_key_slices(image: Volume, nodules: list[dict[str, Any]], labels: np.
                    if j == i or abs(c[0] - z) * image.spacing[0] <= float(m["diameter_mm"]) / 2]
         markers.sort(key=lambda m: m["focus"])  # the nodule of the picture last, on top
         im = overlay(window_hu(image.hu[z]), layers, already_01=True, aspect=image.spacing[1] / image.spacing[2])
-        draw_nodule_markers(im, markers, image.shape[1:], image.spacing[1:]).save(out / name)
+        draw_nodule_markers(im, markers, image.shape[1:], image.spacing[1:]).save(out / name, compress_level=PNG_COMPRESS_LEVEL)
         n["key_slice_image"] = name
         names.append(name)
     return names
@@ -139,7 +140,7 @@ def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[st
             if name in images.values():
                 continue
             layers = [(lungs[z], LUNG_COLOUR, 0.12, True), *label_layers(infection[z], n_labels)]
-            overlay(window_hu(image.hu[z]), layers, already_01=True).save(out / name)
+            overlay(window_hu(image.hu[z]), layers, already_01=True).save(out / name, compress_level=PNG_COMPRESS_LEVEL)
             images[f"{caption} (z index {z})"] = name
         nodules = masks.get("nodules")
         if nodules is not None:
@@ -149,7 +150,7 @@ def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[st
         aspect = image.spacing[0] / image.spacing[2]
         cor = overlay(window_hu(image.hu[::-1, y, :]), [(lungs[::-1, y, :], LUNG_COLOUR, 0.12, True),
                       *label_layers(infection[::-1, y, :], n_labels)], already_01=True, aspect=aspect)
-        cor.save(out / "coronal.png")
+        cor.save(out / "coronal.png", compress_level=PNG_COMPRESS_LEVEL)
         images[f"coronal view (row {y})"] = "coronal.png"
     else:
         write_mask_png(infection > 0, out / "infection_mask.png")
@@ -158,6 +159,6 @@ def write_ct_outputs(image: Volume | Image2D, findings: Findings, masks: dict[st
             write_mask_png(lungs, out / "lung_mask.png")
             layers.append((lungs, LUNG_COLOUR, 0.12, True))
         overlay(display_base(image), layers + label_layers(infection, n_labels),
-                already_01=True).save(out / "overlay.png")
+                already_01=True).save(out / "overlay.png", compress_level=PNG_COMPRESS_LEVEL)
         images["infection overlay"] = "overlay.png"
     return _finish(findings, out, images, nodule_images)

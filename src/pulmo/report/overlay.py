@@ -85,6 +85,11 @@ def label_layers(labels: np.ndarray, n_labels: int) -> list[tuple[np.ndarray, tu
 _HEAT_STOPS = np.array([[0, 0, 0.5], [0, 0.4, 1], [0, 0.9, 0.6], [1, 0.9, 0], [1, 0.1, 0]], np.float32) * 255
 
 
+#: zlib level of the report's PNGs: 1 writes a 1024-px overlay 4.5x faster than Pillow's default 6 (0.065 vs 0.29 s)
+#: for a file 16 % larger (857 vs 741 KiB), measured on a real X-ray overlay; six such files per X-ray.
+PNG_COMPRESS_LEVEL = 1
+
+
 def label_font(size: int):
     """Pillow's default font at ``size`` px (the fixed-size bitmap font on Pillow < 10.1)."""
     from PIL import ImageFont

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pulmo.io import Image2D, Volume, write_nifti
-from pulmo.report.overlay import display_base, overlay
+from pulmo.report.overlay import PNG_COMPRESS_LEVEL, display_base, overlay
 
 #: longest side of the display PNG, px (larger inputs are scaled down with Lanczos)
 DISPLAY_MAX_SIDE = 2048
@@ -21,7 +21,7 @@ def display_png(image: Image2D, path: Path) -> None:
     in HU through the lung window, the rest min-max scaled), at most :data:`DISPLAY_MAX_SIDE` px on the longer side
     (the viewer scales the lung mask PNG onto it).
     """
-    overlay(display_base(image), [], already_01=True, max_side=DISPLAY_MAX_SIDE).convert("L").save(path)
+    overlay(display_base(image), [], already_01=True, max_side=DISPLAY_MAX_SIDE).convert("L").save(path, compress_level=PNG_COMPRESS_LEVEL)
 
 
 def write_viewer_files(image: Image2D | Volume, out_dir: Path) -> list[str]:
