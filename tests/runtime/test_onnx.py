@@ -140,7 +140,9 @@ def test_stale_or_missing_exports_are_refused(tmp_path):
 
 
 def test_default_backend_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    # setenv first: monkeypatch then restores the variable (or its absence) after set_default_backend changed it,
+    # so the rest of the suite keeps the default backend
+    monkeypatch.setenv(BACKEND_ENV, "auto")
     card = resolve_card("input-gate")
     assert choose_backend(card) == "onnx"
     set_default_backend("torch")

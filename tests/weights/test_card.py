@@ -211,7 +211,7 @@ def test_lung_segmenter_probabilities_unchanged():
     from pulmo.tasks.lung_seg import LungSegmenter
 
     image = read_image(EXAMPLE_CXR)
-    seg = LungSegmenter()
+    seg = LungSegmenter(backend="torch")  # the PyTorch path (the ONNX one is compared in tests/runtime)
     assert isinstance(seg.card, ModelCard) and seg.size == (256, 256)
     with torch.no_grad():  # the code of LungSegmenter.probabilities before it used card.input.prepare
         x = resize_image(normalize_cxr(image.pixels), tuple(seg.card.get("input", {}).get("size", (256, 256))))
@@ -302,8 +302,8 @@ def test_prepare_equals_what_the_classifier_and_the_gate_feed_their_models():
 
     image = read_image(data_path("cxr", "chest_xray_pneumonia", "train", "PNEUMONIA",
                                  "person1001_bacteria_2932.jpeg"))
-    fed = []
-    clf = ClassifyPredictor.from_weights()
+    fed = []  # hooks on the PyTorch modules: the torch backend (the ONNX one feeds the same arrays, tests/runtime)
+    clf = ClassifyPredictor.from_weights(backend="torch")
     hook = clf.model.register_forward_hook(lambda _m, inp, _out: fed.append(inp[0][0, 0].numpy().copy()))
     try:
         pred = clf.predict(image)
@@ -311,7 +311,7 @@ def test_prepare_equals_what_the_classifier_and_the_gate_feed_their_models():
         hook.remove()
     x = clf.card.input.prepare(image, lungs=pred["lungs"])
     assert np.array_equal(fed[0], x) and np.array_equal(pred["input"], x) and x.shape == (224, 224)
-    gate = GatePredictor.from_weights()
+    gate = GatePredictor.from_weights(backend="torch")
     hook = gate.model.register_forward_hook(lambda _m, inp, _out: fed.append(inp[0][0, 0].numpy().copy()))
     try:
         gate.predict(image)

@@ -150,13 +150,7 @@ class CxrClassifier(BackendModel):
         ``in_scope`` is False when the top class is ``other_finding`` or its probability reaches the card's
         ``out_of_scope`` threshold: the image has a finding outside normal / bacterial / viral / COVID-19."""
         x, lungs, box = self.pre(image, lungs)
-        if self.onnx is not None:
-            logits = self.onnx.run(x[None, None])["logits"]
-        else:
-            import torch
-
-            with torch.no_grad():
-                logits = self.model(torch.from_numpy(x)[None, None]).float().numpy()
+        logits = self._forward(x[None, None])["logits"]
         prob = softmax(logits, self.temperature)
         has_other = OTHER_FINDING in self.labels
         return {"probabilities": {lab: float(p) for lab, p in zip(self.labels, prob[0])},

@@ -40,13 +40,7 @@ class InputGateModel(BackendModel):
             InputError: ``pixels`` is not ``(H, W)``. WeightsError: the card gives no square 2-D size.
         """
         x = self.card.input.prepare(pixels)[None, None]
-        if self.onnx is not None:
-            logits = self.onnx.run(x)["logits"]
-        else:
-            import torch
-
-            with torch.no_grad():
-                logits = self.model(torch.from_numpy(x)).float().numpy()
+        logits = self._forward(x)["logits"]
         prob = softmax(logits, self.temperature)[0]
         return {lab: float(p) for lab, p in zip(self.labels, prob)}
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from pulmo.errors import InputError
 from pulmo.io import Image2D
 from pulmo.runtime import BackendModel
-from pulmo.runtime.cam import resize_bilinear
+from pulmo.transforms import resize_bilinear
 from pulmo.weights import InputSpec, resolve_card
 
 #: The bundled weight set.
@@ -55,6 +55,8 @@ class LungSegmenter(BackendModel):
             logits = self.onnx.run(x[None, None])["logits"][0].astype(np.float64)
             prob = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
             return np.stack([resize_bilinear(p, image.shape) for p in prob])
+        # the PyTorch backend keeps its own upsampling: its probabilities stay bit-identical to the releases before
+        # the ONNX backend (tests/weights/test_card.py), where the NumPy resize differs in the last float bit
         import torch
 
         from pulmo.models import model_device

@@ -97,6 +97,19 @@ class BackendModel:
         self.backend = "torch" if model is not None else choose_backend(card, backend)
         self.onnx = OnnxModel(card) if self.backend == "onnx" else None
 
+    def _forward(self, x: Any) -> dict[str, Any]:
+        """The network's outputs for a float32 batch ``x`` (``(N, C, H, W)``) as NumPy arrays: the ONNX graph's
+        named outputs, or ``{"logits": ...}`` of the PyTorch module (no gradient, on the module's device)."""
+        if self.onnx is not None:
+            return self.onnx.run(x)
+        import torch
+
+        from pulmo.models import model_device
+
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(x).to(model_device(self.model)))
+        return {"logits": out.float().cpu().numpy()}
+
     @property
     def model(self) -> Any:
         """The PyTorch module in eval mode (built from the weights on first use)."""

@@ -33,7 +33,7 @@ from pulmo.models import create_model, model_device
 from pulmo.runtime import BackendModel
 from pulmo.tasks.base import EvalReport, FromWeights
 from pulmo.tasks.registry import evaluate_arguments, task_entry
-from pulmo.transforms import resize_image, resize_probability, window_hu
+from pulmo.transforms import resize_bilinear, resize_image, window_hu
 from pulmo.transforms.augment import ct_slice_augmentation
 from pulmo.transforms.ct import frame_ct_slices, lung_mask_ct
 from pulmo.transforms.ct_postprocess import postprocess_infection
@@ -280,7 +280,6 @@ class LesionSegmenter(BackendModel):
         self.labels = self.card["labels"]
         self.threshold = float(self.card["thresholds"]["infection"])
 
-    @torch.no_grad()
     def predict(self, slices01: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
         """Label maps for slices ``[(H_i, W_i)]`` in [0, 1]: uint8 ``(H_i, W_i)`` with 0 = background and,
         for a three-class model, 1 = ground-glass, 2 = consolidation (binary model: 1 = infection)."""
@@ -288,25 +287,13 @@ class LesionSegmenter(BackendModel):
         for start in range(0, len(slices01), batch_size):
             chunk = slices01[start:start + batch_size]
             x = np.stack([resize_image(s, self.size) for s in chunk])[:, None]
-            if self.onnx is not None:
-                out += [self._labels_numpy(lg, s.shape) for s, lg in zip(chunk, self.onnx.run(x)["logits"])]
-                continue
-            logits = self.model(torch.from_numpy(x))
-            for s, lg in zip(chunk, logits):
-                lg = resize_probability(lg[None].float(), s.shape)[0]
-                infected = _infection_probability(lg[None])[0, 0].numpy() >= self.threshold
-                labels = infected.astype(np.uint8)
-                if lg.shape[0] > 1:
-                    labels = np.where(infected, 1 + lg[1:].argmax(0).numpy(), 0).astype(np.uint8)
-                out.append(labels)
+            out += [self._labels(lg, s.shape) for s, lg in zip(chunk, self._forward(x)["logits"])]
         return out
 
-    def _labels_numpy(self, logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """The ONNX path of :meth:`predict` for one slice: logits ``(K, h, w)`` resized to ``shape`` (bilinear, as
-        :func:`pulmo.transforms.resize_probability`), infection probability (sigmoid, or 1 - p(background)),
-        threshold, and the argmax lesion class for a multi-class model."""
-        from pulmo.runtime.cam import resize_bilinear
-
+    def _labels(self, logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """One slice's labels from its logits ``(K, h, w)``: resized to ``shape`` (bilinear, as
+        :func:`pulmo.transforms.resize_probability`), infection probability (sigmoid, or 1 - p(background), as
+        :func:`_infection_probability`), the card's threshold, and the argmax lesion class for a multi-class model."""
         lg = np.stack([resize_bilinear(c, shape) for c in logits]).astype(np.float64)
         if len(lg) == 1:
             prob = 1.0 / (1.0 + np.exp(-lg[0]))
